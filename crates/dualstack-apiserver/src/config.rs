@@ -1,0 +1,26 @@
+//! The server's configuration, validated by the binary from upstream-named flags.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use dualstack_api::config::ServiceClusterIpRange;
+use dualstack_ipam::PortRange;
+
+/// Everything `dualstack server` needs to start.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Store, PKI, tokens and kubeconfig live here.
+    pub data_dir: PathBuf,
+    /// Listen address.
+    pub bind_address: IpAddr,
+    /// Listen port (0 = any free port).
+    pub secure_port: u16,
+    /// Addresses published for the `default/kubernetes` Service, primary family first.
+    pub advertise_addresses: Vec<IpAddr>,
+    /// `--service-cluster-ip-range`.
+    pub service_ranges: ServiceClusterIpRange,
+    /// `--service-node-port-range`.
+    pub node_port_range: PortRange,
+    /// How often the ClusterIP/NodePort repair loop runs (upstream: 3 minutes).
+    pub repair_interval: std::time::Duration,
+}

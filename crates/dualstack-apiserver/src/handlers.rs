@@ -1,0 +1,715 @@
+//! Resource request handling: route a parsed request to its resource, authorize it, run the
+//! verb, and render the answer (JSON object, list, `Table`, `Status`, or a watch stream).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use dualstack_apimachinery::decode::{BodyFormat, MAX_BODY_BYTES, decode_text, duplicate_fields};
+use dualstack_apimachinery::patch::PatchType;
+use dualstack_apimachinery::status::{ApiError, success_status};
+use dualstack_store::StoreError;
+use dualstack_store::cache::{Entry, ListPage};
+use serde_json::{Value, json};
+
+use crate::api::{IncludeObject, ListOpts, ResourceApi};
+use crate::auth::{Attributes, NodeRestriction, UserInfo, authorize, forbidden_message};
+use crate::registry::{DeleteOpts, Deleted, Storage, Written};
+use crate::request::{
+    ContinueToken, ListParams, Query, Rendering, RequestInfo, dry_run, field_validation,
+    list_params, rendering,
+};
+use crate::resource::{Ctx, ResourceDef};
+use crate::watch;
+
+/// All served resources, by (group, version, plural).
+#[derive(Clone)]
+pub struct Resources {
+    by_path: HashMap<(String, String, String), Arc<dyn ResourceApi>>,
+    /// In discovery order.
+    pub list: Vec<Arc<dyn ResourceApi>>,
+}
+
+impl std::fmt::Debug for Resources {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Resources")
+            .field("count", &self.list.len())
+            .finish()
+    }
+}
+
+impl Resources {
+    /// Indexes the resources.
+    pub fn new(list: Vec<Arc<dyn ResourceApi>>) -> Self {
+        let by_path = list
+            .iter()
+            .map(|r| {
+                let d = r.def();
+                (
+                    (
+                        d.group.to_string(),
+                        d.version.to_string(),
+                        d.plural.to_string(),
+                    ),
+                    r.clone(),
+                )
+            })
+            .collect();
+        Self { by_path, list }
+    }
+
+    /// The resource at a path.
+    pub fn get(&self, group: &str, version: &str, plural: &str) -> Option<&Arc<dyn ResourceApi>> {
+        self.by_path
+            .get(&(group.to_string(), version.to_string(), plural.to_string()))
+    }
+
+    /// The resource by kind.
+    pub fn by_plural(&self, plural: &str) -> Option<&Arc<dyn ResourceApi>> {
+        self.list.iter().find(|r| r.def().plural == plural)
+    }
+}
+
+/// Everything a resource request needs.
+#[derive(Debug, Clone)]
+pub struct RequestContext {
+    /// The resources.
+    pub resources: Resources,
+    /// The storage (for consistent reads).
+    pub storage: Storage,
+}
+
+/// Serializes any JSON answer.
+pub fn json_response(code: StatusCode, body: impl Into<Body>, warnings: &[String]) -> Response {
+    let mut resp = Response::builder()
+        .status(code)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(body.into())
+        .expect("response");
+    for w in warnings {
+        let text = format!("299 - {}", dualstack_apimachinery::field::go_quote(w));
+        if let Ok(v) = HeaderValue::from_str(&text) {
+            resp.headers_mut().append(header::WARNING, v);
+        }
+    }
+    resp
+}
+
+/// A `Status` answer for an error.
+pub fn error_response(e: &ApiError) -> Response {
+    let body = serde_json::to_vec(&e.to_status()).unwrap_or_default();
+    let code = StatusCode::from_u16(e.code()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut resp = json_response(code, body, &[]);
+    if let ApiError::ResourceVersionTooLarge { .. } = e {
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    resp
+}
+
+impl IntoResponse for Failure {
+    fn into_response(self) -> Response {
+        error_response(&self.0)
+    }
+}
+
+/// An [`ApiError`] as an axum response.
+#[derive(Debug)]
+pub struct Failure(pub ApiError);
+
+impl From<ApiError> for Failure {
+    fn from(e: ApiError) -> Self {
+        Failure(e)
+    }
+}
+
+fn verb_of(method: &Method, info: &RequestInfo, watch: bool) -> &'static str {
+    match (method.as_str(), info.name.is_some()) {
+        ("GET" | "HEAD", true) => "get",
+        ("GET" | "HEAD", false) if watch => "watch",
+        ("GET" | "HEAD", false) => "list",
+        ("POST", _) => "create",
+        ("PUT", _) => "update",
+        ("PATCH", _) => "patch",
+        ("DELETE", true) => "delete",
+        ("DELETE", false) => "deletecollection",
+        _ => "unknown",
+    }
+}
+
+/// The field manager of a write: `fieldManager`, else the User-Agent product, else `unknown`.
+fn field_manager(q: &Query, headers: &HeaderMap) -> Result<(String, bool), ApiError> {
+    if let Some(m) = q.get("fieldManager").filter(|m| !m.is_empty()) {
+        if m.len() > 128 {
+            return Err(ApiError::BadRequest(
+                "fieldManager: Too long: must have at most 128 bytes".into(),
+            ));
+        }
+        return Ok((m.clone(), true));
+    }
+    let ua = headers
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let product = ua.split('/').next().unwrap_or("").trim();
+    Ok((
+        if product.is_empty() {
+            "unknown".to_string()
+        } else {
+            product.to_string()
+        },
+        false,
+    ))
+}
+
+fn build_ctx(user: &UserInfo, q: &Query, headers: &HeaderMap) -> Result<Ctx, ApiError> {
+    let (manager, explicit) = field_manager(q, headers)?;
+    Ok(Ctx {
+        user: user.clone(),
+        dry_run: dry_run(q)?,
+        field_manager: manager,
+        field_manager_explicit: explicit,
+        field_validation: field_validation(q)?,
+        force: crate::request::bool_param(q, "force")?,
+        legacy_fields: Default::default(),
+        managed_fields_done: false,
+        warnings: Vec::new(),
+    })
+}
+
+/// Handles one resource request.
+pub async fn handle(
+    rc: &RequestContext,
+    user: &UserInfo,
+    method: Method,
+    info: RequestInfo,
+    q: Query,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    match handle_inner(rc, user, method, info, q, headers, body).await {
+        Ok(r) => r,
+        Err(e) => error_response(&e),
+    }
+}
+
+async fn handle_inner(
+    rc: &RequestContext,
+    user: &UserInfo,
+    method: Method,
+    info: RequestInfo,
+    q: Query,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let api = rc
+        .resources
+        .get(&info.group, &info.version, &info.resource)
+        .ok_or(ApiError::UnknownPath)?
+        .clone();
+    let def = api.def().clone();
+    if let Some(sub) = info.subresource.as_deref()
+        && !def.subresources.contains(&sub)
+    {
+        return Err(ApiError::UnknownPath);
+    }
+    if !def.namespaced && info.namespace.is_some() {
+        return Err(ApiError::UnknownPath);
+    }
+    let params =
+        if matches!(method, Method::GET | Method::HEAD | Method::DELETE) && info.name.is_none() {
+            Some(list_params(&q)?)
+        } else {
+            None
+        };
+    let watch = params.as_ref().is_some_and(|p| p.watch);
+    let verb = verb_of(&method, &info, watch);
+    if verb == "unknown"
+        || (info.subresource.is_some() && !matches!(verb, "get" | "update" | "patch"))
+    {
+        return Err(ApiError::MethodNotAllowed);
+    }
+    let node_sel = params
+        .as_ref()
+        .and_then(|p| p.fields.required_value("spec.nodeName"))
+        .map(str::to_string);
+    let attrs = Attributes {
+        verb,
+        group: &info.group,
+        resource: &info.resource,
+        subresource: info.subresource.as_deref(),
+        namespace: info.namespace.as_deref(),
+        name: info.name.as_deref(),
+        node_name_selector: node_sel.as_deref(),
+    };
+    if let Err(reason) = authorize(user, &attrs) {
+        return Err(ApiError::Forbidden(forbidden_message(
+            user, &attrs, &reason,
+        )));
+    }
+    let ns = info.namespace.as_deref();
+    if def.namespaced && ns.is_none() && !matches!(verb, "list" | "watch") {
+        return Err(ApiError::UnknownPath);
+    }
+    let render = rendering(headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()));
+    let include = match q.get("includeObject").map(String::as_str) {
+        Some("None") => IncludeObject::None,
+        Some("Object") => IncludeObject::Object,
+        _ => IncludeObject::Metadata,
+    };
+    let node_restricted =
+        user.node_name().is_some() && def.plural == "pods" && def.group.is_empty();
+    match verb {
+        "get" => {
+            let name = info.name.as_deref().expect("named");
+            let entry = api.get(ns, name).await?;
+            if node_restricted
+                && let Some(reason) =
+                    NodeRestriction::pod(user, api.node_name(&entry.output).as_deref())
+            {
+                return Err(ApiError::Forbidden(forbidden_message(
+                    user, &attrs, &reason,
+                )));
+            }
+            if render.table {
+                let rows = api.rows_for_output(&entry.output, include)?;
+                let t = table(
+                    &def,
+                    rows,
+                    &entry.kv.mod_revision.to_string(),
+                    None,
+                    None,
+                    render,
+                );
+                return Ok(json_response(
+                    StatusCode::OK,
+                    serde_json::to_vec(&t).unwrap_or_default(),
+                    &[],
+                ));
+            }
+            Ok(json_response(StatusCode::OK, entry.output.clone(), &[]))
+        }
+        "list" => {
+            list(
+                rc,
+                &api,
+                &def,
+                ns,
+                params.expect("list params"),
+                render,
+                include,
+            )
+            .await
+        }
+        "watch" => {
+            let p = params.expect("watch params");
+            check_fields(&def, &p)?;
+            Ok(watch::serve(rc, api.clone(), ns, p, render, include).await)
+        }
+        "create" => {
+            let mut ctx = build_ctx(user, &q, &headers)?;
+            let (value, dup) = decode_body(&headers, &body, &def)?;
+            if node_restricted {
+                return Err(ApiError::Forbidden(forbidden_message(
+                    user,
+                    &attrs,
+                    "node may not create pods",
+                )));
+            }
+            if user.node_name().is_some() && def.plural == "nodes" {
+                let body_name = value["metadata"]["name"].as_str().unwrap_or("");
+                if Some(body_name) != user.node_name() {
+                    let reason = format!(
+                        "node '{}' cannot create node '{body_name}'",
+                        user.node_name().unwrap_or("")
+                    );
+                    return Err(ApiError::Forbidden(forbidden_message(
+                        user, &attrs, &reason,
+                    )));
+                }
+            }
+            let w = api.create(&mut ctx, ns, value, &dup).await?;
+            let code = if ctx.dry_run {
+                StatusCode::OK
+            } else {
+                StatusCode::CREATED
+            };
+            Ok(json_response(code, w.output, &ctx.warnings))
+        }
+        "update" => {
+            let name = info.name.as_deref().expect("named");
+            let mut ctx = build_ctx(user, &q, &headers)?;
+            if node_restricted {
+                check_pod_owner(&api, user, &attrs, ns, name).await?;
+            }
+            let (value, dup) = decode_body(&headers, &body, &def)?;
+            let sub = info.subresource.as_deref();
+            let (w, created) = api.update(&mut ctx, ns, name, sub, value, &dup).await?;
+            let code = if created {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            };
+            Ok(json_response(code, w.output, &ctx.warnings))
+        }
+        "patch" => {
+            let name = info.name.as_deref().expect("named");
+            let mut ctx = build_ctx(user, &q, &headers)?;
+            if node_restricted {
+                check_pod_owner(&api, user, &attrs, ns, name).await?;
+            }
+            let ct = headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            let pt = PatchType::from_content_type(ct)?;
+            if body.len() > MAX_BODY_BYTES {
+                return Err(ApiError::TooLarge(MAX_BODY_BYTES));
+            }
+            let patch: Value = match pt {
+                PatchType::Apply => decode_text(BodyFormat::Yaml, &body)?,
+                _ => serde_json::from_slice(&body)
+                    .map_err(|e| ApiError::BadRequest(format!("error decoding patch: {e}")))?,
+            };
+            if pt == PatchType::Json && !patch.is_array() {
+                return Err(ApiError::BadRequest(
+                    "json: cannot unmarshal object into Go value of type jsonpatch.Patch".into(),
+                ));
+            }
+            let sub = info.subresource.as_deref();
+            let (w, created) = api.patch(&mut ctx, ns, name, sub, pt, patch).await?;
+            let code = if created {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            };
+            Ok(json_response(code, w.output, &ctx.warnings))
+        }
+        "delete" => {
+            let name = info.name.as_deref().expect("named");
+            let ctx = build_ctx(user, &q, &headers)?;
+            if node_restricted {
+                check_pod_owner(&api, user, &attrs, ns, name).await?;
+            }
+            let opts = delete_options(&q, &body)?;
+            let ctx = Ctx {
+                dry_run: ctx.dry_run || opts.1,
+                ..ctx
+            };
+            match api.delete(&ctx, ns, name, &opts.0).await? {
+                Deleted::Pending(w) => Ok(json_response(StatusCode::OK, w.output, &[])),
+                Deleted::Gone(w) => Ok(deleted_response(&def, name, &w)),
+            }
+        }
+        "deletecollection" => {
+            let ctx = build_ctx(user, &q, &headers)?;
+            let p = params.expect("params");
+            check_fields(&def, &p)?;
+            rc.storage.consistent().await?;
+            let page = api.list(
+                ns,
+                &ListOpts {
+                    labels: p.labels,
+                    fields: p.fields,
+                    limit: None,
+                    continue_after: None,
+                },
+            );
+            let opts = delete_options(&q, &body)?;
+            let ctx = Ctx {
+                dry_run: ctx.dry_run || opts.1,
+                ..ctx
+            };
+            let mut items = Vec::new();
+            for e in &page.items {
+                let v: Value = serde_json::from_slice(&e.output).unwrap_or(Value::Null);
+                let name = v["metadata"]["name"].as_str().unwrap_or("").to_string();
+                let item_ns = v["metadata"]["namespace"].as_str().map(str::to_string);
+                match api.delete(&ctx, item_ns.as_deref(), &name, &opts.0).await {
+                    Ok(Deleted::Gone(w)) | Ok(Deleted::Pending(w)) => items.push(w.output),
+                    Err(ApiError::NotFound { .. }) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            let rv = rc.storage.cache.revision().to_string();
+            Ok(json_response(
+                StatusCode::OK,
+                list_body(&def, &rv, &items, None, None),
+                &[],
+            ))
+        }
+        _ => Err(ApiError::MethodNotAllowed),
+    }
+}
+
+async fn check_pod_owner(
+    api: &Arc<dyn ResourceApi>,
+    user: &UserInfo,
+    attrs: &Attributes<'_>,
+    ns: Option<&str>,
+    name: &str,
+) -> Result<(), ApiError> {
+    let entry = api.get(ns, name).await?;
+    if let Some(reason) = NodeRestriction::pod(user, api.node_name(&entry.output).as_deref()) {
+        return Err(ApiError::Forbidden(forbidden_message(user, attrs, &reason)));
+    }
+    Ok(())
+}
+
+fn deleted_response(def: &ResourceDef, name: &str, w: &Written) -> Response {
+    if def.return_deleted_object {
+        return json_response(StatusCode::OK, w.output.clone(), &[]);
+    }
+    let v: Value = serde_json::from_slice(&w.output).unwrap_or(Value::Null);
+    let details = k8s_openapi::apimachinery::pkg::apis::meta::v1::StatusDetails {
+        name: Some(name.to_string()),
+        group: (!def.group.is_empty()).then(|| def.group.to_string()),
+        kind: Some(def.plural.to_string()),
+        uid: v["metadata"]["uid"].as_str().map(str::to_string),
+        ..Default::default()
+    };
+    json_response(
+        StatusCode::OK,
+        serde_json::to_vec(&success_status(Some(details))).unwrap_or_default(),
+        &[],
+    )
+}
+
+/// Decodes a create/update body; returns the value and duplicate field paths.
+fn decode_body(
+    headers: &HeaderMap,
+    body: &[u8],
+    def: &ResourceDef,
+) -> Result<(Value, Vec<String>), ApiError> {
+    if body.len() > MAX_BODY_BYTES {
+        return Err(ApiError::TooLarge(MAX_BODY_BYTES));
+    }
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok());
+    let format = BodyFormat::from_content_type(ct)?;
+    match format {
+        BodyFormat::Protobuf => Ok((
+            dualstack_apimachinery::protobuf::decode(body, &def.api_version(), def.kind)?,
+            Vec::new(),
+        )),
+        BodyFormat::Json => Ok((decode_text(format, body)?, duplicate_fields(body))),
+        BodyFormat::Yaml => Ok((decode_text(format, body)?, Vec::new())),
+    }
+}
+
+/// Parses `DeleteOptions` from the query and body; the bool is `dryRun`.
+fn delete_options(q: &Query, body: &[u8]) -> Result<(DeleteOpts, bool), ApiError> {
+    let mut opts = DeleteOpts::default();
+    let mut dry = false;
+    if let Some(g) = q.get("gracePeriodSeconds") {
+        opts.grace_period_seconds = Some(
+            g.parse()
+                .map_err(|_| ApiError::BadRequest(format!("invalid gracePeriodSeconds: {g}")))?,
+        );
+    }
+    if !body.is_empty() {
+        let v: Value = serde_json::from_slice(body)
+            .or_else(|_| serde_norway::from_slice(body))
+            .map_err(|e| ApiError::BadRequest(format!("error decoding DeleteOptions: {e}")))?;
+        if let Some(g) = v.get("gracePeriodSeconds").and_then(Value::as_i64) {
+            opts.grace_period_seconds = Some(g);
+        }
+        if let Some(p) = v.get("preconditions") {
+            opts.precondition_uid = p.get("uid").and_then(Value::as_str).map(str::to_string);
+            opts.precondition_rv = p
+                .get("resourceVersion")
+                .and_then(Value::as_str)
+                .map(str::to_string);
+        }
+        if let Some(d) = v.get("dryRun").and_then(Value::as_array) {
+            dry = d.iter().any(|x| x == "All");
+        }
+    }
+    if let Some(g) = opts.grace_period_seconds
+        && g < 0
+    {
+        opts.grace_period_seconds = Some(1);
+    }
+    Ok((opts, dry))
+}
+
+fn check_fields(def: &ResourceDef, p: &ListParams) -> Result<(), ApiError> {
+    for r in &p.fields.0 {
+        if !def.supports_field(&r.field) {
+            return Err(ApiError::BadRequest(format!(
+                "field label not supported: {}",
+                r.field
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The consistent list point for a list or watch request: waits for the cache as the
+/// `resourceVersion` semantics require.
+pub async fn list_revision(
+    storage: &Storage,
+    rv: Option<&str>,
+    rv_match: Option<&str>,
+) -> Result<i64, ApiError> {
+    match rv {
+        None => storage.consistent().await,
+        Some("0") => Ok(storage.cache.revision()),
+        Some(r) => {
+            let n: i64 = r
+                .parse()
+                .map_err(|_| ApiError::BadRequest(format!("invalid resource version: {r}")))?;
+            if !storage.cache.wait_for(n, Duration::from_secs(3)).await {
+                return Err(ApiError::ResourceVersionTooLarge {
+                    requested: n,
+                    current: storage.cache.revision(),
+                });
+            }
+            if rv_match == Some("Exact") && n != storage.cache.revision() {
+                return Err(ApiError::Expired(format!(
+                    "too old resource version: {n} ({})",
+                    storage.cache.revision()
+                )));
+            }
+            Ok(n)
+        }
+    }
+}
+
+fn list_body(
+    def: &ResourceDef,
+    rv: &str,
+    items: &[Bytes],
+    cont: Option<String>,
+    remaining: Option<usize>,
+) -> Vec<u8> {
+    let mut meta = json!({ "resourceVersion": rv });
+    if let Some(c) = cont {
+        meta["continue"] = c.into();
+    }
+    if let Some(r) = remaining {
+        meta["remainingItemCount"] = r.into();
+    }
+    let mut out = Vec::with_capacity(items.iter().map(|i| i.len() + 1).sum::<usize>() + 128);
+    out.extend_from_slice(b"{\"kind\":\"");
+    out.extend_from_slice(def.kind.as_bytes());
+    out.extend_from_slice(b"List\",\"apiVersion\":\"");
+    out.extend_from_slice(def.api_version().as_bytes());
+    out.extend_from_slice(b"\",\"metadata\":");
+    out.extend_from_slice(meta.to_string().as_bytes());
+    out.extend_from_slice(b",\"items\":[");
+    for (i, it) in items.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(it);
+    }
+    out.extend_from_slice(b"]}");
+    out
+}
+
+/// A `Table` object.
+pub fn table(
+    def: &ResourceDef,
+    rows: Vec<Value>,
+    rv: &str,
+    cont: Option<String>,
+    remaining: Option<usize>,
+    r: Rendering,
+) -> Value {
+    let cols: Vec<Value> = def
+        .columns
+        .iter()
+        .map(|c| json!({"name": c.name, "type": c.ty, "format": c.format, "description": c.description, "priority": c.priority}))
+        .collect();
+    let mut meta = json!({ "resourceVersion": rv });
+    if let Some(c) = cont {
+        meta["continue"] = c.into();
+    }
+    if let Some(n) = remaining {
+        meta["remainingItemCount"] = n.into();
+    }
+    json!({
+        "kind": "Table",
+        "apiVersion": if r.table_v1beta1 { "meta.k8s.io/v1beta1" } else { "meta.k8s.io/v1" },
+        "metadata": meta,
+        "columnDefinitions": cols,
+        "rows": rows,
+    })
+}
+
+async fn list(
+    rc: &RequestContext,
+    api: &Arc<dyn ResourceApi>,
+    def: &ResourceDef,
+    ns: Option<&str>,
+    p: ListParams,
+    render: Rendering,
+    include: IncludeObject,
+) -> Result<Response, ApiError> {
+    check_fields(def, &p)?;
+    let (list_rv, after) = match &p.continue_token {
+        Some(t) => (t.rv, Some(t.start.clone())),
+        None => (
+            list_revision(
+                &rc.storage,
+                p.resource_version.as_deref(),
+                p.resource_version_match.as_deref(),
+            )
+            .await?,
+            None,
+        ),
+    };
+    let page: ListPage = api.list(
+        ns,
+        &ListOpts {
+            labels: p.labels,
+            fields: p.fields,
+            limit: p.limit,
+            continue_after: after,
+        },
+    );
+    let rv = if p.continue_token.is_some() {
+        list_rv
+    } else {
+        page.revision.max(list_rv)
+    };
+    let cont = page
+        .continue_after
+        .as_ref()
+        .map(|k| ContinueToken::encode(rv, k));
+    let remaining = page.continue_after.as_ref().map(|_| page.remaining);
+    if render.table {
+        let rows = api.rows(&page.items, include)?;
+        let t = table(def, rows, &rv.to_string(), cont, remaining, render);
+        return Ok(json_response(
+            StatusCode::OK,
+            serde_json::to_vec(&t).unwrap_or_default(),
+            &[],
+        ));
+    }
+    let items: Vec<Bytes> = page
+        .items
+        .iter()
+        .map(|e: &Arc<Entry>| e.output.clone())
+        .collect();
+    Ok(json_response(
+        StatusCode::OK,
+        list_body(def, &rv.to_string(), &items, cont, remaining),
+        &[],
+    ))
+}
+
+/// Maps a cache watch error to the in-stream Status.
+pub fn watch_error(e: &StoreError) -> ApiError {
+    match e {
+        StoreError::Compacted { requested, oldest } => {
+            ApiError::Expired(format!("too old resource version: {requested} ({oldest})"))
+        }
+        other => ApiError::Internal(other.to_string()),
+    }
+}

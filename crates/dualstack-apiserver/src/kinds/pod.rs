@@ -1,0 +1,339 @@
+//! Pods: upstream's defaults for what kubectl and the agent send, the core validation rules,
+//! the dual-stack `status.podIPs` rules, graceful deletion, and `kubectl get pods` printing.
+
+use std::collections::BTreeMap;
+
+use dualstack_api::pod::{normalize_pod_ips, validate_pod_status_ips};
+use dualstack_apimachinery::field::{ErrorList, FieldError, Path};
+use dualstack_apimachinery::validation::{NameRule, is_dns1123_label};
+use k8s_openapi::api::core::v1::{Container, Pod, PodSecurityContext, PodStatus};
+
+use crate::resource::{Column, Ctx, ResourceDef, Strategy, age_cell};
+
+static DEF: ResourceDef = ResourceDef {
+    group: "",
+    version: "v1",
+    kind: "Pod",
+    plural: "pods",
+    singular: "pod",
+    namespaced: true,
+    short_names: &["po"],
+    categories: &["all"],
+    subresources: &["status"],
+    name_rule: NameRule::Subdomain,
+    field_labels: &[
+        "spec.nodeName",
+        "spec.restartPolicy",
+        "spec.schedulerName",
+        "spec.serviceAccountName",
+        "spec.hostNetwork",
+        "status.phase",
+        "status.podIP",
+        "status.nominatedNodeName",
+    ],
+    return_deleted_object: true,
+    allow_create_on_update: false,
+    columns: &[
+        Column::name(),
+        Column::new(
+            "Ready",
+            "The aggregate readiness state of this pod for accepting traffic.",
+        ),
+        Column::new(
+            "Status",
+            "The aggregate status of the containers in this pod.",
+        ),
+        Column::new(
+            "Restarts",
+            "The number of times the containers in this pod have been restarted and when the last container in this pod has restarted.",
+        ),
+        Column::age(),
+        Column::wide(
+            "IP",
+            "IP address allocated to the pod. Routable at least within the cluster. Empty if not yet allocated.",
+        ),
+        Column::wide("Node", "Name of the node where the pod is scheduled."),
+        Column::wide(
+            "Nominated Node",
+            "Name of the node the pod is nominated to (preemption).",
+        ),
+        Column::wide("Readiness Gates", "Pod readiness gates."),
+    ],
+};
+
+/// Default `terminationGracePeriodSeconds`.
+pub const DEFAULT_GRACE_SECONDS: i64 = 30;
+
+/// The Pod strategy.
+#[derive(Debug, Default)]
+pub struct PodStrategy;
+
+fn default_container(c: &mut Container) {
+    c.termination_message_path
+        .get_or_insert_with(|| "/dev/termination-log".into());
+    c.termination_message_policy
+        .get_or_insert_with(|| "File".into());
+    if c.image_pull_policy.is_none() {
+        let image = c.image.clone().unwrap_or_default();
+        let last = image.rsplit('/').next().unwrap_or("");
+        let tag = if image.contains('@') {
+            Some("digest")
+        } else {
+            last.split_once(':').map(|(_, t)| t)
+        };
+        c.image_pull_policy = Some(
+            if matches!(tag, None | Some("latest")) {
+                "Always"
+            } else {
+                "IfNotPresent"
+            }
+            .into(),
+        );
+    }
+    for p in c.ports.iter_mut().flatten() {
+        p.protocol.get_or_insert_with(|| "TCP".into());
+    }
+}
+
+fn validate_containers(path: &Path, containers: &[Container], required: bool) -> ErrorList {
+    let mut errs = Vec::new();
+    if required && containers.is_empty() {
+        errs.push(FieldError::required(path, ""));
+    }
+    let mut names = std::collections::BTreeSet::new();
+    for (i, c) in containers.iter().enumerate() {
+        let p = path.index(i);
+        if c.name.is_empty() {
+            errs.push(FieldError::required(&p.child("name"), ""));
+        } else {
+            for m in is_dns1123_label(&c.name) {
+                errs.push(FieldError::invalid(&p.child("name"), c.name.as_str(), m));
+            }
+            if !names.insert(c.name.clone()) {
+                errs.push(FieldError::duplicate(&p.child("name"), c.name.as_str()));
+            }
+        }
+        if c.image.as_deref().unwrap_or("").trim().is_empty() {
+            errs.push(FieldError::required(&p.child("image"), ""));
+        }
+        for (j, port) in c.ports.iter().flatten().enumerate() {
+            let pp = p.child("ports").index(j);
+            if !(1..=65535).contains(&port.container_port) {
+                errs.push(FieldError::invalid(
+                    &pp.child("containerPort"),
+                    port.container_port,
+                    "must be between 1 and 65535, inclusive",
+                ));
+            }
+            if let Some(proto) = port.protocol.as_deref()
+                && !matches!(proto, "TCP" | "UDP" | "SCTP")
+            {
+                errs.push(FieldError::not_supported(
+                    &pp.child("protocol"),
+                    proto,
+                    &["SCTP", "TCP", "UDP"],
+                ));
+            }
+        }
+    }
+    errs
+}
+
+fn phase(p: &Pod) -> String {
+    p.status
+        .as_ref()
+        .and_then(|s| s.phase.clone())
+        .unwrap_or_default()
+}
+
+impl Strategy for PodStrategy {
+    type Obj = Pod;
+
+    fn def(&self) -> &ResourceDef {
+        &DEF
+    }
+
+    fn defaults(&self, p: &mut Pod) {
+        if let Some(spec) = p.spec.as_mut() {
+            spec.restart_policy.get_or_insert_with(|| "Always".into());
+            spec.dns_policy.get_or_insert_with(|| "ClusterFirst".into());
+            spec.termination_grace_period_seconds
+                .get_or_insert(DEFAULT_GRACE_SECONDS);
+            spec.scheduler_name
+                .get_or_insert_with(|| "default-scheduler".into());
+            spec.security_context
+                .get_or_insert_with(PodSecurityContext::default);
+            spec.enable_service_links.get_or_insert(true);
+            if spec.service_account_name.is_none() {
+                spec.service_account_name = Some("default".into());
+            }
+            spec.containers.iter_mut().for_each(default_container);
+            spec.init_containers
+                .iter_mut()
+                .flatten()
+                .for_each(default_container);
+        }
+        normalize_pod_ips(p);
+    }
+
+    fn prepare_for_create(&self, p: &mut Pod) {
+        p.status = Some(PodStatus {
+            phase: Some("Pending".into()),
+            qos_class: Some("BestEffort".into()),
+            ..Default::default()
+        });
+    }
+
+    fn validate(&self, _ctx: &Ctx, p: &Pod) -> ErrorList {
+        let Some(spec) = &p.spec else {
+            return vec![FieldError::required(&Path::new("spec"), "")];
+        };
+        let sp = Path::new("spec");
+        let mut errs = validate_containers(&sp.child("containers"), &spec.containers, true);
+        errs.extend(validate_containers(
+            &sp.child("initContainers"),
+            spec.init_containers.as_deref().unwrap_or_default(),
+            false,
+        ));
+        if let Some(rp) = spec.restart_policy.as_deref()
+            && !matches!(rp, "Always" | "OnFailure" | "Never")
+        {
+            errs.push(FieldError::not_supported(
+                &sp.child("restartPolicy"),
+                rp,
+                &["Always", "Never", "OnFailure"],
+            ));
+        }
+        if let Some(g) = spec.termination_grace_period_seconds.filter(|&g| g < 0) {
+            errs.push(FieldError::invalid(
+                &sp.child("terminationGracePeriodSeconds"),
+                g,
+                "must be greater than or equal to 0",
+            ));
+        }
+        errs.extend(validate_pod_status_ips(p));
+        errs
+    }
+
+    fn validate_update(&self, ctx: &Ctx, new: &Pod, old: &Pod) -> ErrorList {
+        let mut errs = self.validate(ctx, new);
+        // Only images, activeDeadlineSeconds and tolerations may change.
+        let strip = |p: &Pod| {
+            let mut s = p.spec.clone().unwrap_or_default();
+            for c in s.containers.iter_mut() {
+                c.image = None;
+            }
+            for c in s.init_containers.iter_mut().flatten() {
+                c.image = None;
+            }
+            s.active_deadline_seconds = None;
+            s.tolerations = None;
+            s
+        };
+        if strip(new) != strip(old) {
+            errs.push(FieldError::forbidden(
+                &Path::new("spec"),
+                "pod updates may not change fields other than `spec.containers[*].image`,`spec.initContainers[*].image`,`spec.activeDeadlineSeconds`,`spec.tolerations` (only additions to existing tolerations),`spec.terminationGracePeriodSeconds` (allow it to be set to 1 if it was previously negative)",
+            ));
+        }
+        errs
+    }
+
+    fn validate_status_update(&self, _ctx: &Ctx, new: &Pod, _old: &Pod) -> ErrorList {
+        validate_pod_status_ips(new)
+    }
+
+    fn fields(&self, p: &Pod, out: &mut BTreeMap<String, String>) {
+        let spec = p.spec.clone().unwrap_or_default();
+        let st = p.status.clone().unwrap_or_default();
+        out.insert("spec.nodeName".into(), spec.node_name.unwrap_or_default());
+        out.insert(
+            "spec.restartPolicy".into(),
+            spec.restart_policy.unwrap_or_default(),
+        );
+        out.insert(
+            "spec.schedulerName".into(),
+            spec.scheduler_name.unwrap_or_default(),
+        );
+        out.insert(
+            "spec.serviceAccountName".into(),
+            spec.service_account_name.unwrap_or_default(),
+        );
+        out.insert(
+            "spec.hostNetwork".into(),
+            spec.host_network.unwrap_or(false).to_string(),
+        );
+        out.insert("status.phase".into(), st.phase.unwrap_or_default());
+        out.insert("status.podIP".into(), st.pod_ip.unwrap_or_default());
+        out.insert(
+            "status.nominatedNodeName".into(),
+            st.nominated_node_name.unwrap_or_default(),
+        );
+    }
+
+    fn grace_period(&self, p: &Pod, requested: Option<i64>) -> Option<i64> {
+        let spec = p.spec.as_ref()?;
+        if spec.node_name.as_deref().unwrap_or("").is_empty()
+            || matches!(phase(p).as_str(), "Succeeded" | "Failed")
+        {
+            return None;
+        }
+        Some(
+            requested
+                .or(spec.termination_grace_period_seconds)
+                .unwrap_or(DEFAULT_GRACE_SECONDS),
+        )
+    }
+
+    fn row(&self, p: &Pod, now: jiff::Timestamp) -> Vec<serde_json::Value> {
+        let spec = p.spec.clone().unwrap_or_default();
+        let st = p.status.clone().unwrap_or_default();
+        let statuses = st.container_statuses.unwrap_or_default();
+        let ready = statuses.iter().filter(|c| c.ready).count();
+        let restarts: i32 = statuses.iter().map(|c| c.restart_count).sum();
+        let mut reason = st
+            .reason
+            .clone()
+            .filter(|r| !r.is_empty())
+            .unwrap_or_else(|| phase(p));
+        for c in &statuses {
+            if let Some(w) = c
+                .state
+                .as_ref()
+                .and_then(|s| s.waiting.as_ref())
+                .and_then(|w| w.reason.clone())
+            {
+                reason = w;
+            }
+        }
+        if p.metadata.deletion_timestamp.is_some() {
+            reason = "Terminating".into();
+        }
+        let gates = spec.readiness_gates.as_ref().map(|g| g.len()).unwrap_or(0);
+        vec![
+            p.metadata.name.clone().unwrap_or_default().into(),
+            format!("{ready}/{}", spec.containers.len()).into(),
+            reason.into(),
+            restarts.to_string().into(),
+            age_cell(&p.metadata, now),
+            st.pod_ip
+                .filter(|i| !i.is_empty())
+                .unwrap_or_else(|| "<none>".into())
+                .into(),
+            spec.node_name
+                .filter(|i| !i.is_empty())
+                .unwrap_or_else(|| "<none>".into())
+                .into(),
+            st.nominated_node_name
+                .filter(|i| !i.is_empty())
+                .unwrap_or_else(|| "<none>".into())
+                .into(),
+            if gates == 0 {
+                "<none>".to_string()
+            } else {
+                format!("0/{gates}")
+            }
+            .into(),
+        ]
+    }
+}

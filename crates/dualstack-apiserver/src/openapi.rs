@@ -1,0 +1,414 @@
+//! OpenAPI documents.
+//!
+//! - `/openapi/v3` and `/openapi/v3/<gv>?hash=...`: OpenAPI 3.0 JSON per group-version, with the
+//!   real schemas of our kinds (k8s-openapi's schemars output, so `kubectl explain` works),
+//!   `x-kubernetes-group-version-kind` on the kinds, the list/map merge extensions our strategic
+//!   merge patch uses, and one PATCH path per kind that declares the `fieldValidation` query
+//!   parameter, so kubectl leaves field validation to the server.
+//! - `/openapi/v2`: the same PATCH paths in gnostic's protobuf `openapi.v2.Document` (kubectl
+//!   runs `proto.Unmarshal` on it whatever the Content-Type; JSON there breaks `kubectl apply`).
+//!   The few gnostic messages needed are declared here with prost.
+
+use std::collections::BTreeMap;
+
+use prost::Message;
+use serde_json::{Map, Value, json};
+use sha2::{Digest, Sha256};
+
+use crate::handlers::Resources;
+use crate::resource::ResourceDef;
+
+/// gnostic `openapi.v2` messages (field numbers from `openapiv2/OpenAPIv2.proto`).
+mod gnostic {
+    /// `Document`.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Document {
+        #[prost(string, tag = "1")]
+        pub swagger: String,
+        #[prost(message, optional, tag = "2")]
+        pub info: Option<Info>,
+        #[prost(message, optional, tag = "8")]
+        pub paths: Option<Paths>,
+        #[prost(message, optional, tag = "9")]
+        pub definitions: Option<Definitions>,
+    }
+    /// `Info`.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Info {
+        #[prost(string, tag = "1")]
+        pub title: String,
+        #[prost(string, tag = "2")]
+        pub version: String,
+    }
+    /// `Definitions` (empty: schemas come from v3).
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Definitions {}
+    /// `Paths`.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Paths {
+        #[prost(message, repeated, tag = "2")]
+        pub path: Vec<NamedPathItem>,
+    }
+    /// `NamedPathItem`.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct NamedPathItem {
+        #[prost(string, tag = "1")]
+        pub name: String,
+        #[prost(message, optional, tag = "2")]
+        pub value: Option<PathItem>,
+    }
+    /// `PathItem` (only `patch`).
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct PathItem {
+        #[prost(message, optional, tag = "8")]
+        pub patch: Option<Operation>,
+    }
+    /// `Operation`.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Operation {
+        #[prost(string, tag = "5")]
+        pub operation_id: String,
+        #[prost(message, repeated, tag = "8")]
+        pub parameters: Vec<ParametersItem>,
+        #[prost(message, optional, tag = "9")]
+        pub responses: Option<Responses>,
+        #[prost(message, repeated, tag = "13")]
+        pub vendor_extension: Vec<NamedAny>,
+    }
+    /// `ParametersItem` (oneof: `parameter` = 1).
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct ParametersItem {
+        #[prost(message, optional, tag = "1")]
+        pub parameter: Option<Parameter>,
+    }
+    /// `Parameter` (oneof: `non_body_parameter` = 2).
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Parameter {
+        #[prost(message, optional, tag = "2")]
+        pub non_body_parameter: Option<NonBodyParameter>,
+    }
+    /// `NonBodyParameter` (oneof: `query_parameter_sub_schema` = 3).
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct NonBodyParameter {
+        #[prost(message, optional, tag = "3")]
+        pub query_parameter_sub_schema: Option<QueryParameterSubSchema>,
+    }
+    /// `QueryParameterSubSchema`.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct QueryParameterSubSchema {
+        #[prost(bool, tag = "1")]
+        pub required: bool,
+        #[prost(string, tag = "2")]
+        pub r#in: String,
+        #[prost(string, tag = "3")]
+        pub description: String,
+        #[prost(string, tag = "4")]
+        pub name: String,
+        #[prost(string, tag = "6")]
+        pub r#type: String,
+    }
+    /// `Responses`.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Responses {
+        #[prost(message, repeated, tag = "1")]
+        pub response_code: Vec<NamedResponseValue>,
+    }
+    /// `NamedResponseValue`.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct NamedResponseValue {
+        #[prost(string, tag = "1")]
+        pub name: String,
+        #[prost(message, optional, tag = "2")]
+        pub value: Option<ResponseValue>,
+    }
+    /// `ResponseValue` (oneof: `response` = 1).
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct ResponseValue {
+        #[prost(message, optional, tag = "1")]
+        pub response: Option<Response>,
+    }
+    /// `Response`.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Response {
+        #[prost(string, tag = "1")]
+        pub description: String,
+    }
+    /// `NamedAny`.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct NamedAny {
+        #[prost(string, tag = "1")]
+        pub name: String,
+        #[prost(message, optional, tag = "2")]
+        pub value: Option<Any>,
+    }
+    /// `Any` (only the YAML text).
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Any {
+        #[prost(string, tag = "2")]
+        pub yaml: String,
+    }
+}
+
+/// The served documents, built once at start.
+#[derive(Debug, Clone)]
+pub struct OpenApi {
+    /// `/openapi/v2` (protobuf).
+    pub v2: Vec<u8>,
+    /// `/openapi/v3` index.
+    pub v3_index: Value,
+    /// Per group-version documents by path (`api/v1`, `apis/discovery.k8s.io/v1`), with hash.
+    pub v3_docs: BTreeMap<String, (String, Vec<u8>)>,
+}
+
+fn gvk(d: &ResourceDef) -> Value {
+    json!({"group": d.group, "version": d.version, "kind": d.kind})
+}
+
+fn object_path(d: &ResourceDef) -> String {
+    let base = if d.group.is_empty() {
+        "/api/v1".to_string()
+    } else {
+        format!("/apis/{}/{}", d.group, d.version)
+    };
+    if d.namespaced {
+        format!("{base}/namespaces/{{namespace}}/{}/{{name}}", d.plural)
+    } else {
+        format!("{base}/{}/{{name}}", d.plural)
+    }
+}
+
+fn gv_path(group: &str, version: &str) -> String {
+    if group.is_empty() {
+        format!("api/{version}")
+    } else {
+        format!("apis/{group}/{version}")
+    }
+}
+
+/// Definition name of a kind in the schemas (`io.k8s.api.core.v1.Service`).
+fn schemas() -> Map<String, Value> {
+    use k8s_openapi::api;
+    let mut generator = schemars::generate::SchemaSettings::openapi3().into_generator();
+    generator.subschema_for::<api::core::v1::Namespace>();
+    generator.subschema_for::<api::core::v1::Node>();
+    generator.subschema_for::<api::core::v1::Pod>();
+    generator.subschema_for::<api::core::v1::Service>();
+    generator.subschema_for::<api::core::v1::Endpoints>();
+    generator.subschema_for::<api::core::v1::ConfigMap>();
+    generator.subschema_for::<api::core::v1::Event>();
+    generator.subschema_for::<api::discovery::v1::EndpointSlice>();
+    generator.subschema_for::<api::coordination::v1::Lease>();
+    generator.subschema_for::<api::networking::v1::ServiceCIDR>();
+    generator.subschema_for::<api::networking::v1::IPAddress>();
+    generator.subschema_for::<k8s_openapi::apimachinery::pkg::apis::meta::v1::Status>();
+    generator.take_definitions(true).into_iter().collect()
+}
+
+fn definition_name(d: &ResourceDef) -> String {
+    let group = match d.group {
+        "" => "core".to_string(),
+        g => g.trim_end_matches(".k8s.io").to_string(),
+    };
+    format!("io.k8s.api.{group}.{}.{}", d.version, d.kind)
+}
+
+/// Adds our extensions: GVKs, merge metadata, and the seed's alpha `ServiceSpec.ipFamily`.
+fn decorate_schemas(schemas: &mut Map<String, Value>, res: &Resources) {
+    for r in &res.list {
+        let d = r.def();
+        if let Some(s) = schemas.get_mut(&definition_name(d)) {
+            s["x-kubernetes-group-version-kind"] = json!([gvk(d)]);
+        }
+    }
+    for (name, schema) in schemas.iter_mut() {
+        let Some(props) = schema.get_mut("properties").and_then(Value::as_object_mut) else {
+            continue;
+        };
+        for (prop, p) in props.iter_mut() {
+            for (k, v) in dualstack_apimachinery::schema::extensions_for(name, prop) {
+                p[k] = v;
+            }
+        }
+    }
+    if let Some(props) = schemas
+        .get_mut("io.k8s.api.core.v1.ServiceSpec")
+        .and_then(|s| s.get_mut("properties"))
+        .and_then(Value::as_object_mut)
+    {
+        props.insert(
+            "ipFamily".into(),
+            json!({
+                "type": "string",
+                "enum": ["IPv4", "IPv6"],
+                "description": "Deprecated: the single-family field of the Kubernetes 1.16-1.19 dual-stack alpha (IPv6DualStack). Accepted on create only and translated to ipFamilies: [ipFamily] with ipFamilyPolicy: SingleStack; it must name a configured family and cannot change afterwards. Objects are always returned in the GA form (ipFamilies, ipFamilyPolicy, clusterIPs).",
+            }),
+        );
+    }
+}
+
+fn field_validation_param() -> Value {
+    json!({"name": "fieldValidation", "in": "query", "description": "fieldValidation instructs the server on how to handle objects in the request (POST/PUT/PATCH) containing unknown or duplicate fields. Valid values are: Ignore, Warn (the default) and Strict.", "schema": {"type": "string", "uniqueItems": true}})
+}
+
+fn v3_doc(res: &Resources, group: &str, version: &str, schemas: &Map<String, Value>) -> Value {
+    let mut paths = Map::new();
+    for r in res
+        .list
+        .iter()
+        .filter(|r| r.def().group == group && r.def().version == version)
+    {
+        let d = r.def();
+        let def_ref = json!({"$ref": format!("#/components/schemas/{}", definition_name(d))});
+        paths.insert(
+            object_path(d),
+            json!({
+                "get": {
+                    "description": format!("read the specified {}", d.kind),
+                    "operationId": format!("read{}", d.kind),
+                    "responses": {"200": {"description": "OK", "content": {"application/json": {"schema": def_ref}}}},
+                    "x-kubernetes-action": "get",
+                    "x-kubernetes-group-version-kind": gvk(d),
+                },
+                "patch": {
+                    "description": format!("partially update the specified {}", d.kind),
+                    "operationId": format!("patch{}", d.kind),
+                    "parameters": [field_validation_param(), {"name": "fieldManager", "in": "query", "schema": {"type": "string"}}, {"name": "force", "in": "query", "schema": {"type": "boolean"}}],
+                    "responses": {"200": {"description": "OK", "content": {"application/json": {"schema": def_ref}}}},
+                    "x-kubernetes-action": "patch",
+                    "x-kubernetes-group-version-kind": gvk(d),
+                },
+                "put": {
+                    "description": format!("replace the specified {}", d.kind),
+                    "operationId": format!("replace{}", d.kind),
+                    "parameters": [field_validation_param()],
+                    "responses": {"200": {"description": "OK", "content": {"application/json": {"schema": def_ref}}}},
+                    "x-kubernetes-action": "put",
+                    "x-kubernetes-group-version-kind": gvk(d),
+                },
+            }),
+        );
+    }
+    json!({
+        "openapi": "3.0.0",
+        "info": {"title": "Kubernetes", "version": crate::discovery::GIT_VERSION},
+        "paths": paths,
+        "components": {"schemas": schemas},
+    })
+}
+
+fn v2_doc(res: &Resources) -> Vec<u8> {
+    let mut paths = Vec::new();
+    for r in &res.list {
+        let d = r.def();
+        let yaml = format!(
+            "group: {:?}\nkind: {}\nversion: {}\n",
+            d.group, d.kind, d.version
+        );
+        let op = gnostic::Operation {
+            operation_id: format!("patch{}", d.kind),
+            parameters: vec![gnostic::ParametersItem {
+                parameter: Some(gnostic::Parameter {
+                    non_body_parameter: Some(gnostic::NonBodyParameter {
+                        query_parameter_sub_schema: Some(gnostic::QueryParameterSubSchema {
+                            required: false,
+                            r#in: "query".into(),
+                            description: "fieldValidation instructs the server on how to handle objects in the request containing unknown or duplicate fields.".into(),
+                            name: "fieldValidation".into(),
+                            r#type: "string".into(),
+                        }),
+                    }),
+                }),
+            }],
+            responses: Some(gnostic::Responses {
+                response_code: vec![gnostic::NamedResponseValue {
+                    name: "200".into(),
+                    value: Some(gnostic::ResponseValue { response: Some(gnostic::Response { description: "OK".into() }) }),
+                }],
+            }),
+            vendor_extension: vec![gnostic::NamedAny {
+                name: "x-kubernetes-group-version-kind".into(),
+                value: Some(gnostic::Any { yaml }),
+            }],
+        };
+        paths.push(gnostic::NamedPathItem {
+            name: object_path(d),
+            value: Some(gnostic::PathItem { patch: Some(op) }),
+        });
+    }
+    let doc = gnostic::Document {
+        swagger: "2.0".into(),
+        info: Some(gnostic::Info {
+            title: "Kubernetes".into(),
+            version: crate::discovery::GIT_VERSION.into(),
+        }),
+        paths: Some(gnostic::Paths { path: paths }),
+        definitions: Some(gnostic::Definitions {}),
+    };
+    doc.encode_to_vec()
+}
+
+impl OpenApi {
+    /// Builds every document for the served resources.
+    pub fn build(res: &Resources) -> Self {
+        let mut schemas = schemas();
+        decorate_schemas(&mut schemas, res);
+        let mut gvs: Vec<(String, String)> = res
+            .list
+            .iter()
+            .map(|r| (r.def().group.to_string(), r.def().version.to_string()))
+            .collect();
+        gvs.sort();
+        gvs.dedup();
+        let mut docs = BTreeMap::new();
+        let mut index = Map::new();
+        for (g, v) in gvs {
+            let doc = serde_json::to_vec(&v3_doc(res, &g, &v, &schemas)).unwrap_or_default();
+            let hash = hex::encode_upper(Sha256::digest(&doc));
+            let path = gv_path(&g, &v);
+            index.insert(
+                path.clone(),
+                json!({"serverRelativeURL": format!("/openapi/v3/{path}?hash={hash}")}),
+            );
+            docs.insert(path, (hash, doc));
+        }
+        Self {
+            v2: v2_doc(res),
+            v3_index: json!({"paths": index}),
+            v3_docs: docs,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn v2_document_decodes_and_declares_field_validation_for_patch() {
+        let d = gnostic::Document {
+            swagger: "2.0".into(),
+            info: None,
+            paths: Some(gnostic::Paths { path: vec![] }),
+            definitions: None,
+        };
+        let bytes = d.encode_to_vec();
+        assert_eq!(
+            gnostic::Document::decode(bytes.as_slice()).unwrap().swagger,
+            "2.0"
+        );
+    }
+
+    #[test]
+    fn schemas_name_kinds_as_upstream_definitions() {
+        let s = schemas();
+        for name in [
+            "io.k8s.api.core.v1.Service",
+            "io.k8s.api.discovery.v1.EndpointSlice",
+            "io.k8s.api.coordination.v1.Lease",
+            "io.k8s.api.networking.v1.IPAddress",
+        ] {
+            assert!(s.contains_key(name), "{name}");
+        }
+        assert!(s["io.k8s.api.core.v1.ServiceSpec"]["properties"]["ipFamilies"].is_object());
+    }
+}

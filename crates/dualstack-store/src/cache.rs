@@ -1,0 +1,561 @@
+//! The watch cache: the API server's in-memory view of the store, as kube-apiserver's cacher.
+//!
+//! [`Cache::start`] lists everything under a prefix, then follows the backend's watch. It keeps
+//! the current objects (sorted by key, so a list is a range scan) and, per resource (the second
+//! key segment, `/registry/<resource>/...`), a bounded history of events from which watches
+//! started in the past are replayed. A watch that starts before the oldest retained event gets
+//! [`StoreError::Compacted`] (the API turns that into `410 Gone`, "too old resource version").
+//!
+//! What clients see of an object is computed once, when it enters the cache, by a
+//! [`Decorator`]: the JSON with `metadata.resourceVersion` set, and the attributes selectors
+//! match on (labels, selectable fields). Lists and watches then only filter and copy bytes.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use tokio::sync::watch;
+
+use crate::{Backend, Event, EventKind, KeyValue, Revision, StoreError};
+
+/// Events kept per resource for watches that start in the past.
+pub const HISTORY_PER_RESOURCE: usize = 20_000;
+
+/// Labels and selectable fields of an object, for label and field selectors.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Attrs {
+    /// `metadata.labels`.
+    pub labels: BTreeMap<String, String>,
+    /// Selectable fields (`metadata.name`, `metadata.namespace`, `spec.nodeName`, ...).
+    pub fields: BTreeMap<String, String>,
+}
+
+/// What the cache keeps of a stored value besides its bytes.
+#[derive(Debug, Clone)]
+pub struct Decorated {
+    /// Selectable attributes.
+    pub attrs: Attrs,
+    /// The bytes sent to clients (JSON with `metadata.resourceVersion` set).
+    pub output: Bytes,
+}
+
+/// Computes [`Decorated`] for a stored value. Supplied by the API server, which knows the kinds.
+pub trait Decorator: Send + Sync + 'static {
+    /// `revision` is the value's `mod_revision` (for a deleted object, the deletion's revision).
+    fn decorate(&self, key: &str, value: &[u8], revision: Revision) -> Decorated;
+}
+
+/// One cached object version.
+#[derive(Debug)]
+pub struct Entry {
+    /// The stored key/value with revisions.
+    pub kv: KeyValue,
+    /// Selectable attributes.
+    pub attrs: Attrs,
+    /// The JSON clients get.
+    pub output: Bytes,
+}
+
+/// A change, as the cache delivers it to watchers.
+#[derive(Debug)]
+pub struct CacheEvent {
+    /// Put or delete.
+    pub kind: EventKind,
+    /// The object after the change; for a delete, its last state at the deletion's revision.
+    pub entry: Arc<Entry>,
+    /// The object before the change, if it existed.
+    pub prev: Option<Arc<Entry>>,
+}
+
+impl CacheEvent {
+    /// The revision of the change.
+    pub fn revision(&self) -> Revision {
+        self.entry.kv.mod_revision
+    }
+}
+
+struct History {
+    events: VecDeque<Arc<CacheEvent>>,
+    /// A watch may start after any revision >= `oldest`.
+    oldest: Revision,
+}
+
+struct State {
+    revision: Revision,
+    objects: BTreeMap<String, Arc<Entry>>,
+    histories: HashMap<String, History>,
+    /// Revision the cache was (re)built at; histories of resources without events start here.
+    built_at: Revision,
+}
+
+/// The watch cache. Cheap to clone.
+#[derive(Clone)]
+pub struct Cache {
+    state: Arc<RwLock<State>>,
+    revision: watch::Receiver<Revision>,
+}
+
+impl std::fmt::Debug for Cache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cache")
+            .field("revision", &*self.revision.borrow())
+            .finish()
+    }
+}
+
+/// A page of a list.
+#[derive(Debug)]
+pub struct ListPage {
+    /// Matching objects, sorted by key.
+    pub items: Vec<Arc<Entry>>,
+    /// The revision the list reflects.
+    pub revision: Revision,
+    /// When the page was cut short by the limit: the last key returned.
+    pub continue_after: Option<String>,
+    /// When cut short: how many more matching objects there are.
+    pub remaining: usize,
+}
+
+/// The resource segment of a key: `/registry/<resource>/...`.
+pub fn resource_of(key: &str) -> &str {
+    key.trim_start_matches('/').split('/').nth(1).unwrap_or("")
+}
+
+fn prefix_range<'a>(
+    objects: &'a BTreeMap<String, Arc<Entry>>,
+    prefix: &str,
+    after: Option<&str>,
+) -> impl Iterator<Item = &'a Arc<Entry>> + 'a {
+    use std::ops::Bound;
+    let start = match after {
+        Some(k) if k >= prefix => Bound::Excluded(k.to_string()),
+        _ => Bound::Included(prefix.to_string()),
+    };
+    let prefix = prefix.to_string();
+    objects
+        .range((start, Bound::Unbounded))
+        .take_while(move |(k, _)| k.starts_with(&prefix))
+        .map(|(_, v)| v)
+}
+
+impl Cache {
+    /// Lists `prefix` from `backend`, then follows its watch in a background task.
+    pub async fn start(
+        backend: Arc<dyn Backend>,
+        prefix: &str,
+        decorator: Arc<dyn Decorator>,
+    ) -> Result<Cache, StoreError> {
+        let (items, revision) = backend.list(prefix).await?;
+        let state = Arc::new(RwLock::new(build_state(
+            &items,
+            revision,
+            decorator.as_ref(),
+        )));
+        let (tx, rx) = watch::channel(revision);
+        let cache = Cache {
+            state: state.clone(),
+            revision: rx,
+        };
+        let prefix = prefix.to_string();
+        tokio::spawn(follow(backend, prefix, decorator, state, tx, revision));
+        Ok(cache)
+    }
+
+    /// The revision the cache reflects.
+    pub fn revision(&self) -> Revision {
+        *self.revision.borrow()
+    }
+
+    /// Waits until the cache reflects at least `revision`; false on timeout.
+    pub async fn wait_for(&self, revision: Revision, timeout: Duration) -> bool {
+        let mut rx = self.revision.clone();
+        tokio::time::timeout(timeout, rx.wait_for(|&r| r >= revision))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    /// A receiver that changes whenever the cache's revision does.
+    pub fn subscribe(&self) -> watch::Receiver<Revision> {
+        self.revision.clone()
+    }
+
+    /// The current version of one key.
+    pub fn get(&self, key: &str) -> Option<Arc<Entry>> {
+        self.state
+            .read()
+            .expect("cache lock")
+            .objects
+            .get(key)
+            .cloned()
+    }
+
+    /// Objects under `prefix` (after `after`, when continuing) that pass `filter`, at most
+    /// `limit` of them.
+    pub fn list(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: Option<usize>,
+        filter: &dyn Fn(&Entry) -> bool,
+    ) -> ListPage {
+        let st = self.state.read().expect("cache lock");
+        let mut items = Vec::new();
+        let mut iter = prefix_range(&st.objects, prefix, after).filter(|e| filter(e));
+        let limit = limit.filter(|&l| l > 0).unwrap_or(usize::MAX);
+        for e in iter.by_ref() {
+            items.push(e.clone());
+            if items.len() == limit {
+                break;
+            }
+        }
+        let remaining = if items.len() == limit {
+            iter.count()
+        } else {
+            0
+        };
+        let continue_after = if remaining > 0 {
+            items.last().map(|e| e.kv.key.clone())
+        } else {
+            None
+        };
+        ListPage {
+            items,
+            revision: st.revision,
+            continue_after,
+            remaining,
+        }
+    }
+
+    /// Number of objects under `prefix`.
+    pub fn count(&self, prefix: &str) -> usize {
+        let st = self.state.read().expect("cache lock");
+        prefix_range(&st.objects, prefix, None).count()
+    }
+
+    /// Starts a watch of `prefix` delivering every change after `after`.
+    pub fn watch(&self, prefix: &str, after: Revision) -> Result<Watcher, StoreError> {
+        let st = self.state.read().expect("cache lock");
+        let resource = resource_of(prefix).to_string();
+        let oldest = st
+            .histories
+            .get(&resource)
+            .map_or(st.built_at, |h| h.oldest);
+        if after < oldest {
+            return Err(StoreError::Compacted {
+                requested: after,
+                oldest,
+            });
+        }
+        Ok(Watcher {
+            state: self.state.clone(),
+            revision: self.revision.clone(),
+            prefix: prefix.to_string(),
+            resource,
+            cursor: after,
+        })
+    }
+}
+
+/// A watch on the cache; see [`Cache::watch`].
+pub struct Watcher {
+    state: Arc<RwLock<State>>,
+    revision: watch::Receiver<Revision>,
+    prefix: String,
+    resource: String,
+    cursor: Revision,
+}
+
+impl std::fmt::Debug for Watcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Watcher")
+            .field("prefix", &self.prefix)
+            .field("cursor", &self.cursor)
+            .finish()
+    }
+}
+
+impl Watcher {
+    /// The revision of the last change delivered (or the start revision).
+    pub fn cursor(&self) -> Revision {
+        self.cursor
+    }
+
+    /// Waits for the next changes. `Err(Compacted)` when the watcher fell behind the retained
+    /// history; `Err(Closed)` when the cache stopped.
+    pub async fn next(&mut self) -> Result<Vec<Arc<CacheEvent>>, StoreError> {
+        loop {
+            let current = *self.revision.borrow_and_update();
+            if current > self.cursor {
+                let batch = self.collect()?;
+                self.cursor = current;
+                if !batch.is_empty() {
+                    return Ok(batch);
+                }
+                continue;
+            }
+            self.revision
+                .changed()
+                .await
+                .map_err(|_| StoreError::Closed)?;
+        }
+    }
+
+    fn collect(&self) -> Result<Vec<Arc<CacheEvent>>, StoreError> {
+        let st = self.state.read().expect("cache lock");
+        let Some(h) = st.histories.get(&self.resource) else {
+            return if self.cursor < st.built_at {
+                Err(StoreError::Compacted {
+                    requested: self.cursor,
+                    oldest: st.built_at,
+                })
+            } else {
+                Ok(Vec::new())
+            };
+        };
+        if self.cursor < h.oldest {
+            return Err(StoreError::Compacted {
+                requested: self.cursor,
+                oldest: h.oldest,
+            });
+        }
+        let start = h.events.partition_point(|e| e.revision() <= self.cursor);
+        Ok(h.events
+            .range(start..)
+            .filter(|e| e.entry.kv.key.starts_with(&self.prefix))
+            .cloned()
+            .collect())
+    }
+}
+
+fn build_state(items: &[KeyValue], revision: Revision, decorator: &dyn Decorator) -> State {
+    let mut objects = BTreeMap::new();
+    for kv in items {
+        let d = decorator.decorate(&kv.key, &kv.value, kv.mod_revision);
+        objects.insert(
+            kv.key.clone(),
+            Arc::new(Entry {
+                kv: kv.clone(),
+                attrs: d.attrs,
+                output: d.output,
+            }),
+        );
+    }
+    State {
+        revision,
+        objects,
+        histories: HashMap::new(),
+        built_at: revision,
+    }
+}
+
+fn apply(state: &RwLock<State>, events: Vec<Event>, decorator: &dyn Decorator) -> Revision {
+    // Decorate outside the lock: it parses JSON.
+    let decorated: Vec<(Event, Decorated)> = events
+        .into_iter()
+        .map(|e| {
+            let d = decorator.decorate(&e.kv.key, &e.kv.value, e.kv.mod_revision);
+            (e, d)
+        })
+        .collect();
+    let mut st = state.write().expect("cache lock");
+    for (ev, d) in decorated {
+        let rev = ev.revision();
+        if rev <= st.revision {
+            continue; // already reflected (a re-list overlapped the watch)
+        }
+        let entry = Arc::new(Entry {
+            kv: ev.kv.clone(),
+            attrs: d.attrs,
+            output: d.output,
+        });
+        let prev = match ev.kind {
+            EventKind::Put => st.objects.insert(ev.kv.key.clone(), entry.clone()),
+            EventKind::Delete => st.objects.remove(&ev.kv.key),
+        };
+        let built_at = st.built_at;
+        let h = st
+            .histories
+            .entry(resource_of(&ev.kv.key).to_string())
+            .or_insert_with(|| History {
+                events: VecDeque::new(),
+                oldest: built_at,
+            });
+        h.events.push_back(Arc::new(CacheEvent {
+            kind: ev.kind,
+            entry,
+            prev,
+        }));
+        while h.events.len() > HISTORY_PER_RESOURCE {
+            let old = h.events.pop_front().expect("non-empty");
+            h.oldest = old.revision();
+        }
+    }
+    st.revision
+}
+
+async fn follow(
+    backend: Arc<dyn Backend>,
+    prefix: String,
+    decorator: Arc<dyn Decorator>,
+    state: Arc<RwLock<State>>,
+    tx: watch::Sender<Revision>,
+    mut revision: Revision,
+) {
+    loop {
+        let mut stream = match backend.watch(&prefix, revision) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "watch cache: cannot watch; re-listing");
+                revision = relist(&backend, &prefix, &decorator, &state, &tx, revision).await;
+                continue;
+            }
+        };
+        loop {
+            if tx.is_closed() && tx.receiver_count() == 0 {
+                return; // every Cache handle is gone
+            }
+            match stream.next().await {
+                Some(Ok(events)) => {
+                    let last = events.last().map(Event::revision);
+                    apply(&state, events, decorator.as_ref());
+                    if let Some(last) = last {
+                        state.write().expect("cache lock").revision = last.max(revision);
+                        revision = revision.max(last);
+                        tx.send_replace(revision);
+                    }
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "watch cache: watch failed; re-listing");
+                    revision = relist(&backend, &prefix, &decorator, &state, &tx, revision).await;
+                    break;
+                }
+                None => return, // backend closed
+            }
+        }
+    }
+}
+
+async fn relist(
+    backend: &Arc<dyn Backend>,
+    prefix: &str,
+    decorator: &Arc<dyn Decorator>,
+    state: &RwLock<State>,
+    tx: &watch::Sender<Revision>,
+    current: Revision,
+) -> Revision {
+    loop {
+        match backend.list(prefix).await {
+            Ok((items, revision)) => {
+                let fresh = build_state(&items, revision, decorator.as_ref());
+                *state.write().expect("cache lock") = fresh;
+                let revision = revision.max(current);
+                tx.send_replace(revision);
+                return revision;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "watch cache: re-list failed; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Txn;
+    use crate::embedded::Embedded;
+
+    struct Plain;
+    impl Decorator for Plain {
+        fn decorate(&self, key: &str, value: &[u8], revision: Revision) -> Decorated {
+            let mut attrs = Attrs::default();
+            attrs.fields.insert("key".into(), key.into());
+            Decorated {
+                attrs,
+                output: Bytes::from(format!("{}@{}", String::from_utf8_lossy(value), revision)),
+            }
+        }
+    }
+
+    async fn setup() -> (Embedded, Cache) {
+        let store = Embedded::in_memory().unwrap();
+        let cache = Cache::start(Arc::new(store.clone()), "/registry/", Arc::new(Plain))
+            .await
+            .unwrap();
+        (store, cache)
+    }
+
+    async fn commit(store: &Embedded, cache: &Cache, txn: Txn) -> Revision {
+        let rev = match store.txn(txn).await.unwrap() {
+            crate::TxnResult::Committed { revision } => revision,
+            other => panic!("{other:?}"),
+        };
+        assert!(cache.wait_for(rev, Duration::from_secs(5)).await);
+        rev
+    }
+
+    #[tokio::test]
+    async fn list_sees_committed_writes_with_decorated_output_and_pages() {
+        let (store, cache) = setup().await;
+        for i in 0..5 {
+            commit(
+                &store,
+                &cache,
+                Txn::new().put(format!("/registry/cm/ns/c{i}"), "v"),
+            )
+            .await;
+        }
+        commit(&store, &cache, Txn::new().put("/registry/cm/other/x", "v")).await;
+        let all = cache.list("/registry/cm/ns/", None, None, &|_| true);
+        assert_eq!(all.items.len(), 5);
+        assert_eq!(&all.items[0].output[..], b"v@2");
+        let p1 = cache.list("/registry/cm/ns/", None, Some(2), &|_| true);
+        assert_eq!((p1.items.len(), p1.remaining), (2, 3));
+        let after = p1.continue_after.unwrap();
+        let p2 = cache.list("/registry/cm/ns/", Some(&after), Some(2), &|_| true);
+        assert_eq!(p2.items[0].kv.key, "/registry/cm/ns/c2");
+        let filtered = cache.list("/registry/cm/", None, None, &|e| e.kv.key.ends_with('x'));
+        assert_eq!(filtered.items.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn watch_replays_from_revision_and_follows() {
+        let (store, cache) = setup().await;
+        let r1 = commit(&store, &cache, Txn::new().put("/registry/cm/ns/a", "1")).await;
+        commit(&store, &cache, Txn::new().put("/registry/svc/ns/a", "1")).await;
+        commit(&store, &cache, Txn::new().put("/registry/cm/ns/a", "2")).await;
+        let mut w = cache.watch("/registry/cm/", r1 - 1).unwrap();
+        let batch = w.next().await.unwrap();
+        assert_eq!(batch.len(), 2);
+        assert!(batch[0].prev.is_none());
+        assert_eq!(&batch[1].prev.as_ref().unwrap().output[..], b"1@2");
+        let store2 = store.clone();
+        tokio::spawn(async move { store2.txn(Txn::new().delete("/registry/cm/ns/a")).await });
+        let batch = w.next().await.unwrap();
+        assert_eq!(batch[0].kind, EventKind::Delete);
+        assert_eq!(&batch[0].entry.output[..], b"2@5");
+    }
+
+    #[tokio::test]
+    async fn watch_before_the_cache_started_is_too_old() {
+        let store = Embedded::in_memory().unwrap();
+        store
+            .txn(Txn::new().put("/registry/cm/ns/a", "1"))
+            .await
+            .unwrap();
+        let cache = Cache::start(Arc::new(store.clone()), "/registry/", Arc::new(Plain))
+            .await
+            .unwrap();
+        assert!(matches!(
+            cache.watch("/registry/cm/", 1),
+            Err(StoreError::Compacted {
+                requested: 1,
+                oldest: 2
+            })
+        ));
+        assert!(cache.watch("/registry/cm/", 2).is_ok());
+    }
+}

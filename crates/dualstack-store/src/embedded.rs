@@ -1,0 +1,517 @@
+//! The embedded, durable backend: a redb database file with group commit.
+//!
+//! Layout: table `kv` maps each key to `create_revision (8 bytes LE) | mod_revision (8 bytes
+//! LE) | value`; table `meta` holds the latest committed `revision`. A fresh store starts at
+//! revision 1 (as etcd does), so the first transaction commits at 2 and `0` never names a state.
+//!
+//! Writes go through one committer thread. It takes every transaction queued at the moment
+//! (up to [`MAX_BATCH`]), evaluates each one's compares in order against the database as
+//! modified by the earlier ones of the same batch, gives each successful transaction the next
+//! revision, writes them all in one redb write transaction and commits it with
+//! `Durability::Immediate` (fsync). Only then are the callers answered and the events published
+//! to watchers: an acknowledged write is on disk, and a `kill -9` at any moment loses nothing
+//! acknowledged (redb's commit is atomic and checksummed). If the commit fails, every
+//! transaction of the batch fails and nothing is published.
+//!
+//! Watch history is kept in memory only (the last [`HISTORY`] events); after a restart a watch
+//! can start from the revision the store opened at. The API server's watch cache keeps its own,
+//! longer history.
+
+use std::collections::VecDeque;
+use std::path::Path;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, mpsc as std_mpsc};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::{
+    Backend, Event, EventKind, KeyValue, Op, Revision, StoreError, Txn, TxnResult, WatchStream,
+};
+
+const KV: TableDefinition<&str, &[u8]> = TableDefinition::new("kv");
+const META: TableDefinition<&str, i64> = TableDefinition::new("meta");
+const REVISION_KEY: &str = "revision";
+
+/// Most transactions committed together.
+pub const MAX_BATCH: usize = 4096;
+/// Events kept in memory for watches that start in the past.
+pub const HISTORY: usize = 10_000;
+
+struct Request {
+    txn: Txn,
+    reply: oneshot::Sender<Result<TxnResult, StoreError>>,
+}
+
+struct History {
+    events: VecDeque<Event>,
+    /// A watch may start after any revision >= `oldest`.
+    oldest: Revision,
+    subscribers: Vec<Subscriber>,
+}
+
+struct Subscriber {
+    prefix: String,
+    tx: mpsc::UnboundedSender<Vec<Event>>,
+}
+
+struct Shared {
+    db: Database,
+    revision: AtomicI64,
+    history: Mutex<History>,
+}
+
+/// The embedded backend. Cheap to clone; all clones share the database.
+#[derive(Clone)]
+pub struct Embedded {
+    shared: Arc<Shared>,
+    requests: std_mpsc::SyncSender<Request>,
+}
+
+impl std::fmt::Debug for Embedded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Embedded")
+            .field("revision", &self.shared.revision.load(Ordering::SeqCst))
+            .finish()
+    }
+}
+
+fn backend_err(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+fn encode(create: Revision, modified: Revision, value: &[u8]) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(16 + value.len());
+    buf.extend_from_slice(&create.to_le_bytes());
+    buf.extend_from_slice(&modified.to_le_bytes());
+    buf.extend_from_slice(value);
+    buf
+}
+
+fn decode(key: &str, raw: &[u8]) -> Result<KeyValue, StoreError> {
+    if raw.len() < 16 {
+        return Err(StoreError::Backend(format!("corrupt record for key {key}")));
+    }
+    let create = i64::from_le_bytes(raw[0..8].try_into().expect("8 bytes"));
+    let modified = i64::from_le_bytes(raw[8..16].try_into().expect("8 bytes"));
+    Ok(KeyValue {
+        key: key.to_string(),
+        value: Bytes::copy_from_slice(&raw[16..]),
+        create_revision: create,
+        mod_revision: modified,
+    })
+}
+
+/// The first key after every key that starts with `prefix` (etcd's range end).
+fn prefix_end(prefix: &str) -> String {
+    let mut s = prefix.to_string();
+    s.push(char::MAX);
+    s
+}
+
+impl Embedded {
+    /// Opens (or creates) the database at `path`.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let db = Database::create(path).map_err(backend_err)?;
+        Self::start(db)
+    }
+
+    /// An in-memory database, for tests.
+    pub fn in_memory() -> Result<Self, StoreError> {
+        let db = Database::builder()
+            .create_with_backend(redb::backends::InMemoryBackend::new())
+            .map_err(backend_err)?;
+        Self::start(db)
+    }
+
+    fn start(db: Database) -> Result<Self, StoreError> {
+        let revision = {
+            let wtx = db.begin_write().map_err(backend_err)?;
+            let rev = {
+                let mut meta = wtx.open_table(META).map_err(backend_err)?;
+                wtx.open_table(KV).map_err(backend_err)?;
+                let rev = meta
+                    .get(REVISION_KEY)
+                    .map_err(backend_err)?
+                    .map(|g| g.value());
+                match rev {
+                    Some(r) => r,
+                    None => {
+                        meta.insert(REVISION_KEY, 1).map_err(backend_err)?;
+                        1
+                    }
+                }
+            };
+            wtx.commit().map_err(backend_err)?;
+            rev
+        };
+        let shared = Arc::new(Shared {
+            db,
+            revision: AtomicI64::new(revision),
+            history: Mutex::new(History {
+                events: VecDeque::new(),
+                oldest: revision,
+                subscribers: Vec::new(),
+            }),
+        });
+        let (tx, rx) = std_mpsc::sync_channel::<Request>(MAX_BATCH * 4);
+        let committer = shared.clone();
+        std::thread::Builder::new()
+            .name("store-commit".into())
+            .spawn(move || commit_loop(committer, rx))
+            .map_err(backend_err)?;
+        Ok(Self {
+            shared,
+            requests: tx,
+        })
+    }
+}
+
+fn commit_loop(shared: Arc<Shared>, rx: std_mpsc::Receiver<Request>) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(r) => batch.push(r),
+                Err(_) => break,
+            }
+        }
+        let start = shared.revision.load(Ordering::SeqCst);
+        match commit_batch(&shared.db, start, &batch) {
+            Ok((results, events, revision)) => {
+                shared.revision.store(revision, Ordering::SeqCst);
+                publish(&shared, events);
+                for (req, result) in batch.into_iter().zip(results) {
+                    let _ = req.reply.send(Ok(result));
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "storage commit failed; {} transactions failed", batch.len());
+                for req in batch {
+                    let _ = req.reply.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+}
+
+type BatchOutcome = (Vec<TxnResult>, Vec<Event>, Revision);
+
+fn commit_batch(
+    db: &Database,
+    start: Revision,
+    batch: &[Request],
+) -> Result<BatchOutcome, StoreError> {
+    let wtx = db.begin_write().map_err(backend_err)?;
+    let mut results = Vec::with_capacity(batch.len());
+    let mut events = Vec::new();
+    let mut rev = start;
+    {
+        let mut kv = wtx.open_table(KV).map_err(backend_err)?;
+        let read =
+            |kv: &redb::Table<&str, &[u8]>, key: &str| -> Result<Option<KeyValue>, StoreError> {
+                match kv.get(key).map_err(backend_err)? {
+                    Some(g) => Ok(Some(decode(key, g.value())?)),
+                    None => Ok(None),
+                }
+            };
+        'txns: for req in batch {
+            for (index, compare) in req.txn.compares.iter().enumerate() {
+                let current = read(&kv, &compare.key)?;
+                if !compare.holds(current.as_ref()) {
+                    results.push(TxnResult::Failed { index, current });
+                    continue 'txns;
+                }
+            }
+            if req.txn.ops.is_empty() {
+                results.push(TxnResult::Committed { revision: rev });
+                continue;
+            }
+            rev += 1;
+            for op in &req.txn.ops {
+                let prev = read(&kv, op.key())?;
+                match op {
+                    Op::Put { key, value } => {
+                        let create = prev.as_ref().map_or(rev, |p| p.create_revision);
+                        kv.insert(key.as_str(), encode(create, rev, value).as_slice())
+                            .map_err(backend_err)?;
+                        events.push(Event {
+                            kind: EventKind::Put,
+                            kv: KeyValue {
+                                key: key.clone(),
+                                value: value.clone(),
+                                create_revision: create,
+                                mod_revision: rev,
+                            },
+                            prev,
+                        });
+                    }
+                    Op::Delete { key } => {
+                        if let Some(prev) = prev {
+                            kv.remove(key.as_str()).map_err(backend_err)?;
+                            let mut last = prev.clone();
+                            last.mod_revision = rev;
+                            events.push(Event {
+                                kind: EventKind::Delete,
+                                kv: last,
+                                prev: Some(prev),
+                            });
+                        }
+                    }
+                }
+            }
+            results.push(TxnResult::Committed { revision: rev });
+        }
+        let mut meta = wtx.open_table(META).map_err(backend_err)?;
+        meta.insert(REVISION_KEY, rev).map_err(backend_err)?;
+    }
+    if rev == start {
+        // Nothing to persist (every transaction failed or was empty).
+        wtx.abort().map_err(backend_err)?;
+    } else {
+        wtx.commit().map_err(backend_err)?;
+    }
+    Ok((results, events, rev))
+}
+
+fn publish(shared: &Shared, events: Vec<Event>) {
+    if events.is_empty() {
+        return;
+    }
+    let mut h = shared.history.lock().expect("history lock");
+    h.subscribers.retain(|s| {
+        let mine: Vec<Event> = events
+            .iter()
+            .filter(|e| e.kv.key.starts_with(&s.prefix))
+            .cloned()
+            .collect();
+        mine.is_empty() || s.tx.send(mine).is_ok()
+    });
+    h.events.extend(events);
+    while h.events.len() > HISTORY {
+        let ev = h.events.pop_front().expect("non-empty");
+        h.oldest = ev.revision();
+    }
+}
+
+#[async_trait::async_trait]
+impl Backend for Embedded {
+    async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
+        let rtx = self.shared.db.begin_read().map_err(backend_err)?;
+        let kv = rtx.open_table(KV).map_err(backend_err)?;
+        match kv.get(key).map_err(backend_err)? {
+            Some(g) => Ok(Some(decode(key, g.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    async fn list(&self, prefix: &str) -> Result<(Vec<KeyValue>, Revision), StoreError> {
+        let rtx = self.shared.db.begin_read().map_err(backend_err)?;
+        let meta = rtx.open_table(META).map_err(backend_err)?;
+        let revision = meta
+            .get(REVISION_KEY)
+            .map_err(backend_err)?
+            .map_or(1, |g| g.value());
+        let kv = rtx.open_table(KV).map_err(backend_err)?;
+        let end = prefix_end(prefix);
+        let mut out = Vec::new();
+        for item in kv
+            .range::<&str>(prefix..end.as_str())
+            .map_err(backend_err)?
+        {
+            let (k, v) = item.map_err(backend_err)?;
+            out.push(decode(k.value(), v.value())?);
+        }
+        Ok((out, revision))
+    }
+
+    async fn txn(&self, txn: Txn) -> Result<TxnResult, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        let requests = self.requests.clone();
+        // The queue is bounded; a full queue blocks the sender briefly, so send off the runtime.
+        match requests.try_send(Request { txn, reply }) {
+            Ok(()) => {}
+            Err(std_mpsc::TrySendError::Full(req)) => {
+                tokio::task::spawn_blocking(move || requests.send(req))
+                    .await
+                    .map_err(backend_err)?
+                    .map_err(|_| StoreError::Closed)?;
+            }
+            Err(std_mpsc::TrySendError::Disconnected(_)) => return Err(StoreError::Closed),
+        }
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    async fn current_revision(&self) -> Result<Revision, StoreError> {
+        Ok(self.shared.revision.load(Ordering::SeqCst))
+    }
+
+    fn watch(&self, prefix: &str, after: Revision) -> Result<WatchStream, StoreError> {
+        let mut h = self.shared.history.lock().expect("history lock");
+        if after < h.oldest {
+            return Err(StoreError::Compacted {
+                requested: after,
+                oldest: h.oldest,
+            });
+        }
+        let backlog: Vec<Event> = h
+            .events
+            .iter()
+            .filter(|e| e.revision() > after && e.kv.key.starts_with(prefix))
+            .cloned()
+            .collect();
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        h.subscribers.push(Subscriber {
+            prefix: prefix.to_string(),
+            tx,
+        });
+        let live = futures::stream::poll_fn(move |cx| rx.poll_recv(cx)).map(Ok);
+        let first = if backlog.is_empty() {
+            None
+        } else {
+            Some(Ok(backlog))
+        };
+        Ok(futures::stream::iter(first).chain(live).boxed())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Compare;
+
+    fn put(key: &str, v: &str) -> Txn {
+        Txn::new().put(key, Bytes::from(v.to_string()))
+    }
+
+    #[tokio::test]
+    async fn revisions_start_at_one_and_increase_per_transaction() {
+        let s = Embedded::in_memory().unwrap();
+        assert_eq!(s.current_revision().await.unwrap(), 1);
+        let r = s.txn(put("/a", "1").put("/b", "2")).await.unwrap();
+        assert_eq!(r, TxnResult::Committed { revision: 2 });
+        let a = s.get("/a").await.unwrap().unwrap();
+        assert_eq!((a.create_revision, a.mod_revision), (2, 2));
+        s.txn(put("/a", "3")).await.unwrap();
+        let a = s.get("/a").await.unwrap().unwrap();
+        assert_eq!(
+            (a.create_revision, a.mod_revision, &a.value[..]),
+            (2, 3, &b"3"[..])
+        );
+    }
+
+    #[tokio::test]
+    async fn failed_compare_writes_nothing_and_reports_current_value() {
+        let s = Embedded::in_memory().unwrap();
+        s.txn(put("/a", "1")).await.unwrap();
+        let r = s
+            .txn(put("/a", "2").put("/b", "x").when(Compare::absent("/a")))
+            .await
+            .unwrap();
+        match r {
+            TxnResult::Failed {
+                index: 0,
+                current: Some(kv),
+            } => assert_eq!(&kv.value[..], b"1"),
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(s.get("/b").await.unwrap().is_none());
+        assert_eq!(s.current_revision().await.unwrap(), 2);
+        let stale = s
+            .txn(put("/a", "2").when(Compare::mod_revision("/a", 1)))
+            .await
+            .unwrap();
+        assert!(matches!(stale, TxnResult::Failed { .. }));
+        let ok = s
+            .txn(put("/a", "2").when(Compare::mod_revision("/a", 2)))
+            .await
+            .unwrap();
+        assert_eq!(ok, TxnResult::Committed { revision: 3 });
+    }
+
+    #[tokio::test]
+    async fn concurrent_creates_of_one_key_have_exactly_one_winner() {
+        let s = Embedded::in_memory().unwrap();
+        let mut tasks = Vec::new();
+        for i in 0..64 {
+            let s = s.clone();
+            tasks.push(tokio::spawn(async move {
+                s.txn(put("/k", &i.to_string()).when(Compare::absent("/k")))
+                    .await
+                    .unwrap()
+            }));
+        }
+        let mut winners = 0;
+        for t in tasks {
+            if matches!(t.await.unwrap(), TxnResult::Committed { .. }) {
+                winners += 1;
+            }
+        }
+        assert_eq!(winners, 1);
+    }
+
+    #[tokio::test]
+    async fn list_returns_prefix_sorted_with_revision() {
+        let s = Embedded::in_memory().unwrap();
+        s.txn(put("/r/b", "1").put("/r/a", "2").put("/rx", "3"))
+            .await
+            .unwrap();
+        let (items, rev) = s.list("/r/").await.unwrap();
+        let keys: Vec<_> = items.iter().map(|k| k.key.as_str()).collect();
+        assert_eq!(keys, vec!["/r/a", "/r/b"]);
+        assert_eq!(rev, 2);
+    }
+
+    #[tokio::test]
+    async fn watch_replays_history_then_follows_live_changes() {
+        let s = Embedded::in_memory().unwrap();
+        s.txn(put("/w/a", "1")).await.unwrap(); // rev 2
+        s.txn(put("/other", "1")).await.unwrap(); // rev 3
+        s.txn(Txn::new().delete("/w/a")).await.unwrap(); // rev 4
+        let mut w = s.watch("/w/", 1).unwrap();
+        let backlog = w.next().await.unwrap().unwrap();
+        assert_eq!(backlog.len(), 2);
+        assert_eq!(
+            (backlog[0].kind, backlog[0].revision()),
+            (EventKind::Put, 2)
+        );
+        let e2 = &backlog[1];
+        assert_eq!(
+            (e2.kind, e2.revision(), &e2.kv.value[..]),
+            (EventKind::Delete, 4, &b"1"[..])
+        );
+        s.txn(put("/w/b", "2")).await.unwrap(); // rev 5
+        let live = w.next().await.unwrap().unwrap();
+        assert_eq!((live[0].kv.key.as_str(), live[0].revision()), ("/w/b", 5));
+        assert!(matches!(
+            s.watch("/w/", 0),
+            Err(StoreError::Compacted { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn reopening_keeps_data_and_revision() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        {
+            let s = Embedded::open(&path).unwrap();
+            s.txn(put("/a", "1")).await.unwrap();
+            s.txn(put("/b", "1")).await.unwrap();
+            s.txn(Txn::new().delete("/b")).await.unwrap();
+        }
+        // The committer thread exits when the last handle is dropped; wait for the file lock.
+        let s = loop {
+            match Embedded::open(&path) {
+                Ok(s) => break s,
+                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(10)).await,
+            }
+        };
+        assert_eq!(s.current_revision().await.unwrap(), 4);
+        assert!(s.get("/a").await.unwrap().is_some());
+        assert!(s.get("/b").await.unwrap().is_none());
+        let r = s.txn(put("/c", "1")).await.unwrap();
+        assert_eq!(r, TxnResult::Committed { revision: 5 });
+    }
+}

@@ -1,0 +1,142 @@
+//! `dualstack server`: the API server (kube-apiserver flags), with the controllers of
+//! kube-controller-manager built in.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::Args;
+use dualstack_api::config::{
+    ConfigError, ConfigErrors, FeatureGates, NodeIpamConfig, ServiceClusterIpRange, parse_node_ips,
+    parse_service_node_port_range,
+};
+use dualstack_apiserver::config::ServerConfig;
+
+use crate::flags::{FeatureGateFlags, NodeIpamFlags, ServiceNetworkFlags};
+
+/// Flags of `dualstack server`.
+#[derive(Debug, Clone, Args)]
+pub struct ServerArgs {
+    /// Directory for the embedded store, the PKI, tokens and the admin kubeconfig.
+    #[arg(
+        long = "data-dir",
+        value_name = "path",
+        default_value = "./dualstack-data"
+    )]
+    pub data_dir: PathBuf,
+
+    /// The IP address on which to listen for the --secure-port port.
+    #[arg(long = "bind-address", value_name = "ip", default_value = "127.0.0.1")]
+    pub bind_address: IpAddr,
+
+    /// The port on which to serve HTTPS with authentication and authorization; 0 picks a free
+    /// port and logs it.
+    #[arg(long = "secure-port", value_name = "int", default_value_t = 6443)]
+    pub secure_port: u16,
+
+    /// The address(es) of this control-plane host as kubelet's --node-ip (one per family,
+    /// primary first): published in the default/kubernetes Endpoints. The first must be of the
+    /// primary service family. Defaults to the bind address, or loopback of the primary family.
+    #[arg(
+        long = "node-ip",
+        visible_alias = "advertise-address",
+        value_name = "ip[,ip]",
+        default_value = ""
+    )]
+    pub node_ip: String,
+
+    /// How often the ClusterIP/NodePort repair loop runs (e.g. 3m, 30s).
+    #[arg(long = "service-ip-repair-interval", value_name = "duration", default_value = "3m", value_parser = crate::flags::duration)]
+    pub repair_interval: std::time::Duration,
+
+    #[command(flatten)]
+    pub service: ServiceNetworkFlags,
+
+    #[command(flatten)]
+    pub ipam: NodeIpamFlags,
+
+    #[command(flatten)]
+    pub gates: FeatureGateFlags,
+}
+
+impl ServerArgs {
+    /// Validates every flag (upstream's order and messages) into a server configuration.
+    pub fn resolve(&self) -> Result<(ServerConfig, Option<NodeIpamConfig>), ConfigErrors> {
+        let gates = FeatureGates::parse(&self.gates.feature_gates)?;
+        let service_ranges = ServiceClusterIpRange::parse(&self.service.service_cluster_ip_range)?;
+        gates.check_dual_stack(
+            "--service-cluster-ip-range",
+            &self.service.service_cluster_ip_range,
+            service_ranges.is_dual_stack(),
+        )?;
+        let node_port_range = parse_service_node_port_range(&self.service.service_node_port_range)?;
+        let ipam = NodeIpamConfig::from_flags(
+            self.ipam.allocate_node_cidrs,
+            &self.ipam.cluster_cidr,
+            self.ipam.masks(),
+            &service_ranges,
+        )?;
+        if let Some(cfg) = &ipam {
+            gates.check_dual_stack(
+                "--cluster-cidr",
+                &self.ipam.cluster_cidr,
+                cfg.is_dual_stack(),
+            )?;
+        }
+        let (mut advertise, _skipped) =
+            parse_node_ips(&self.node_ip, "").map_err(|e| ConfigError::Flag {
+                flag: "--node-ip",
+                value: self.node_ip.clone(),
+                source: Box::new(e),
+            })?;
+        if let Some(first) = advertise.first() {
+            service_ranges.check_public_address(*first)?;
+        } else {
+            let primary = service_ranges.primary_family();
+            let bind = self.bind_address;
+            let default =
+                if !bind.is_unspecified() && dualstack_ipam::IpFamily::of_addr(&bind) == primary {
+                    bind
+                } else if primary == dualstack_ipam::IpFamily::IPv4 {
+                    IpAddr::from([127, 0, 0, 1])
+                } else {
+                    IpAddr::from(std::net::Ipv6Addr::LOCALHOST)
+                };
+            advertise.push(default);
+        }
+        let config = ServerConfig {
+            data_dir: self.data_dir.clone(),
+            bind_address: self.bind_address,
+            secure_port: self.secure_port,
+            advertise_addresses: advertise,
+            service_ranges,
+            node_port_range,
+            repair_interval: self.repair_interval,
+        };
+        Ok((config, ipam))
+    }
+}
+
+/// Runs the server until interrupted.
+pub fn run(args: ServerArgs) -> Result<()> {
+    let (config, ipam) = args.resolve()?;
+    crate::cmd::init_tracing();
+    if config.service_ranges.defaulted {
+        tracing::warn!(
+            "No CIDR for service cluster IPs specified. Default value which was {} is deprecated and will be removed in future releases. Please specify it using --service-cluster-ip-range on kube-apiserver.",
+            config.service_ranges.primary
+        );
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let server = dualstack_apiserver::Server::start(config).await?;
+        tracing::info!(url = %server.url(), kubeconfig = %server.kubeconfig_path().display(), "API server ready");
+        let _ = ipam;
+        tokio::signal::ctrl_c().await?;
+        tracing::info!("shutting down");
+        server.shutdown().await;
+        Ok(())
+    })
+}

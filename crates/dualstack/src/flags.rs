@@ -1,0 +1,120 @@
+//! Flag groups shared by several components, with upstream's names and defaults. Values are
+//! kept as strings here and validated by `dualstack_api::config`, so the messages are upstream's.
+
+use clap::Args;
+
+/// Go-style boolean flag values (`--flag`, `--flag=true`, `--flag=False`, `--flag=1`).
+pub fn go_bool(s: &str) -> Result<bool, String> {
+    dualstack_api::config::parse_go_bool(s)
+        .ok_or_else(|| format!("strconv.ParseBool: parsing {s:?}: invalid syntax"))
+}
+
+/// Go-style durations: `90s`, `3m`, `1h`, `1m30s`, `500ms`.
+pub fn duration(s: &str) -> Result<std::time::Duration, String> {
+    let err = || format!("time: invalid duration {s:?}");
+    let mut total = 0f64;
+    let mut rest = s.trim();
+    if rest.is_empty() {
+        return Err(err());
+    }
+    if rest == "0" {
+        return Ok(std::time::Duration::ZERO);
+    }
+    while !rest.is_empty() {
+        let num_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or_else(err)?;
+        let n: f64 = rest[..num_len].parse().map_err(|_| err())?;
+        rest = &rest[num_len..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let factor = match &rest[..unit_len] {
+            "ns" => 1e-9,
+            "us" | "µs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => return Err(err()),
+        };
+        total += n * factor;
+        rest = &rest[unit_len..];
+    }
+    Ok(std::time::Duration::from_secs_f64(total))
+}
+
+/// Mask sizes 0–128.
+fn mask(s: &str) -> Result<u8, String> {
+    s.parse::<u8>()
+        .ok()
+        .filter(|&m| m <= 128)
+        .ok_or_else(|| format!("strconv.ParseInt: parsing {s:?}: invalid syntax"))
+}
+
+/// `--feature-gates`, accepted by every component.
+#[derive(Debug, Clone, Args)]
+pub struct FeatureGateFlags {
+    /// A set of key=value pairs that describe feature gates for alpha/experimental features.
+    /// IPv6DualStack=true is accepted (dual-stack is always on, as in GA Kubernetes).
+    #[arg(
+        long = "feature-gates",
+        value_name = "mapStringBool",
+        default_value = ""
+    )]
+    pub feature_gates: String,
+}
+
+/// The Service network flags of kube-apiserver.
+#[derive(Debug, Clone, Args)]
+pub struct ServiceNetworkFlags {
+    /// A CIDR notation IP range from which to assign service cluster IPs. A pair of one IPv4 and
+    /// one IPv6 CIDR makes Services dual-stack; entry 0 is the cluster's primary family. An IPv4
+    /// range may be as large as /12, an IPv6 range as large as /64. Default 10.0.0.0/24.
+    #[arg(
+        long = "service-cluster-ip-range",
+        value_name = "string",
+        default_value = ""
+    )]
+    pub service_cluster_ip_range: String,
+
+    /// A port range to reserve for services with NodePort visibility (inclusive at both ends).
+    #[arg(long = "service-node-port-range", value_name = "portRange", default_value = dualstack_api::config::DEFAULT_SERVICE_NODE_PORT_RANGE)]
+    pub service_node_port_range: String,
+}
+
+/// The node IPAM flags of kube-controller-manager.
+#[derive(Debug, Clone, Args)]
+pub struct NodeIpamFlags {
+    /// Should CIDRs for Pods be allocated and set on the cloud provider / nodes.
+    #[arg(long = "allocate-node-cidrs", value_name = "bool", num_args = 0..=1, default_missing_value = "true", default_value = "false", value_parser = go_bool)]
+    pub allocate_node_cidrs: bool,
+
+    /// CIDR Range for Pods in cluster: one CIDR, or a dual-stack pair (e.g.
+    /// 10.244.0.0/16,fc00::/48); the order decides the order of every node's podCIDRs.
+    #[arg(long = "cluster-cidr", value_name = "string", default_value = "")]
+    pub cluster_cidr: String,
+
+    /// Mask size for node cidr in cluster. Default is 24 for IPv4 and 64 for IPv6.
+    #[arg(long = "node-cidr-mask-size", value_name = "int32", value_parser = mask)]
+    pub node_cidr_mask_size: Option<u8>,
+
+    /// Mask size for IPv4 node cidr in dual-stack cluster. Default is 24.
+    #[arg(long = "node-cidr-mask-size-ipv4", value_name = "int32", value_parser = mask)]
+    pub node_cidr_mask_size_ipv4: Option<u8>,
+
+    /// Mask size for IPv6 node cidr in dual-stack cluster. Default is 64.
+    #[arg(long = "node-cidr-mask-size-ipv6", value_name = "int32", value_parser = mask)]
+    pub node_cidr_mask_size_ipv6: Option<u8>,
+}
+
+impl NodeIpamFlags {
+    /// The mask flags for validation.
+    pub fn masks(&self) -> dualstack_api::config::NodeCidrMaskFlags {
+        dualstack_api::config::NodeCidrMaskFlags {
+            node_cidr_mask_size: self.node_cidr_mask_size,
+            ipv4: self.node_cidr_mask_size_ipv4,
+            ipv6: self.node_cidr_mask_size_ipv6,
+        }
+    }
+}

@@ -1,0 +1,43 @@
+//! `dualstack`: Kubernetes IPv4/IPv6 dual-stack networking in one binary.
+//!
+//! This file is the table of contents: one subcommand per component, one file each under
+//! `cmd/`. Flags keep upstream's names; a bad flag value exits non-zero with upstream's message
+//! before anything starts.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod cmd;
+mod flags;
+
+/// Kubernetes IPv4/IPv6 dual-stack networking.
+#[derive(Debug, Parser)]
+#[command(name = "dualstack", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// The Kubernetes-compatible API server (kube-apiserver), with the controllers built in.
+    Server(cmd::server::ServerArgs),
+    /// Issue bearer tokens (admin or node) for a server's data directory.
+    Token(cmd::token::TokenArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Server(args) => cmd::server::run(args),
+        Command::Token(args) => cmd::token::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("Error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
