@@ -122,8 +122,8 @@ impl<'a> Lexer<'a> {
         self.s[self.pos..].chars().next()
     }
     fn skip_ws(&mut self) {
-        while self.peek().is_some_and(char::is_whitespace) {
-            self.pos += 1;
+        while let Some(c) = self.peek().filter(|c| c.is_whitespace()) {
+            self.pos += c.len_utf8();
         }
     }
     fn eat(&mut self, c: char) -> bool {
@@ -369,17 +369,15 @@ fn split_unescaped(s: &str, sep: char) -> Vec<String> {
 }
 
 fn find_unescaped(s: &str, pat: &str) -> Option<usize> {
-    let bytes = s.as_bytes();
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'\\' {
-            i += 2;
+    let mut chars = s.char_indices();
+    while let Some((i, c)) = chars.next() {
+        if c == '\\' {
+            chars.next();
             continue;
         }
         if s[i..].starts_with(pat) {
             return Some(i);
         }
-        i += 1;
     }
     None
 }
@@ -473,6 +471,10 @@ mod tests {
                 .unwrap()
                 .matches(&f)
         );
+        // Multi-byte characters next to operators and Unicode spaces (found by the fuzzer).
+        assert!(LabelSelector::parse("R\u{a0}tn").is_err());
+        assert!(FieldSelector::parse("ti ren (a ԕ֠!x").is_err());
+        assert_eq!(FieldSelector::parse("a=ԕ!=").unwrap().0[0].field, "a=ԕ");
         let esc = FieldSelector::parse(r"metadata.name=a\,b").unwrap();
         assert_eq!(esc.0[0].value, "a,b");
         assert!(FieldSelector::parse("nonsense").is_err());

@@ -217,27 +217,23 @@ impl<S: Strategy> Registry<S> {
     }
 
     /// Checks that a namespace exists and accepts new objects.
-    pub fn check_namespace(&self, ns: &str) -> Result<(), ApiError> {
+    pub fn check_namespace(&self, ns: &str, name: &str) -> Result<(), ApiError> {
         let key = format!("/registry/namespaces/{ns}");
-        match self.storage.cache.get(&key) {
-            None => Err(ApiError::NotFound {
+        let Some(e) = self.storage.cache.get(&key) else {
+            return Err(ApiError::NotFound {
                 resource: dualstack_apimachinery::status::GroupResource::new("", "namespaces"),
                 name: ns.to_string(),
-            }),
-            Some(e) => {
-                let v: Value = serde_json::from_slice(&e.output).unwrap_or(Value::Null);
-                if v["metadata"]["deletionTimestamp"].is_string() {
-                    Err(ApiError::Forbidden(format!(
-                        "{} {:?} is forbidden: unable to create new content in namespace {ns} because it is being terminated",
-                        self.def().group_resource(),
-                        ""
-                    )
-                    .replace(" \"\" is forbidden", " is forbidden")))
-                } else {
-                    Ok(())
-                }
-            }
+            });
+        };
+        let v: Value = serde_json::from_slice(&e.output).unwrap_or(Value::Null);
+        if !v["metadata"]["deletionTimestamp"].is_string() {
+            return Ok(());
         }
+        let resource = self.def().group_resource();
+        let subject = if name.is_empty() { resource.to_string() } else { format!("{resource} {name:?}") };
+        Err(ApiError::Forbidden(format!(
+            "{subject} is forbidden: unable to create new content in namespace {ns} because it is being terminated"
+        )))
     }
 
     /// CREATE. `obj` has been decoded and defaulted.
@@ -279,7 +275,8 @@ impl<S: Strategy> Registry<S> {
             meta.self_link = None;
         }
         if def.namespaced {
-            self.check_namespace(obj.metadata().namespace.as_deref().unwrap_or(""))?;
+            let meta = obj.metadata();
+            self.check_namespace(meta.namespace.as_deref().unwrap_or(""), meta.name.as_deref().unwrap_or(""))?;
         }
         let name = object_name(obj.metadata());
         let key = self.key(obj.metadata().namespace.as_deref(), &name);

@@ -25,6 +25,8 @@ enum Command {
     Server(cmd::server::ServerArgs),
     /// Issue bearer tokens (admin or node) for a server's data directory.
     Token(cmd::token::TokenArgs),
+    /// Performance measurements that print a table (see BENCHMARKS.md).
+    Bench(cmd::bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -32,6 +34,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Server(args) => cmd::server::run(args),
         Command::Token(args) => cmd::token::run(args),
+        Command::Bench(args) => cmd::bench::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

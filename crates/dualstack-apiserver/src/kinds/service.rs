@@ -206,6 +206,17 @@ impl ServiceStrategy {
                 key: node_port_key(*p),
             });
         }
+        // Released addresses are free as soon as the write commits (the allocator sync would
+        // free them a moment later; a client re-creating at once must not see them taken).
+        let (released_ips, released_ports) = (a.ips_released.clone(), a.ports_released.clone());
+        let alloc = self.alloc.clone();
+        hooks.on_commit.push(Box::new(move || {
+            alloc.ips.lock().expect("ip allocators").release_all(&released_ips);
+            let mut ports = alloc.ports.lock().expect("port allocator");
+            for p in released_ports {
+                ports.release(p);
+            }
+        }));
         let alloc = self.alloc.clone();
         hooks.on_abort.push(Box::new(move || alloc.rollback(&a)));
         Ok(hooks)

@@ -158,6 +158,118 @@ impl TestServer {
         Ok((code.trim().parse().unwrap_or(0), body.to_string()))
     }
 
+    /// The server process id (None after [`kill9`](Self::kill9)).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// The port the server listens on (from its URL).
+    pub fn port(&self) -> u16 {
+        self.url
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("port in server URL")
+    }
+
+    /// The CA certificate clients trust.
+    pub fn ca(&self) -> PathBuf {
+        self.data_dir.join("pki/ca.crt")
+    }
+
+    /// One HTTPS request with any token (empty: none), any body (sent from a file, so bodies of
+    /// several MiB work) and extra headers; returns status, response headers and body.
+    pub fn call(
+        &self,
+        token: &str,
+        method: &str,
+        path: &str,
+        body: Option<&[u8]>,
+        headers: &[(&str, &str)],
+    ) -> Response {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let head = tmp.path().join("headers");
+        let mut cmd = Command::new("curl");
+        cmd.args(["-sS", "--max-time", "30", "--cacert"]).arg(self.ca());
+        cmd.args(["-X", method, "-o", "-", "-D"]).arg(&head);
+        if !token.is_empty() {
+            cmd.args(["-H", &format!("Authorization: Bearer {token}")]);
+        }
+        for (k, v) in headers {
+            cmd.args(["-H", &format!("{k}: {v}")]);
+        }
+        if let Some(b) = body {
+            let f = tmp.path().join("body");
+            std::fs::write(&f, b).expect("write body");
+            cmd.arg("--data-binary").arg(format!("@{}", f.display()));
+        }
+        cmd.arg(format!("{}{}", self.url, path));
+        let out = cmd.output().expect("run curl");
+        let head = std::fs::read_to_string(&head).unwrap_or_default();
+        // The last header block counts (a `100 Continue` block may precede it).
+        let block = head
+            .split("\r\n\r\n")
+            .filter(|b| !b.trim().is_empty())
+            .last()
+            .unwrap_or("");
+        let mut lines = block.lines();
+        let status = lines
+            .next()
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let headers = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+            .collect();
+        Response {
+            status,
+            headers,
+            body: String::from_utf8_lossy(&out.stdout).to_string(),
+            curl_error: String::from_utf8_lossy(&out.stderr).to_string(),
+        }
+    }
+
+    /// Starts a streaming GET (a watch) with the admin token; events arrive line by line.
+    pub fn watch(&self, path: &str) -> WatchStream {
+        self.watch_as(&self.token, path)
+    }
+
+    /// Like [`watch`](Self::watch) with another bearer token.
+    pub fn watch_as(&self, token: &str, path: &str) -> WatchStream {
+        let mut cmd = Command::new("curl");
+        cmd.args(["-sS", "-N", "-i", "--max-time", "120", "--cacert"])
+            .arg(self.ca());
+        if !token.is_empty() {
+            cmd.args(["-H", &format!("Authorization: Bearer {token}")]);
+        }
+        cmd.arg(format!("{}{}", self.url, path));
+        cmd.stdout(Stdio::piped()).stderr(Stdio::null());
+        let mut child = cmd.spawn().expect("spawn curl");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                match line {
+                    Ok(l) => {
+                        if tx.send(l).is_err() {
+                            return;
+                        }
+                    }
+                    Err(_) => return,
+                }
+            }
+        });
+        let mut w = WatchStream {
+            child,
+            lines: rx,
+            status: 0,
+            headers: Vec::new(),
+        };
+        w.read_head();
+        w
+    }
+
     /// Runs a kubectl binary against this server.
     pub fn kubectl(&self, k: &Kubectl, args: &[&str]) -> Output {
         k.run(&self.kubeconfig, args, None)
@@ -370,5 +482,158 @@ pub fn eventually<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Opt
             return None;
         }
         std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A response of [`TestServer::call`].
+#[derive(Debug, Clone)]
+pub struct Response {
+    /// HTTP status (0 when the request failed at the transport level).
+    pub status: u16,
+    /// Response headers, names lowercased, in order.
+    pub headers: Vec<(String, String)>,
+    /// The body.
+    pub body: String,
+    /// What curl printed on stderr.
+    pub curl_error: String,
+}
+
+impl Response {
+    /// The body as JSON (panics with the body when it is not).
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}), status {}: {}", self.status, self.body))
+    }
+
+    /// Every value of one header (name case-insensitive).
+    pub fn header_values(&self, name: &str) -> Vec<&str> {
+        let name = name.to_ascii_lowercase();
+        self.headers
+            .iter()
+            .filter(|(k, _)| *k == name)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+}
+
+/// A streaming response read line by line (curl `-N`); the curl process dies with it.
+pub struct WatchStream {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    /// HTTP status of the response (0 if none arrived).
+    pub status: u16,
+    /// Response headers, names lowercased.
+    pub headers: Vec<(String, String)>,
+}
+
+/// What [`WatchStream::next_line`] saw.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Next {
+    /// One body line.
+    Line(String),
+    /// Nothing within the timeout; the stream is still open.
+    Timeout,
+    /// The server ended the stream.
+    End,
+}
+
+impl WatchStream {
+    fn read_head(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let Ok(line) = self.lines.recv_timeout(left) else {
+                return;
+            };
+            let line = line.trim_end_matches('\r');
+            if self.status == 0 {
+                if line.starts_with("HTTP/") {
+                    self.status = line
+                        .split_whitespace()
+                        .nth(1)
+                        .and_then(|c| c.parse().ok())
+                        .unwrap_or(0);
+                }
+                continue;
+            }
+            if line.is_empty() {
+                // A `100 Continue` head is followed by the real one.
+                if self.status == 100 {
+                    self.status = 0;
+                    continue;
+                }
+                return;
+            }
+            if let Some((k, v)) = line.split_once(':') {
+                self.headers
+                    .push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
+            }
+        }
+    }
+
+    /// The next body line, waiting at most `timeout`.
+    pub fn next_line(&mut self, timeout: Duration) -> Next {
+        match self.lines.recv_timeout(timeout) {
+            Ok(l) => Next::Line(l),
+            Err(mpsc::RecvTimeoutError::Timeout) => Next::Timeout,
+            Err(mpsc::RecvTimeoutError::Disconnected) => Next::End,
+        }
+    }
+
+    /// The next event as JSON, or None if nothing arrived within `timeout` or the stream ended.
+    /// Panics on a line that is not one JSON object.
+    pub fn next_event(&mut self, timeout: Duration) -> Option<serde_json::Value> {
+        match self.next_line(timeout) {
+            Next::Line(l) => Some(
+                serde_json::from_str(&l)
+                    .unwrap_or_else(|e| panic!("watch line is not one JSON object ({e}): {l}")),
+            ),
+            Next::Timeout | Next::End => None,
+        }
+    }
+
+    /// Reads events until one matches `pred` (returned) or `timeout` passes (panics with what
+    /// was seen).
+    pub fn wait_for(
+        &mut self,
+        timeout: Duration,
+        mut pred: impl FnMut(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = Instant::now() + timeout;
+        let mut seen = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.next_line(left) {
+                Next::Line(l) => {
+                    let v: serde_json::Value = serde_json::from_str(&l)
+                        .unwrap_or_else(|e| panic!("watch line is not JSON ({e}): {l}"));
+                    if pred(&v) {
+                        return v;
+                    }
+                    seen.push(summary(&v));
+                }
+                Next::Timeout => panic!("no matching watch event in {timeout:?}; saw {seen:?}"),
+                Next::End => panic!("watch ended without a matching event; saw {seen:?}"),
+            }
+        }
+    }
+}
+
+/// `TYPE name@rv` of a watch event, for messages.
+pub fn summary(ev: &serde_json::Value) -> String {
+    format!(
+        "{} {}@{}",
+        ev["type"].as_str().unwrap_or("?"),
+        ev["object"]["metadata"]["name"].as_str().unwrap_or(""),
+        ev["object"]["metadata"]["resourceVersion"]
+            .as_str()
+            .unwrap_or("")
+    )
+}
+
+impl Drop for WatchStream {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
