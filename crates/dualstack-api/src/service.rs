@@ -1265,7 +1265,11 @@ fn validate_upgrade_downgrade_ip_families(old: &Service, new: &Service) -> Error
 
 /// `PrepareForCreate`: status is the server's.
 pub fn prepare_for_create(svc: &mut Service) {
-    svc.status = Some(ServiceStatus::default());
+    // Go always serializes `status.loadBalancer` (a struct, never omitted).
+    svc.status = Some(ServiceStatus {
+        load_balancer: Some(Default::default()),
+        conditions: None,
+    });
 }
 
 /// `PrepareForUpdate` of the main resource: status is kept, and fields that no longer apply to

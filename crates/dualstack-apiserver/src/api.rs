@@ -43,6 +43,8 @@ pub struct ListOpts {
     pub limit: Option<usize>,
     /// Key to continue after (from the `continue` token).
     pub continue_after: Option<String>,
+    /// Serve the objects as they were at this revision (continue tokens, `Exact` lists).
+    pub at_revision: Option<i64>,
 }
 
 /// Every operation the HTTP layer needs on a resource.
@@ -54,8 +56,13 @@ pub trait ResourceApi: Send + Sync {
     /// GET one object: the JSON clients see.
     async fn get(&self, ns: Option<&str>, name: &str) -> Result<Arc<Entry>, ApiError>;
 
-    /// LIST (consistent read done by the caller).
-    fn list(&self, ns: Option<&str>, opts: &ListOpts) -> ListPage;
+    /// LIST (consistent read done by the caller). `Err(Compacted)` when `at_revision` is older
+    /// than the retained history.
+    fn list(
+        &self,
+        ns: Option<&str>,
+        opts: &ListOpts,
+    ) -> Result<ListPage, dualstack_store::StoreError>;
 
     /// POST.
     async fn create(
@@ -262,17 +269,21 @@ impl<S: Strategy> ResourceApi for TypedApi<S> {
         Ok(self.registry.get(ns, name).await?.1)
     }
 
-    fn list(&self, ns: Option<&str>, opts: &ListOpts) -> ListPage {
+    fn list(
+        &self,
+        ns: Option<&str>,
+        opts: &ListOpts,
+    ) -> Result<ListPage, dualstack_store::StoreError> {
         let prefix = self.def().prefix(ns);
         let filter = |e: &Entry| {
             opts.labels.matches(&e.attrs.labels) && opts.fields.matches(&e.attrs.fields)
         };
-        self.registry.storage.cache.list(
-            &prefix,
-            opts.continue_after.as_deref(),
-            opts.limit,
-            &filter,
-        )
+        let cache = &self.registry.storage.cache;
+        let after = opts.continue_after.as_deref();
+        match opts.at_revision {
+            Some(rev) => cache.list_at(&prefix, after, opts.limit, &filter, rev),
+            None => Ok(cache.list(&prefix, after, opts.limit, &filter)),
+        }
     }
 
     async fn create(

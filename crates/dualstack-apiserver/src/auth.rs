@@ -193,8 +193,12 @@ pub fn authorize(user: &UserInfo, a: &Attributes<'_>) -> Result<(), String> {
             "list" | "watch" => Err(format!(
                 "node '{node}' can only list pods with fieldSelector spec.nodeName={node}"
             )),
-            // Object-level: NodeRestriction checks the pod is bound to this node.
-            "get" | "update" | "patch" | "delete" if a.name.is_some() => Ok(()),
+            // Object-level: NodeRestriction checks the pod is bound to this node. As upstream's
+            // node role: read it, write only its status, delete it (eviction).
+            "get" | "delete" if a.name.is_some() && a.subresource.is_none() => Ok(()),
+            "get" | "update" | "patch" if a.name.is_some() && a.subresource == Some("status") => {
+                Ok(())
+            }
             _ => Err(format!("node '{node}' cannot {} pods", a.verb)),
         },
         ("", "services" | "endpoints" | "namespaces" | "configmaps")

@@ -131,9 +131,9 @@ fn verb_of(method: &Method, info: &RequestInfo, watch: bool) -> &'static str {
         ("GET" | "HEAD", true) => "get",
         ("GET" | "HEAD", false) if watch => "watch",
         ("GET" | "HEAD", false) => "list",
-        ("POST", _) => "create",
-        ("PUT", _) => "update",
-        ("PATCH", _) => "patch",
+        ("POST", false) => "create",
+        ("PUT", true) => "update",
+        ("PATCH", true) => "patch",
         ("DELETE", true) => "delete",
         ("DELETE", false) => "deletecollection",
         _ => "unknown",
@@ -332,11 +332,7 @@ async fn handle_inner(
                 }
             }
             let w = api.create(&mut ctx, ns, value, &dup).await?;
-            let code = if ctx.dry_run {
-                StatusCode::OK
-            } else {
-                StatusCode::CREATED
-            };
+            let code = StatusCode::CREATED;
             Ok(json_response(code, w.output, &ctx.warnings))
         }
         "update" => {
@@ -409,15 +405,18 @@ async fn handle_inner(
             let p = params.expect("params");
             check_fields(&def, &p)?;
             rc.storage.consistent().await?;
-            let page = api.list(
-                ns,
-                &ListOpts {
-                    labels: p.labels,
-                    fields: p.fields,
-                    limit: None,
-                    continue_after: None,
-                },
-            );
+            let page = api
+                .list(
+                    ns,
+                    &ListOpts {
+                        at_revision: None,
+                        labels: p.labels,
+                        fields: p.fields,
+                        limit: None,
+                        continue_after: None,
+                    },
+                )
+                .map_err(|e| watch_error(&e))?;
             let opts = delete_options(&q, &body)?;
             let ctx = Ctx {
                 dry_run: ctx.dry_run || opts.1,
@@ -554,7 +553,7 @@ fn check_fields(def: &ResourceDef, p: &ListParams) -> Result<(), ApiError> {
 pub async fn list_revision(
     storage: &Storage,
     rv: Option<&str>,
-    rv_match: Option<&str>,
+    _rv_match: Option<&str>,
 ) -> Result<i64, ApiError> {
     match rv {
         None => storage.consistent().await,
@@ -568,12 +567,6 @@ pub async fn list_revision(
                     requested: n,
                     current: storage.cache.revision(),
                 });
-            }
-            if rv_match == Some("Exact") && n != storage.cache.revision() {
-                return Err(ApiError::Expired(format!(
-                    "too old resource version: {n} ({})",
-                    storage.cache.revision()
-                )));
             }
             Ok(n)
         }
@@ -652,32 +645,37 @@ async fn list(
     include: IncludeObject,
 ) -> Result<Response, ApiError> {
     check_fields(def, &p)?;
-    let (list_rv, after) = match &p.continue_token {
-        Some(t) => (t.rv, Some(t.start.clone())),
-        None => (
+    let (at, after) = match &p.continue_token {
+        Some(t) => (Some(t.rv), Some(t.start.clone())),
+        None if p.resource_version_match.as_deref() == Some("Exact") => {
+            let rv = list_revision(&rc.storage, p.resource_version.as_deref(), None).await?;
+            (Some(rv), None)
+        }
+        None => {
             list_revision(
                 &rc.storage,
                 p.resource_version.as_deref(),
                 p.resource_version_match.as_deref(),
             )
-            .await?,
-            None,
-        ),
+            .await?;
+            (None, None)
+        }
     };
-    let page: ListPage = api.list(
-        ns,
-        &ListOpts {
-            labels: p.labels,
-            fields: p.fields,
-            limit: p.limit,
-            continue_after: after,
-        },
-    );
-    let rv = if p.continue_token.is_some() {
-        list_rv
-    } else {
-        page.revision.max(list_rv)
+    let opts = ListOpts {
+        labels: p.labels,
+        fields: p.fields,
+        limit: p.limit,
+        continue_after: after,
+        at_revision: at,
     };
+    let page: ListPage = api.list(ns, &opts).map_err(|e| match e {
+        StoreError::Compacted { requested, oldest } if p.continue_token.is_some() => {
+            let _ = (requested, oldest);
+            ApiError::Expired(CONTINUE_EXPIRED.into())
+        }
+        other => watch_error(&other),
+    })?;
+    let rv = page.revision;
     let cont = page
         .continue_after
         .as_ref()
@@ -703,6 +701,9 @@ async fn list(
         &[],
     ))
 }
+
+/// Upstream's message for a continue token whose snapshot is gone.
+const CONTINUE_EXPIRED: &str = "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter, or use the continue token in this response to retrieve the remainder of the results. Continuing with the provided token results in an inconsistent list - objects that were created, modified, or deleted between the time the first chunk was returned and now may show up in the list.";
 
 /// Maps a cache watch error to the in-stream Status.
 pub fn watch_error(e: &StoreError) -> ApiError {

@@ -230,7 +230,11 @@ impl<S: Strategy> Registry<S> {
             return Ok(());
         }
         let resource = self.def().group_resource();
-        let subject = if name.is_empty() { resource.to_string() } else { format!("{resource} {name:?}") };
+        let subject = if name.is_empty() {
+            resource.to_string()
+        } else {
+            format!("{resource} {name:?}")
+        };
         Err(ApiError::Forbidden(format!(
             "{subject} is forbidden: unable to create new content in namespace {ns} because it is being terminated"
         )))
@@ -276,7 +280,10 @@ impl<S: Strategy> Registry<S> {
         }
         if def.namespaced {
             let meta = obj.metadata();
-            self.check_namespace(meta.namespace.as_deref().unwrap_or(""), meta.name.as_deref().unwrap_or(""))?;
+            self.check_namespace(
+                meta.namespace.as_deref().unwrap_or(""),
+                meta.name.as_deref().unwrap_or(""),
+            )?;
         }
         let name = object_name(obj.metadata());
         let key = self.key(obj.metadata().namespace.as_deref(), &name);

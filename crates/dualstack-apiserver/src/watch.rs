@@ -25,6 +25,8 @@ use crate::request::{ListParams, Rendering};
 
 /// How often bookmarks are sent to watchers that allow them.
 pub const BOOKMARK_INTERVAL: Duration = Duration::from_secs(30);
+/// How long before a watch's deadline the last bookmark is sent.
+pub const FINAL_BOOKMARK_LEAD: Duration = Duration::from_secs(2);
 
 type Chunk = Result<Bytes, Infallible>;
 
@@ -154,8 +156,16 @@ async fn run(mut em: Emitter, rc: RequestContext, ns: Option<String>, p: ListPar
                 fields: p.fields.clone(),
                 limit: None,
                 continue_after: None,
+                at_revision: None,
             },
         );
+        let page = match page {
+            Ok(p) => p,
+            Err(e) => {
+                em.error(&watch_error(&e)).await;
+                return;
+            }
+        };
         let w = match rc.storage.cache.watch(&prefix, page.revision) {
             Ok(w) => w,
             Err(e) => {
@@ -204,6 +214,12 @@ async fn run(mut em: Emitter, rc: RequestContext, ns: Option<String>, p: ListPar
         tokio::time::Instant::now() + BOOKMARK_INTERVAL,
         BOOKMARK_INTERVAL,
     );
+    // As kube-apiserver's watch cache: one more bookmark shortly before the deadline, so the
+    // client resumes from a recent revision.
+    let last_bookmark = deadline
+        .checked_sub(FINAL_BOOKMARK_LEAD)
+        .filter(|_| p.allow_bookmarks);
+    let mut final_sent = last_bookmark.is_none();
     loop {
         tokio::select! {
             r = watcher.next() => match r {
@@ -220,6 +236,12 @@ async fn run(mut em: Emitter, rc: RequestContext, ns: Option<String>, p: ListPar
                 }
             },
             _ = ticker.tick(), if p.allow_bookmarks => {
+                if !em.bookmark(watcher.cursor(), false).await {
+                    return;
+                }
+            }
+            _ = tokio::time::sleep_until(last_bookmark.unwrap_or(deadline)), if !final_sent => {
+                final_sent = true;
                 if !em.bookmark(watcher.cursor(), false).await {
                     return;
                 }

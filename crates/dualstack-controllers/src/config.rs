@@ -109,7 +109,9 @@ pub enum ControllerConfigError {
     #[error("concurrent-service-endpoint-syncs must not be more than 50, but got {0}")]
     ConcurrentSyncsTooLarge(i64),
     /// `--cidr-allocator-type=CloudAllocator` (no cloud provider here).
-    #[error("--cidr-allocator-type is set to 'CloudAllocator' but cloud provider is not configured")]
+    #[error(
+        "--cidr-allocator-type is set to 'CloudAllocator' but cloud provider is not configured"
+    )]
     CloudAllocator,
     /// Any other `--cidr-allocator-type`.
     #[error("invalid CIDR allocator type: {0}")]
@@ -186,7 +188,9 @@ pub fn check_cidr_allocator_type(value: &str) -> Result<(), ControllerConfigErro
     match value {
         "" | "RangeAllocator" => Ok(()),
         "CloudAllocator" => Err(ControllerConfigError::CloudAllocator),
-        other => Err(ControllerConfigError::UnknownAllocatorType(other.to_string())),
+        other => Err(ControllerConfigError::UnknownAllocatorType(
+            other.to_string(),
+        )),
     }
 }
 
@@ -221,10 +225,17 @@ pub fn parse_kcm_service_cidrs(
 /// `--loadbalancer-ip-pool`: each flag value is one entry or a comma-separated list. No entry
 /// at all means no pool (the LoadBalancer controller does not run, so another implementation
 /// can serve the cluster).
-pub fn parse_lb_pools<S: AsRef<str>>(values: &[S]) -> Result<Option<LbPool>, ControllerConfigError> {
+pub fn parse_lb_pools<S: AsRef<str>>(
+    values: &[S],
+) -> Result<Option<LbPool>, ControllerConfigError> {
     let mut ranges = Vec::new();
     for value in values {
-        for entry in value.as_ref().split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        for entry in value
+            .as_ref()
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+        {
             let r = dualstack_ipam::PoolRange::parse(entry).map_err(|source| {
                 ControllerConfigError::LbPool {
                     value: entry.to_string(),
@@ -331,10 +342,14 @@ impl EndpointSliceOptions {
         concurrent_syncs: i64,
     ) -> Result<Self, ControllerConfigError> {
         if concurrent_syncs < 1 {
-            return Err(ControllerConfigError::ConcurrentSyncsTooSmall(concurrent_syncs));
+            return Err(ControllerConfigError::ConcurrentSyncsTooSmall(
+                concurrent_syncs,
+            ));
         }
         if concurrent_syncs > 50 {
-            return Err(ControllerConfigError::ConcurrentSyncsTooLarge(concurrent_syncs));
+            return Err(ControllerConfigError::ConcurrentSyncsTooLarge(
+                concurrent_syncs,
+            ));
         }
         if max_endpoints_per_slice < 1 {
             return Err(ControllerConfigError::MaxEndpointsPerSliceTooSmall(
@@ -376,12 +391,16 @@ mod tests {
     #[test]
     fn should_refuse_unknown_controllers_with_upstream_text() {
         assert_eq!(
-            ControllerSelection::parse("*,bogus").unwrap_err().to_string(),
+            ControllerSelection::parse("*,bogus")
+                .unwrap_err()
+                .to_string(),
             "\"bogus\" is not in the list of known controllers"
         );
         // Upstream trims the dash before checking, so an unknown `-name` is refused too.
         assert_eq!(
-            ControllerSelection::parse("-bogus").unwrap_err().to_string(),
+            ControllerSelection::parse("-bogus")
+                .unwrap_err()
+                .to_string(),
             "\"bogus\" is not in the list of known controllers"
         );
     }
@@ -411,15 +430,22 @@ mod tests {
 
     #[test]
     fn should_parse_pools_of_both_families_from_repeated_and_comma_separated_flags() {
-        let pool = parse_lb_pools(&["198.51.100.0/24", "2001:db8:lb::10-2001:db8:lb::20,192.0.2.5"])
-            .unwrap()
-            .unwrap();
+        let pool = parse_lb_pools(&[
+            "198.51.100.0/24",
+            "2001:db8:1b::10-2001:db8:1b::20,192.0.2.5",
+        ])
+        .unwrap()
+        .unwrap();
         assert_eq!(pool.families(), &[IpFamily::IPv4, IpFamily::IPv6]);
         assert!(pool.contains("192.0.2.5".parse().unwrap()));
         assert!(parse_lb_pools::<&str>(&[]).unwrap().is_none());
-        let err = parse_lb_pools(&["10.0.0.1-fd00::1"]).unwrap_err().to_string();
+        let err = parse_lb_pools(&["10.0.0.1-fd00::1"])
+            .unwrap_err()
+            .to_string();
         assert!(
-            err.starts_with("invalid argument \"10.0.0.1-fd00::1\" for \"--loadbalancer-ip-pool\" flag: "),
+            err.starts_with(
+                "invalid argument \"10.0.0.1-fd00::1\" for \"--loadbalancer-ip-pool\" flag: "
+            ),
             "{err}"
         );
     }
@@ -459,7 +485,9 @@ mod tests {
             EndpointSliceOptions::default()
         );
         assert_eq!(
-            EndpointSliceOptions::from_flags(0, 5).unwrap_err().to_string(),
+            EndpointSliceOptions::from_flags(0, 5)
+                .unwrap_err()
+                .to_string(),
             "max-endpoints-per-slice must not be less than 1, but got 0"
         );
         assert_eq!(

@@ -32,6 +32,12 @@ pub enum PortRangeError {
         /// The string that was given.
         value: String,
     },
+    /// A part that is not a decimal number (Go's `strconv.Atoi` error).
+    #[error("strconv.Atoi: parsing {part:?}: invalid syntax")]
+    NotANumber {
+        /// The part that is not a number.
+        part: String,
+    },
     /// A port above 65535.
     #[error("the port range cannot be greater than 65535: {value}")]
     TooLarge {
@@ -95,7 +101,9 @@ impl PortRange {
         };
         let number = |s: &str| -> Result<u64, PortRangeError> {
             if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
-                return Err(unparsable());
+                return Err(PortRangeError::NotANumber {
+                    part: s.to_string(),
+                });
             }
             // Saturate absurdly long numbers: they are "too large", not unparsable.
             Ok(s.parse::<u64>().unwrap_or(u64::MAX))
@@ -358,13 +366,19 @@ mod tests {
         let cases = [
             ("", "port range is empty"),
             ("  ", "port range is empty"),
-            ("abc", "unable to parse port range: abc"),
-            ("1-", "unable to parse port range: 1-"),
-            ("-5", "unable to parse port range: -5"),
-            ("1-2-3", "unable to parse port range: 1-2-3"),
+            // Upstream's net.ParsePortRange returns strconv.Atoi's error for a part that is
+            // not a number, and its own message only when both '-' and '+' appear.
+            ("abc", r#"strconv.Atoi: parsing "abc": invalid syntax"#),
+            (
+                "30000-abc",
+                r#"strconv.Atoi: parsing "abc": invalid syntax"#,
+            ),
+            ("1-", r#"strconv.Atoi: parsing "": invalid syntax"#),
+            ("-5", r#"strconv.Atoi: parsing "": invalid syntax"#),
+            ("1-2-3", r#"strconv.Atoi: parsing "2-3": invalid syntax"#),
             ("1-2+3", "unable to parse port range: 1-2+3"),
-            ("1 - 2", "unable to parse port range: 1 - 2"),
-            ("+5", "unable to parse port range: +5"),
+            ("1 - 2", r#"strconv.Atoi: parsing "1 ": invalid syntax"#),
+            ("+5", r#"strconv.Atoi: parsing "": invalid syntax"#),
             (
                 "30000-70000",
                 "the port range cannot be greater than 65535: 30000-70000",

@@ -228,6 +228,78 @@ impl Cache {
         }
     }
 
+    /// Like [`list`](Self::list), but as the objects were at `revision` (a consistent snapshot
+    /// for paging): changes after it are undone from the resource's history.
+    /// `Err(Compacted)` when the history no longer reaches back to it.
+    pub fn list_at(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: Option<usize>,
+        filter: &dyn Fn(&Entry) -> bool,
+        revision: Revision,
+    ) -> Result<ListPage, StoreError> {
+        let st = self.state.read().expect("cache lock");
+        if revision >= st.revision {
+            drop(st);
+            return Ok(self.list(prefix, after, limit, filter));
+        }
+        let resource = resource_of(prefix);
+        let history = st.histories.get(resource);
+        let oldest = history.map_or(st.built_at, |h| h.oldest);
+        if revision < oldest {
+            return Err(StoreError::Compacted {
+                requested: revision,
+                oldest,
+            });
+        }
+        // The state at `revision` of every key changed since: the `prev` of its first later event.
+        let mut at: BTreeMap<String, Option<Arc<Entry>>> = BTreeMap::new();
+        if let Some(h) = history {
+            let start = h.events.partition_point(|e| e.revision() <= revision);
+            for ev in h.events.range(start..) {
+                let key = &ev.entry.kv.key;
+                if key.starts_with(prefix) && !at.contains_key(key) {
+                    at.insert(key.clone(), ev.prev.clone());
+                }
+            }
+        }
+        let mut keys: Vec<&String> = prefix_range(&st.objects, prefix, after)
+            .map(|e| &e.kv.key)
+            .collect();
+        keys.extend(at.keys().filter(|k| after.is_none_or(|a| k.as_str() > a)));
+        keys.sort();
+        keys.dedup();
+        let limit = limit.filter(|&l| l > 0).unwrap_or(usize::MAX);
+        let mut items = Vec::new();
+        let mut remaining = 0;
+        for key in keys {
+            let entry = match at.get(key) {
+                Some(state) => state.clone(),
+                None => st.objects.get(key).cloned(),
+            };
+            let Some(entry) = entry.filter(|e| filter(e)) else {
+                continue;
+            };
+            if items.len() < limit {
+                items.push(entry);
+            } else {
+                remaining += 1;
+            }
+        }
+        let continue_after = if remaining > 0 {
+            items.last().map(|e| e.kv.key.clone())
+        } else {
+            None
+        };
+        Ok(ListPage {
+            items,
+            revision,
+            continue_after,
+            remaining,
+        })
+    }
+
     /// Number of objects under `prefix`.
     pub fn count(&self, prefix: &str) -> usize {
         let st = self.state.read().expect("cache lock");
@@ -537,6 +609,51 @@ mod tests {
         let batch = w.next().await.unwrap();
         assert_eq!(batch[0].kind, EventKind::Delete);
         assert_eq!(&batch[0].entry.output[..], b"2@5");
+    }
+
+    #[tokio::test]
+    async fn list_at_an_older_revision_undoes_later_changes() {
+        let (store, cache) = setup().await;
+        for i in 0..4 {
+            commit(
+                &store,
+                &cache,
+                Txn::new().put(format!("/registry/cm/ns/c{i}"), "v1"),
+            )
+            .await;
+        }
+        let snapshot = cache.revision();
+        commit(&store, &cache, Txn::new().delete("/registry/cm/ns/c1")).await;
+        commit(&store, &cache, Txn::new().put("/registry/cm/ns/c2", "v2")).await;
+        commit(&store, &cache, Txn::new().put("/registry/cm/ns/c9", "v1")).await;
+        let page = cache
+            .list_at(
+                "/registry/cm/ns/",
+                Some("/registry/cm/ns/c0"),
+                Some(2),
+                &|_| true,
+                snapshot,
+            )
+            .unwrap();
+        let keys: Vec<&str> = page.items.iter().map(|e| e.kv.key.as_str()).collect();
+        assert_eq!(keys, vec!["/registry/cm/ns/c1", "/registry/cm/ns/c2"]);
+        assert!(page.items[1].output.starts_with(b"v1@"), "c2 as it was");
+        assert_eq!((page.remaining, page.revision), (1, snapshot));
+        let rest = cache
+            .list_at(
+                "/registry/cm/ns/",
+                page.continue_after.as_deref(),
+                Some(2),
+                &|_| true,
+                snapshot,
+            )
+            .unwrap();
+        let keys: Vec<&str> = rest.items.iter().map(|e| e.kv.key.as_str()).collect();
+        assert_eq!(keys, vec!["/registry/cm/ns/c3"], "c9 did not exist yet");
+        assert!(matches!(
+            cache.list_at("/registry/cm/ns/", None, None, &|_| true, 0),
+            Err(StoreError::Compacted { .. })
+        ));
     }
 
     #[tokio::test]

@@ -118,3 +118,123 @@ impl NodeIpamFlags {
         }
     }
 }
+
+/// The controller flags shared by `server` (its built-in controllers) and
+/// `controller-manager`, with kube-controller-manager's names and defaults.
+#[derive(Debug, Clone, Args)]
+pub struct ControllerFlags {
+    /// A list of controllers to enable. '*' enables all on-by-default controllers, 'foo'
+    /// enables the controller named 'foo', '-foo' disables the controller named 'foo', '-*'
+    /// disables them all. Controllers: node-ipam-controller (runs only with
+    /// --allocate-node-cidrs), endpointslice-controller, endpoints-controller,
+    /// service-lb-controller (runs only with --loadbalancer-ip-pool).
+    #[arg(long = "controllers", value_name = "strings", default_value = "*")]
+    pub controllers: String,
+
+    /// An address pool for Services of type LoadBalancer: a CIDR (198.51.100.0/24,
+    /// 2001:db8:1b::/120) or an inclusive range FIRST-LAST, of either family. Repeatable, or
+    /// comma-separated. Services get one address per entry of spec.ipFamilies.
+    #[arg(long = "loadbalancer-ip-pool", value_name = "CIDR|FIRST-LAST")]
+    pub loadbalancer_ip_pool: Vec<String>,
+
+    /// Start a leader election client and gain leadership before executing the main loop.
+    #[arg(long = "leader-elect", value_name = "bool", num_args = 0..=1, default_missing_value = "true", default_value = "true", value_parser = go_bool)]
+    pub leader_elect: bool,
+
+    /// The duration that non-leader candidates will wait after observing a leadership renewal
+    /// until attempting to acquire leadership of a led but unrenewed leader slot.
+    #[arg(long = "leader-elect-lease-duration", value_name = "duration", default_value = "15s", value_parser = duration)]
+    pub leader_elect_lease_duration: std::time::Duration,
+
+    /// The interval between attempts by the acting master to renew a leadership slot before it
+    /// stops leading. This must be less than the lease duration.
+    #[arg(long = "leader-elect-renew-deadline", value_name = "duration", default_value = "10s", value_parser = duration)]
+    pub leader_elect_renew_deadline: std::time::Duration,
+
+    /// The duration the clients should wait between attempting acquisition and renewal of a
+    /// leadership.
+    #[arg(long = "leader-elect-retry-period", value_name = "duration", default_value = "2s", value_parser = duration)]
+    pub leader_elect_retry_period: std::time::Duration,
+
+    /// The type of resource object that is used for locking during leader election. Supported
+    /// option is 'leases'.
+    #[arg(
+        long = "leader-elect-resource-lock",
+        value_name = "string",
+        default_value = "leases"
+    )]
+    pub leader_elect_resource_lock: String,
+
+    /// The name of resource object that is used for locking during leader election.
+    #[arg(long = "leader-elect-resource-name", value_name = "string", default_value = dualstack_controllers::config::DEFAULT_LEASE_NAME)]
+    pub leader_elect_resource_name: String,
+
+    /// The namespace of resource object that is used for locking during leader election.
+    #[arg(long = "leader-elect-resource-namespace", value_name = "string", default_value = dualstack_controllers::config::DEFAULT_LEASE_NAMESPACE)]
+    pub leader_elect_resource_namespace: String,
+
+    /// The maximum number of endpoints that will be added to an EndpointSlice.
+    #[arg(
+        long = "max-endpoints-per-slice",
+        value_name = "int32",
+        default_value_t = 100,
+        allow_negative_numbers = true
+    )]
+    pub max_endpoints_per_slice: i64,
+
+    /// The number of service endpoint syncing operations that will be done concurrently.
+    #[arg(
+        long = "concurrent-service-endpoint-syncs",
+        value_name = "int32",
+        default_value_t = 5,
+        allow_negative_numbers = true
+    )]
+    pub concurrent_service_endpoint_syncs: i64,
+}
+
+impl ControllerFlags {
+    /// Validates the flags into the controller manager's configuration (upstream's messages).
+    pub fn manager_config(
+        &self,
+        node_ipam: Option<dualstack_api::config::NodeIpamConfig>,
+        identity: String,
+        stop_on_error: bool,
+    ) -> Result<dualstack_controllers::ManagerConfig, dualstack_controllers::ControllerConfigError>
+    {
+        use dualstack_controllers::config;
+        let controllers = config::ControllerSelection::parse(&self.controllers)?;
+        let lb_pool = config::parse_lb_pools(&self.loadbalancer_ip_pool)?;
+        let endpoints = config::EndpointSliceOptions::from_flags(
+            self.max_endpoints_per_slice,
+            self.concurrent_service_endpoint_syncs,
+        )?;
+        config::check_resource_lock(&self.leader_elect_resource_lock)?;
+        let leader_election = config::LeaderElectionConfig {
+            enabled: self.leader_elect,
+            lease_duration: self.leader_elect_lease_duration,
+            renew_deadline: self.leader_elect_renew_deadline,
+            retry_period: self.leader_elect_retry_period,
+            namespace: self.leader_elect_resource_namespace.clone(),
+            name: self.leader_elect_resource_name.clone(),
+            identity,
+        };
+        leader_election.validate()?;
+        Ok(dualstack_controllers::ManagerConfig {
+            controllers,
+            node_ipam,
+            lb_pool,
+            endpoints,
+            leader_election,
+            stop_on_error,
+        })
+    }
+}
+
+/// This machine's host name (`/proc/sys/kernel/hostname`), for leader election identities.
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}

@@ -23,6 +23,9 @@ struct Cli {
 enum Command {
     /// The Kubernetes-compatible API server (kube-apiserver), with the controllers built in.
     Server(cmd::server::ServerArgs),
+    /// The dual-stack controllers of kube-controller-manager (node IPAM, EndpointSlices,
+    /// Endpoints, LoadBalancer pools) against any API server, with leader election.
+    ControllerManager(cmd::controller_manager::ControllerManagerArgs),
     /// Issue bearer tokens (admin or node) for a server's data directory.
     Token(cmd::token::TokenArgs),
     /// Performance measurements that print a table (see BENCHMARKS.md).
@@ -33,6 +36,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Server(args) => cmd::server::run(args),
+        Command::ControllerManager(args) => cmd::controller_manager::run(args),
         Command::Token(args) => cmd::token::run(args),
         Command::Bench(args) => cmd::bench::run(args),
     };

@@ -13,7 +13,9 @@ use common::{Kubectl, TestServer, eventually};
 use serde_json::{Value, json};
 
 fn seed(name: &str) -> String {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/seed").join(name);
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../examples/seed")
+        .join(name);
     p.to_str().unwrap().to_string()
 }
 
@@ -28,7 +30,11 @@ fn in_range(ip: &str, cidr: &str) -> bool {
             u32::from(a) & mask == u32::from(n) & mask
         }
         (IpAddr::V6(a), IpAddr::V6(n)) => {
-            let mask = if len == 0 { 0 } else { u128::MAX << (128 - len) };
+            let mask = if len == 0 {
+                0
+            } else {
+                u128::MAX << (128 - len)
+            };
             u128::from(a) & mask == u128::from(n) & mask
         }
         _ => false,
@@ -43,7 +49,12 @@ fn get_json(s: &TestServer, path: &str) -> Value {
 
 fn create(s: &TestServer, ns: &str, body: &Value) -> (u16, Value) {
     let (code, text) = s
-        .request("POST", &format!("/api/v1/namespaces/{ns}/services"), Some(&body.to_string()), Some("application/json"))
+        .request(
+            "POST",
+            &format!("/api/v1/namespaces/{ns}/services"),
+            Some(&body.to_string()),
+            Some("application/json"),
+        )
         .unwrap();
     (code, serde_json::from_str(&text).unwrap_or(Value::Null))
 }
@@ -65,7 +76,12 @@ fn svc(name: &str, policy: Option<&str>, families: Option<&[&str]>) -> Value {
 
 fn ip_addresses(s: &TestServer) -> BTreeSet<String> {
     let list = get_json(s, "/apis/networking.k8s.io/v1/ipaddresses");
-    list["items"].as_array().unwrap().iter().map(|i| i["metadata"]["name"].as_str().unwrap().to_string()).collect()
+    list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["metadata"]["name"].as_str().unwrap().to_string())
+        .collect()
 }
 
 /// (manifest, expected family) on one cluster.
@@ -100,7 +116,11 @@ fn check_seed_manifests(range: &str, rows: &[(&str, &str)], v4: &str, v6: &str) 
 fn seed_manifests_get_cluster_ips_of_the_right_family_with_ipv4_primary() {
     check_seed_manifests(
         "10.0.0.0/16,fd00::/108",
-        &[("dual-stack-default-svc.yaml", "IPv4"), ("dual-stack-ipv4-svc.yaml", "IPv4"), ("dual-stack-ipv6-svc.yaml", "IPv6")],
+        &[
+            ("dual-stack-default-svc.yaml", "IPv4"),
+            ("dual-stack-ipv4-svc.yaml", "IPv4"),
+            ("dual-stack-ipv6-svc.yaml", "IPv6"),
+        ],
         "10.0.0.0/16",
         "fd00::/108",
     );
@@ -110,7 +130,11 @@ fn seed_manifests_get_cluster_ips_of_the_right_family_with_ipv4_primary() {
 fn seed_manifests_get_cluster_ips_of_the_right_family_with_ipv6_primary() {
     check_seed_manifests(
         "fd00::/108,10.0.0.0/16",
-        &[("dual-stack-default-svc.yaml", "IPv6"), ("dual-stack-ipv4-svc.yaml", "IPv4"), ("dual-stack-ipv6-svc.yaml", "IPv6")],
+        &[
+            ("dual-stack-default-svc.yaml", "IPv6"),
+            ("dual-stack-ipv4-svc.yaml", "IPv4"),
+            ("dual-stack-ipv6-svc.yaml", "IPv6"),
+        ],
         "10.0.0.0/16",
         "fd00::/108",
     );
@@ -123,11 +147,19 @@ fn seed_ip_family_is_checked_against_the_cluster_and_immutable() {
     let out = s.kubectl(&k, &["apply", "-f", &seed("dual-stack-ipv6-svc.yaml")]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
-    assert!(err.contains(r#"spec.ipFamily: Invalid value: "IPv6": only the following families are allowed: IPv4"#), "{err}");
+    assert!(
+        err.contains(
+            r#"spec.ipFamily: Invalid value: "IPv6": only the following families are allowed: IPv4"#
+        ),
+        "{err}"
+    );
     s.kubectl_ok(&k, &["apply", "-f", &seed("dual-stack-ipv4-svc.yaml")]);
     let out = s.kubectl(&k, &["apply", "-f", &seed("dual-stack-ipv6-svc.yaml")]);
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains(r#"spec.ipFamily: Invalid value: "IPv6": field is immutable"#), "{err}");
+    assert!(
+        err.contains(r#"spec.ipFamily: Invalid value: "IPv6": field is immutable"#),
+        "{err}"
+    );
 }
 
 #[test]
@@ -139,12 +171,21 @@ fn sixty_four_concurrent_dual_stack_creates_from_eight_clients_get_distinct_addr
                 let s = &s;
                 scope.spawn(move || {
                     (0..8)
-                        .map(|i| create(s, "default", &svc(&format!("c{c}-s{i}"), Some("RequireDualStack"), None)))
+                        .map(|i| {
+                            create(
+                                s,
+                                "default",
+                                &svc(&format!("c{c}-s{i}"), Some("RequireDualStack"), None),
+                            )
+                        })
                         .collect::<Vec<_>>()
                 })
             })
             .collect();
-        handles.into_iter().flat_map(|h| h.join().unwrap()).collect()
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect()
     });
     let mut seen = BTreeSet::new();
     for (code, v) in &results {
@@ -154,7 +195,10 @@ fn sixty_four_concurrent_dual_stack_creates_from_eight_clients_get_distinct_addr
         assert!(in_range(ips[0].as_str().unwrap(), "10.0.0.0/24"));
         assert!(in_range(ips[1].as_str().unwrap(), "fd00:10::/120"));
         for ip in ips {
-            assert!(seen.insert(ip.as_str().unwrap().to_string()), "duplicate {ip}");
+            assert!(
+                seen.insert(ip.as_str().unwrap().to_string()),
+                "duplicate {ip}"
+            );
         }
     }
     assert_eq!(seen.len(), 128);
@@ -169,7 +213,11 @@ fn a_full_range_gives_range_is_full_and_nothing_is_half_created() {
     // /29 IPv4: 6 usable, .1 is the kubernetes Service, so 5 dual-stack Services fit.
     let s = TestServer::start(&["--service-cluster-ip-range=10.0.0.0/29,fd00:10::/125"]);
     for i in 0..5 {
-        let (code, v) = create(&s, "default", &svc(&format!("s{i}"), Some("RequireDualStack"), None));
+        let (code, v) = create(
+            &s,
+            "default",
+            &svc(&format!("s{i}"), Some("RequireDualStack"), None),
+        );
         assert_eq!(code, 201, "{v}");
     }
     let before = ip_addresses(&s);
@@ -177,40 +225,70 @@ fn a_full_range_gives_range_is_full_and_nothing_is_half_created() {
     let (code, v) = create(&s, "default", &svc("s5", Some("RequireDualStack"), None));
     assert_eq!(code, 500, "{v}");
     assert_eq!(v["reason"], "InternalError");
-    assert_eq!(v["message"], "Internal error occurred: failed to allocate a serviceIP: range is full");
+    assert_eq!(
+        v["message"],
+        "Internal error occurred: failed to allocate a serviceIP: range is full"
+    );
     // Nothing half-created: no Service, no IPv6 address taken for it.
-    let (code, _) = s.request("GET", "/api/v1/namespaces/default/services/s5", None, None).unwrap();
+    let (code, _) = s
+        .request("GET", "/api/v1/namespaces/default/services/s5", None, None)
+        .unwrap();
     assert_eq!(code, 404);
     assert_eq!(ip_addresses(&s), before);
     // A delete gives the addresses back.
-    let (code, _) = s.request("DELETE", "/api/v1/namespaces/default/services/s0", None, None).unwrap();
+    let (code, _) = s
+        .request(
+            "DELETE",
+            "/api/v1/namespaces/default/services/s0",
+            None,
+            None,
+        )
+        .unwrap();
     assert_eq!(code, 200);
     let (code, v) = create(&s, "default", &svc("s5", Some("RequireDualStack"), None));
     assert_eq!(code, 201, "{v}");
 }
 
 fn events_with_reason(s: &TestServer, reason: &str) -> Vec<Value> {
-    let list = get_json(s, &format!("/api/v1/events?fieldSelector=reason%3D{reason}"));
+    let list = get_json(
+        s,
+        &format!("/api/v1/events?fieldSelector=reason%3D{reason}"),
+    );
     list["items"].as_array().unwrap().clone()
 }
 
 #[test]
 fn repair_recreates_missing_records_reports_them_and_cleans_leaks() {
-    let s = TestServer::start(&["--service-cluster-ip-range=10.0.0.0/16,fd00:10::/108", "--service-ip-repair-interval=500ms"]);
+    let s = TestServer::start(&[
+        "--service-cluster-ip-range=10.0.0.0/16,fd00:10::/108",
+        "--service-ip-repair-interval=500ms",
+    ]);
     let (code, v) = create(&s, "default", &svc("web", Some("RequireDualStack"), None));
     assert_eq!(code, 201);
     let v6 = v["spec"]["clusterIPs"][1].as_str().unwrap().to_string();
     // Lose the record of the secondary address: repair recreates it and says so.
-    let (code, body) = s.request("DELETE", &format!("/apis/networking.k8s.io/v1/ipaddresses/{v6}"), None, None).unwrap();
+    let (code, body) = s
+        .request(
+            "DELETE",
+            &format!("/apis/networking.k8s.io/v1/ipaddresses/{v6}"),
+            None,
+            None,
+        )
+        .unwrap();
     assert_eq!(code, 200, "{body}");
-    let back = eventually(Duration::from_secs(10), || ip_addresses(&s).contains(&v6).then_some(()));
+    let back = eventually(Duration::from_secs(10), || {
+        ip_addresses(&s).contains(&v6).then_some(())
+    });
     assert!(back.is_some(), "repair did not recreate {v6}");
     let ev = eventually(Duration::from_secs(10), || {
         let e = events_with_reason(&s, "ClusterIPNotAllocated");
         (!e.is_empty()).then_some(e)
     })
     .expect("ClusterIPNotAllocated event");
-    assert_eq!(ev[0]["message"], format!("Cluster IP [IPv6]:{v6} is not allocated; repairing"));
+    assert_eq!(
+        ev[0]["message"],
+        format!("Cluster IP [IPv6]:{v6} is not allocated; repairing")
+    );
     assert_eq!(ev[0]["type"], "Warning");
     assert_eq!(ev[0]["involvedObject"]["name"], "web");
     // A leaked record (owned by a Service that does not exist) is removed after a few runs.
@@ -219,44 +297,97 @@ fn repair_recreates_missing_records_reports_them_and_cleans_leaks() {
         "metadata": {"name": "10.0.77.77", "labels": {"ipaddress.kubernetes.io/managed-by": "ipallocator.k8s.io"}},
         "spec": {"parentRef": {"group": "", "resource": "services", "namespace": "default", "name": "gone"}},
     });
-    let (code, body) = s.request("POST", "/apis/networking.k8s.io/v1/ipaddresses", Some(&leaked.to_string()), Some("application/json")).unwrap();
+    let (code, body) = s
+        .request(
+            "POST",
+            "/apis/networking.k8s.io/v1/ipaddresses",
+            Some(&leaked.to_string()),
+            Some("application/json"),
+        )
+        .unwrap();
     assert_eq!(code, 201, "{body}");
-    let cleaned = eventually(Duration::from_secs(15), || (!ip_addresses(&s).contains("10.0.77.77")).then_some(()));
+    let cleaned = eventually(Duration::from_secs(15), || {
+        (!ip_addresses(&s).contains("10.0.77.77")).then_some(())
+    });
     assert!(cleaned.is_some(), "leaked IPAddress not cleaned up");
 }
 
 #[test]
 fn reconfiguring_single_to_dual_and_back_follows_upstream() {
-    let mut s = TestServer::start(&["--service-cluster-ip-range=10.0.0.0/16", "--service-ip-repair-interval=500ms"]);
+    let mut s = TestServer::start(&[
+        "--service-cluster-ip-range=10.0.0.0/16",
+        "--service-ip-repair-interval=500ms",
+    ]);
     let (code, prefer) = create(&s, "default", &svc("prefer", Some("PreferDualStack"), None));
     assert_eq!(code, 201);
-    assert_eq!(prefer["spec"]["ipFamilies"], json!(["IPv4"]), "PreferDualStack on a single-stack cluster stays single");
-    let (code, v) = create(&s, "default", &svc("require", Some("RequireDualStack"), None));
+    assert_eq!(
+        prefer["spec"]["ipFamilies"],
+        json!(["IPv4"]),
+        "PreferDualStack on a single-stack cluster stays single"
+    );
+    let (code, v) = create(
+        &s,
+        "default",
+        &svc("require", Some("RequireDualStack"), None),
+    );
     assert_eq!(code, 422);
-    assert!(v["message"].as_str().unwrap().contains("this cluster is not configured for dual-stack services"), "{v}");
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap()
+            .contains("this cluster is not configured for dual-stack services"),
+        "{v}"
+    );
 
     // Single → dual: existing Services untouched, also by unrelated updates.
-    s.restart(Some(&["--service-cluster-ip-range=10.0.0.0/16,fd00:10::/108", "--service-ip-repair-interval=500ms"]));
+    s.restart(Some(&[
+        "--service-cluster-ip-range=10.0.0.0/16,fd00:10::/108",
+        "--service-ip-repair-interval=500ms",
+    ]));
     let now = get_json(&s, "/api/v1/namespaces/default/services/prefer");
     assert_eq!(now["spec"]["clusterIPs"], prefer["spec"]["clusterIPs"]);
     let label = json!({"metadata": {"labels": {"touched": "yes"}}}).to_string();
-    let (code, body) = s.request("PATCH", "/api/v1/namespaces/default/services/prefer", Some(&label), Some("application/merge-patch+json")).unwrap();
+    let (code, body) = s
+        .request(
+            "PATCH",
+            "/api/v1/namespaces/default/services/prefer",
+            Some(&label),
+            Some("application/merge-patch+json"),
+        )
+        .unwrap();
     assert_eq!(code, 200, "{body}");
     let after: Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(after["spec"]["ipFamilies"], json!(["IPv4"]), "no auto-upgrade");
+    assert_eq!(
+        after["spec"]["ipFamilies"],
+        json!(["IPv4"]),
+        "no auto-upgrade"
+    );
     // The user upgrades explicitly.
     let up = json!({"spec": {"ipFamilyPolicy": "RequireDualStack"}}).to_string();
-    let (code, body) = s.request("PATCH", "/api/v1/namespaces/default/services/prefer", Some(&up), Some("application/merge-patch+json")).unwrap();
+    let (code, body) = s
+        .request(
+            "PATCH",
+            "/api/v1/namespaces/default/services/prefer",
+            Some(&up),
+            Some("application/merge-patch+json"),
+        )
+        .unwrap();
     assert_eq!(code, 200, "{body}");
     let up: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(up["spec"]["ipFamilies"], json!(["IPv4", "IPv6"]));
-    assert_eq!(up["spec"]["clusterIPs"][0], prefer["spec"]["clusterIPs"][0], "the primary never changes");
+    assert_eq!(
+        up["spec"]["clusterIPs"][0], prefer["spec"]["clusterIPs"][0],
+        "the primary never changes"
+    );
     let v6 = up["spec"]["clusterIPs"][1].as_str().unwrap().to_string();
     assert!(in_range(&v6, "fd00:10::/108"));
 
     // Dual → single: the Service keeps its IPv6 address in storage, repair reports it, updates
     // need a downgrade, and the downgrade releases the secondary.
-    s.restart(Some(&["--service-cluster-ip-range=10.0.0.0/16", "--service-ip-repair-interval=500ms"]));
+    s.restart(Some(&[
+        "--service-cluster-ip-range=10.0.0.0/16",
+        "--service-ip-repair-interval=500ms",
+    ]));
     let kept = get_json(&s, "/api/v1/namespaces/default/services/prefer");
     assert_eq!(kept["spec"]["clusterIPs"], up["spec"]["clusterIPs"]);
     let ev = eventually(Duration::from_secs(10), || {
@@ -266,23 +397,51 @@ fn reconfiguring_single_to_dual_and_back_follows_upstream() {
     .expect("ClusterIPNotValid event");
     assert_eq!(
         ev[0]["message"],
-        format!("Cluster IP {v6}(IPv6) is of ip family that is no longer configured on cluster; please recreate service")
+        format!(
+            "Cluster IP {v6}(IPv6) is of ip family that is no longer configured on cluster; please recreate service"
+        )
     );
-    let (code, body) = s.request("PATCH", "/api/v1/namespaces/default/services/prefer", Some(&label.replace("yes", "again")), Some("application/merge-patch+json")).unwrap();
+    let (code, body) = s
+        .request(
+            "PATCH",
+            "/api/v1/namespaces/default/services/prefer",
+            Some(&label.replace("yes", "again")),
+            Some("application/merge-patch+json"),
+        )
+        .unwrap();
     assert_eq!(code, 422, "{body}");
-    assert!(body.contains("this cluster is not configured for dual-stack services"), "{body}");
+    assert!(
+        body.contains("this cluster is not configured for dual-stack services"),
+        "{body}"
+    );
     let down = json!({"spec": {"ipFamilyPolicy": "SingleStack"}}).to_string();
-    let (code, body) = s.request("PATCH", "/api/v1/namespaces/default/services/prefer", Some(&down), Some("application/merge-patch+json")).unwrap();
+    let (code, body) = s
+        .request(
+            "PATCH",
+            "/api/v1/namespaces/default/services/prefer",
+            Some(&down),
+            Some("application/merge-patch+json"),
+        )
+        .unwrap();
     assert_eq!(code, 200, "{body}");
     let down: Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(down["spec"]["clusterIPs"], json!([prefer["spec"]["clusterIPs"][0]]));
+    assert_eq!(
+        down["spec"]["clusterIPs"],
+        json!([prefer["spec"]["clusterIPs"][0]])
+    );
     assert_eq!(down["spec"]["ipFamilies"], json!(["IPv4"]));
-    assert!(!ip_addresses(&s).contains(&v6), "the secondary's record goes with the downgrade");
+    assert!(
+        !ip_addresses(&s).contains(&v6),
+        "the secondary's record goes with the downgrade"
+    );
 }
 
 #[test]
 fn node_ports_are_allocated_checked_and_released_with_upstream_errors() {
-    let s = TestServer::start(&["--service-cluster-ip-range=10.0.0.0/16,fd00:10::/108", "--service-node-port-range=30000-30100"]);
+    let s = TestServer::start(&[
+        "--service-cluster-ip-range=10.0.0.0/16,fd00:10::/108",
+        "--service-node-port-range=30000-30100",
+    ]);
     let np = |name: &str, port: Option<i64>, ty: &str, etp: Option<&str>| {
         let mut v = svc(name, Some("PreferDualStack"), None);
         v["spec"]["type"] = ty.into();
@@ -310,14 +469,25 @@ fn node_ports_are_allocated_checked_and_released_with_upstream_errors() {
         "Invalid value: 80: provided port is not in the valid range. The range of valid ports is 30000-30100"
     );
     // LoadBalancer with externalTrafficPolicy Local also gets a health check NodePort.
-    let (code, lb) = create(&s, "default", &np("lb", None, "LoadBalancer", Some("Local")));
+    let (code, lb) = create(
+        &s,
+        "default",
+        &np("lb", None, "LoadBalancer", Some("Local")),
+    );
     assert_eq!(code, 201, "{lb}");
     let hc = lb["spec"]["healthCheckNodePort"].as_i64().unwrap();
     let port = lb["spec"]["ports"][0]["nodePort"].as_i64().unwrap();
     assert!((30000..=30100).contains(&hc) && (30000..=30100).contains(&port) && hc != port);
     // Deleting gives every port back.
     for name in ["a", "lb"] {
-        let (code, _) = s.request("DELETE", &format!("/api/v1/namespaces/default/services/{name}"), None, None).unwrap();
+        let (code, _) = s
+            .request(
+                "DELETE",
+                &format!("/api/v1/namespaces/default/services/{name}"),
+                None,
+                None,
+            )
+            .unwrap();
         assert_eq!(code, 200);
     }
     let (code, again) = create(&s, "default", &np("again", Some(30080), "NodePort", None));

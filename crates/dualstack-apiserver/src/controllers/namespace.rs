@@ -17,7 +17,9 @@ async fn terminating(res: &Resources) -> Vec<String> {
     let Some(ns_api) = res.by_plural("namespaces") else {
         return Vec::new();
     };
-    let page = ns_api.list(None, &Default::default());
+    let Ok(page) = ns_api.list(None, &Default::default()) else {
+        return Vec::new();
+    };
     page.items
         .iter()
         .filter_map(|e| serde_json::from_slice::<Value>(&e.output).ok())
@@ -32,7 +34,9 @@ async fn empty_namespace(res: &Resources, ns: &str) -> Result<bool, ApiError> {
     let nodes = res.by_plural("nodes");
     let mut empty = true;
     for api in res.list.iter().filter(|r| r.def().namespaced) {
-        let page = api.list(Some(ns), &Default::default());
+        let page = api
+            .list(Some(ns), &Default::default())
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
         for e in &page.items {
             empty = false;
             let v: Value = serde_json::from_slice(&e.output).unwrap_or(Value::Null);

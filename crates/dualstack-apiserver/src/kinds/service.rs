@@ -211,7 +211,11 @@ impl ServiceStrategy {
         let (released_ips, released_ports) = (a.ips_released.clone(), a.ports_released.clone());
         let alloc = self.alloc.clone();
         hooks.on_commit.push(Box::new(move || {
-            alloc.ips.lock().expect("ip allocators").release_all(&released_ips);
+            alloc
+                .ips
+                .lock()
+                .expect("ip allocators")
+                .release_all(&released_ips);
             let mut ports = alloc.ports.lock().expect("port allocator");
             for p in released_ports {
                 ports.release(p);

@@ -291,17 +291,11 @@ pub(crate) mod fixtures {
             status: Some(PodStatus {
                 phase: Some("Running".into()),
                 pod_ip: ips.first().map(|s| s.to_string()),
-                pod_ips: Some(
-                    ips.iter()
-                        .map(|s| PodIP { ip: s.to_string() })
-                        .collect(),
-                ),
+                pod_ips: Some(ips.iter().map(|s| PodIP { ip: s.to_string() }).collect()),
                 conditions: Some(vec![PodCondition {
                     type_: "Ready".into(),
                     status: if ready { "True" } else { "False" }.into(),
-                    last_transition_time: Some(Time(
-                        "2026-01-01T00:00:05Z".parse().unwrap(),
-                    )),
+                    last_transition_time: Some(Time("2026-01-01T00:00:05Z".parse().unwrap())),
                     ..Default::default()
                 }]),
                 ..Default::default()
@@ -319,11 +313,20 @@ mod tests {
     fn should_resolve_named_target_ports_per_pod_and_skip_unknown_names() {
         let svc = service("web", &["IPv4"]);
         let port = &svc.spec.as_ref().unwrap().ports.as_ref().unwrap()[0];
-        assert_eq!(find_port(&pod("a", &["10.244.0.5"], true, 8080), port), Some(8080));
-        assert_eq!(find_port(&pod("b", &["10.244.0.6"], true, 9090), port), Some(9090));
+        assert_eq!(
+            find_port(&pod("a", &["10.244.0.5"], true, 8080), port),
+            Some(8080)
+        );
+        assert_eq!(
+            find_port(&pod("b", &["10.244.0.6"], true, 9090), port),
+            Some(9090)
+        );
         let mut udp = port.clone();
         udp.protocol = Some("UDP".into());
-        assert_eq!(find_port(&pod("a", &["10.244.0.5"], true, 8080), &udp), None);
+        assert_eq!(
+            find_port(&pod("a", &["10.244.0.5"], true, 8080), &udp),
+            None
+        );
         let mut numeric = port.clone();
         numeric.target_port = Some(IntOrString::Int(9376));
         assert_eq!(find_port(&pod("a", &[], true, 1), &numeric), Some(9376));
@@ -350,7 +353,10 @@ mod tests {
             endpoints_family(&service("web", &["IPv6", "IPv4"]), &p),
             Some(IpFamily::IPv6)
         );
-        assert_eq!(pod_ip_of_family(&p, IpFamily::IPv6).as_deref(), Some("fd00:10:244::5"));
+        assert_eq!(
+            pod_ip_of_family(&p, IpFamily::IPv6).as_deref(),
+            Some("fd00:10:244::5")
+        );
         let mut headless = service("web", &[]);
         headless.spec.as_mut().unwrap().cluster_ip = Some("None".into());
         assert_eq!(endpoints_family(&headless, &p), Some(IpFamily::IPv4));
@@ -378,8 +384,11 @@ mod tests {
         svc.spec.as_mut().unwrap().selector = Some(BTreeMap::new());
         assert!(selector(&svc).is_none());
         let sel: BTreeMap<String, String> = [("app".to_string(), "web".to_string())].into();
-        let labels: BTreeMap<String, String> =
-            [("app".to_string(), "web".to_string()), ("x".to_string(), "y".to_string())].into();
+        let labels: BTreeMap<String, String> = [
+            ("app".to_string(), "web".to_string()),
+            ("x".to_string(), "y".to_string()),
+        ]
+        .into();
         assert!(selector_matches(&sel, Some(&labels)));
         assert!(!selector_matches(&sel, None));
     }

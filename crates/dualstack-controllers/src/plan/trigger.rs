@@ -14,7 +14,8 @@ use k8s_openapi::api::core::v1::{Pod, Service};
 use super::pods;
 
 /// The annotation written on EndpointSlices and Endpoints that a sync changes.
-pub const ANNOTATION_LAST_CHANGE_TRIGGER_TIME: &str = "endpoints.kubernetes.io/last-change-trigger-time";
+pub const ANNOTATION_LAST_CHANGE_TRIGGER_TIME: &str =
+    "endpoints.kubernetes.io/last-change-trigger-time";
 
 #[derive(Debug, Default)]
 struct State {

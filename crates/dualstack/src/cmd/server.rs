@@ -12,7 +12,7 @@ use dualstack_api::config::{
 };
 use dualstack_apiserver::config::ServerConfig;
 
-use crate::flags::{FeatureGateFlags, NodeIpamFlags, ServiceNetworkFlags};
+use crate::flags::{ControllerFlags, FeatureGateFlags, NodeIpamFlags, ServiceNetworkFlags};
 
 /// Flags of `dualstack server`.
 #[derive(Debug, Clone, Args)]
@@ -57,6 +57,10 @@ pub struct ServerArgs {
 
     #[command(flatten)]
     pub gates: FeatureGateFlags,
+
+    // The built-in controllers (`--controllers=-*` turns them off).
+    #[command(flatten)]
+    pub controllers: ControllerFlags,
 }
 
 impl ServerArgs {
@@ -120,6 +124,8 @@ impl ServerArgs {
 /// Runs the server until interrupted.
 pub fn run(args: ServerArgs) -> Result<()> {
     let (config, ipam) = args.resolve()?;
+    let identity = crate::cmd::controller_manager::server_identity(&config.data_dir);
+    let controllers = args.controllers.manager_config(ipam, identity, false)?;
     crate::cmd::init_tracing();
     if config.service_ranges.defaulted {
         tracing::warn!(
@@ -133,9 +139,12 @@ pub fn run(args: ServerArgs) -> Result<()> {
     runtime.block_on(async move {
         let server = dualstack_apiserver::Server::start(config).await?;
         tracing::info!(url = %server.url(), kubeconfig = %server.kubeconfig_path().display(), "API server ready");
-        let _ = ipam;
-        tokio::signal::ctrl_c().await?;
+        let controllers =
+            crate::cmd::controller_manager::InServer::start(server.kubeconfig_path(), controllers)
+                .await?;
+        crate::cmd::controller_manager::shutdown_signal().await;
         tracing::info!("shutting down");
+        controllers.stop().await;
         server.shutdown().await;
         Ok(())
     })

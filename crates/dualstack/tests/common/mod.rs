@@ -5,7 +5,7 @@
 //! - Services: `10.0.0.0/16` and `fd00:10::/108` (both orders for the two dual-stack clusters)
 //! - Pods (cluster CIDR): `10.244.0.0/16` and `fd00:10:244::/56`
 //! - Nodes: `192.0.2.0/24` and `2001:db8:1::/64`
-//! - Load balancers: `198.51.100.0/24` and `2001:db8:lb::/120`
+//! - Load balancers: `198.51.100.0/24` and `2001:db8:1b::/120`
 
 #![allow(dead_code)]
 
@@ -187,10 +187,25 @@ impl TestServer {
         body: Option<&[u8]>,
         headers: &[(&str, &str)],
     ) -> Response {
+        self.call_with(&[], token, method, path, body, headers)
+    }
+
+    /// Like [`call`](Self::call) with extra curl options (e.g. `--http1.1`).
+    pub fn call_with(
+        &self,
+        curl_options: &[&str],
+        token: &str,
+        method: &str,
+        path: &str,
+        body: Option<&[u8]>,
+        headers: &[(&str, &str)],
+    ) -> Response {
         let tmp = tempfile::tempdir().expect("tempdir");
         let head = tmp.path().join("headers");
         let mut cmd = Command::new("curl");
-        cmd.args(["-sS", "--max-time", "30", "--cacert"]).arg(self.ca());
+        cmd.args(curl_options);
+        cmd.args(["-sS", "--max-time", "30", "--cacert"])
+            .arg(self.ca());
         cmd.args(["-X", method, "-o", "-", "-D"]).arg(&head);
         if !token.is_empty() {
             cmd.args(["-H", &format!("Authorization: Bearer {token}")]);
@@ -238,17 +253,49 @@ impl TestServer {
     /// Like [`watch`](Self::watch) with another bearer token.
     pub fn watch_as(&self, token: &str, path: &str) -> WatchStream {
         let mut cmd = Command::new("curl");
-        cmd.args(["-sS", "-N", "-i", "--max-time", "120", "--cacert"])
-            .arg(self.ca());
+        // `-i` would make curl hold the head back until the first body bytes; `-D /dev/stderr`
+        // writes it as soon as it arrives, so read the head from stderr and the body from stdout.
+        cmd.args([
+            "-sS",
+            "-N",
+            "-D",
+            "/dev/stderr",
+            "--max-time",
+            "120",
+            "--cacert",
+        ])
+        .arg(self.ca());
         if !token.is_empty() {
             cmd.args(["-H", &format!("Authorization: Bearer {token}")]);
         }
         cmd.arg(format!("{}{}", self.url, path));
-        cmd.stdout(Stdio::piped()).stderr(Stdio::null());
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("spawn curl");
         let stdout = child.stdout.take().expect("stdout");
+        let stderr = child.stderr.take().expect("stderr");
         let (tx, rx) = mpsc::channel();
+        let head_tx = tx.clone();
+        let (body_go, body_wait) = mpsc::channel::<()>();
         std::thread::spawn(move || {
+            // The head ends with an empty line; the body thread waits for it, so head lines
+            // always come first.
+            let mut released = false;
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let end = line.trim_end_matches('\r').is_empty();
+                if head_tx.send(line).is_err() {
+                    return;
+                }
+                if end && !released {
+                    released = true;
+                    let _ = body_go.send(());
+                }
+            }
+            if !released {
+                let _ = body_go.send(());
+            }
+        });
+        std::thread::spawn(move || {
+            let _ = body_wait.recv();
             for line in BufReader::new(stdout).lines() {
                 match line {
                     Ok(l) => {
@@ -260,14 +307,14 @@ impl TestServer {
                 }
             }
         });
-        let mut w = WatchStream {
+        WatchStream {
             child,
             lines: rx,
             status: 0,
             headers: Vec::new(),
-        };
-        w.read_head();
-        w
+            head_done: false,
+            ended: false,
+        }
     }
 
     /// Runs a kubectl binary against this server.
@@ -516,14 +563,15 @@ impl Response {
     }
 }
 
-/// A streaming response read line by line (curl `-N`); the curl process dies with it.
+/// A streaming response read line by line (curl `-N -i`); the curl process dies with it. The
+/// response head is read lazily: the server may send it only with the first event.
 pub struct WatchStream {
     child: Child,
     lines: mpsc::Receiver<String>,
-    /// HTTP status of the response (0 if none arrived).
-    pub status: u16,
-    /// Response headers, names lowercased.
-    pub headers: Vec<(String, String)>,
+    status: u16,
+    headers: Vec<(String, String)>,
+    head_done: bool,
+    ended: bool,
 }
 
 /// What [`WatchStream::next_line`] saw.
@@ -538,12 +586,19 @@ pub enum Next {
 }
 
 impl WatchStream {
-    fn read_head(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
+    /// Reads the response head if it has not been read yet, waiting at most `timeout`; true
+    /// once it is complete.
+    pub fn head_within(&mut self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while !self.head_done && !self.ended {
             let left = deadline.saturating_duration_since(Instant::now());
-            let Ok(line) = self.lines.recv_timeout(left) else {
-                return;
+            let line = match self.lines.recv_timeout(left) {
+                Ok(l) => l,
+                Err(mpsc::RecvTimeoutError::Timeout) => return false,
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    self.ended = true;
+                    return false;
+                }
             };
             let line = line.trim_end_matches('\r');
             if self.status == 0 {
@@ -562,21 +617,47 @@ impl WatchStream {
                     self.status = 0;
                     continue;
                 }
-                return;
+                self.head_done = true;
+                return true;
             }
             if let Some((k, v)) = line.split_once(':') {
                 self.headers
                     .push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
             }
         }
+        self.head_done
     }
 
-    /// The next body line, waiting at most `timeout`.
+    /// The HTTP status (waits up to 30 s for the head; 0 if none came).
+    pub fn status(&mut self) -> u16 {
+        self.head_within(Duration::from_secs(30));
+        self.status
+    }
+
+    /// One response header (waits for the head like [`status`](Self::status)).
+    pub fn header(&mut self, name: &str) -> Option<String> {
+        self.head_within(Duration::from_secs(30));
+        let name = name.to_ascii_lowercase();
+        self.headers
+            .iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.clone())
+    }
+
+    /// The next body line, waiting at most `timeout` (for the head too).
     pub fn next_line(&mut self, timeout: Duration) -> Next {
-        match self.lines.recv_timeout(timeout) {
+        let deadline = Instant::now() + timeout;
+        if !self.head_within(timeout) {
+            return if self.ended { Next::End } else { Next::Timeout };
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        match self.lines.recv_timeout(left) {
             Ok(l) => Next::Line(l),
             Err(mpsc::RecvTimeoutError::Timeout) => Next::Timeout,
-            Err(mpsc::RecvTimeoutError::Disconnected) => Next::End,
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                self.ended = true;
+                Next::End
+            }
         }
     }
 

@@ -5,6 +5,11 @@
 use anyhow::Result;
 use clap::{Args, Subcommand};
 
+mod api;
+mod controllers;
+mod services;
+mod support;
+
 /// `dualstack bench ...`
 #[derive(Debug, Clone, Args)]
 pub struct BenchArgs {
@@ -13,9 +18,21 @@ pub struct BenchArgs {
 }
 
 #[derive(Debug, Clone, Subcommand)]
-enum Suite {}
+enum Suite {
+    /// Issue 3: durable creates, LIST, watch fan-out and memory of the API server.
+    Api(api::ApiArgs),
+    /// Issue 4: SingleStack vs RequireDualStack create throughput; allocation at 99% full.
+    Services(services::ServicesArgs),
+    /// Issue 5: node IPAM for 5,000 nodes, EndpointSlices for 1,000 Services × 10 pods, pod
+    /// ready → slice latency.
+    Controllers(controllers::ControllersArgs),
+}
 
 /// Runs a suite.
 pub fn run(args: BenchArgs) -> Result<()> {
-    match args.suite {}
+    match args.suite {
+        Suite::Api(a) => api::run(a),
+        Suite::Services(a) => services::run(a),
+        Suite::Controllers(a) => controllers::run(a),
+    }
 }
