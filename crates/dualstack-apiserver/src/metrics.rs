@@ -49,12 +49,16 @@ pub struct DurationLabels {
     pub component: String,
 }
 
+/// Another component's metrics served on the same `/metrics` (OpenMetrics text).
+pub type MetricsSource = Arc<dyn Fn() -> String + Send + Sync>;
+
 /// The server's metrics.
 #[derive(Clone)]
 pub struct Metrics {
     registry: Arc<Registry>,
     requests: Family<RequestLabels, Counter>,
     durations: Family<DurationLabels, Histogram>,
+    sources: Arc<std::sync::Mutex<Vec<MetricsSource>>>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -83,6 +87,7 @@ impl Metrics {
             registry: Arc::new(registry),
             requests,
             durations,
+            sources: Default::default(),
         }
     }
 
@@ -107,6 +112,23 @@ impl Metrics {
     pub fn encode(&self) -> String {
         let mut out = String::new();
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        let strip = |s: &mut String| {
+            if let Some(i) = s.rfind("# EOF") {
+                s.truncate(i);
+            }
+        };
+        strip(&mut out);
+        for source in self.sources.lock().expect("metrics sources").iter() {
+            let mut text = source();
+            strip(&mut text);
+            out.push_str(&text);
+        }
+        out.push_str("# EOF\n");
         out
+    }
+
+    /// Adds another component's metrics (e.g. the built-in controllers) to `/metrics`.
+    pub fn add_source(&self, source: MetricsSource) {
+        self.sources.lock().expect("metrics sources").push(source);
     }
 }

@@ -60,6 +60,8 @@ pub struct Server {
     pub resources: Resources,
     /// The ClusterIP and NodePort allocators.
     pub allocators: Arc<ServiceAllocators>,
+    /// What `/metrics` serves (other components may add theirs).
+    pub metrics: Metrics,
 }
 
 impl std::fmt::Debug for Server {
@@ -147,7 +149,7 @@ impl Server {
             },
             tokens,
             openapi,
-            metrics,
+            metrics: metrics.clone(),
             server_address: format!("{}", addr),
             ready: ready_rx,
         };
@@ -169,6 +171,7 @@ impl Server {
             storage,
             resources,
             allocators,
+            metrics,
         })
     }
 
@@ -333,7 +336,7 @@ async fn metrics(State(s): State<AppState>, headers: HeaderMap, uri: Uri) -> Res
         StatusCode::OK,
         [(
             header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
         s.metrics.encode(),
     )

@@ -222,7 +222,11 @@ pub struct InServer {
 
 impl InServer {
     /// Starts the controllers with the server's admin kubeconfig; nothing when all are off.
-    pub async fn start(kubeconfig: &Path, config: ManagerConfig) -> Result<InServer> {
+    pub async fn start(
+        kubeconfig: &Path,
+        config: ManagerConfig,
+        metrics: Metrics,
+    ) -> Result<InServer> {
         if config.controllers.none_enabled() {
             tracing::info!("built-in controllers disabled");
             return Ok(InServer {
@@ -233,7 +237,7 @@ impl InServer {
         let path = kubeconfig.to_string_lossy().to_string();
         let client = client(&path).await?;
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let manager = ControllerManager::new(client, config, Metrics::new());
+        let manager = ControllerManager::new(client, config, metrics);
         let task = tokio::spawn(async move {
             let stop = async {
                 let _ = rx.await;

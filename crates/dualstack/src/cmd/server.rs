@@ -139,9 +139,16 @@ pub fn run(args: ServerArgs) -> Result<()> {
     runtime.block_on(async move {
         let server = dualstack_apiserver::Server::start(config).await?;
         tracing::info!(url = %server.url(), kubeconfig = %server.kubeconfig_path().display(), "API server ready");
-        let controllers =
-            crate::cmd::controller_manager::InServer::start(server.kubeconfig_path(), controllers)
-                .await?;
+        // The built-in controllers' metrics are served on the server's /metrics.
+        let controller_metrics = dualstack_controllers::Metrics::new();
+        let m = controller_metrics.clone();
+        server.metrics.add_source(std::sync::Arc::new(move || m.encode()));
+        let controllers = crate::cmd::controller_manager::InServer::start(
+            server.kubeconfig_path(),
+            controllers,
+            controller_metrics,
+        )
+        .await?;
         crate::cmd::controller_manager::shutdown_signal().await;
         tracing::info!("shutting down");
         controllers.stop().await;
