@@ -443,19 +443,28 @@ pub fn decorate_object<S: Strategy>(strategy: &S, stored: &[u8], revision: Revis
             let mut extra = BTreeMap::new();
             strategy.fields(&obj, &mut extra);
             let attrs = attrs_of(obj.metadata(), extra);
-            let output = serde_json::to_vec(&obj)
-                .map(Bytes::from)
-                .unwrap_or_default();
-            Decorated { attrs, output }
+            let output = exact_bytes(serde_json::to_vec(&obj).unwrap_or_default());
+            Decorated {
+                attrs,
+                output,
+                keep_value: false,
+            }
         }
         Err(e) => {
             tracing::error!(resource = strategy.def().plural, error = %e, "undecodable stored object");
             Decorated {
                 attrs: Attrs::default(),
                 output: Bytes::copy_from_slice(stored),
+                keep_value: false,
             }
         }
     }
+}
+
+/// Bytes without the spare capacity `serde_json::to_vec` leaves (the cache keeps them long).
+pub fn exact_bytes(mut v: Vec<u8>) -> Bytes {
+    v.shrink_to_fit();
+    Bytes::from(v)
 }
 
 fn patch_error(_def: &ResourceDef, _name: &str, e: patch::PatchError) -> ApiError {

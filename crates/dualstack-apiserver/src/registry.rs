@@ -225,8 +225,8 @@ impl<S: Strategy> Registry<S> {
                 name: ns.to_string(),
             });
         };
-        let v: Value = serde_json::from_slice(&e.output).unwrap_or(Value::Null);
-        if !v["metadata"]["deletionTimestamp"].is_string() {
+        // A namespace marked for deletion is `Terminating` (its selectable `status.phase`).
+        if e.attrs.fields.get("status.phase").map(String::as_str) != Some("Terminating") {
             return Ok(());
         }
         let resource = self.def().group_resource();
@@ -310,9 +310,7 @@ impl<S: Strategy> Registry<S> {
                     None,
                 );
             }
-            let bytes = Bytes::from(
-                serde_json::to_vec(&value).map_err(|e| ApiError::Internal(e.to_string()))?,
-            );
+            let bytes = stored_bytes(&value)?;
             if ctx.dry_run {
                 hooks.abort();
                 let mut out: S::Obj = parse(&bytes)?;
@@ -334,7 +332,7 @@ impl<S: Strategy> Registry<S> {
                 Ok(TxnResult::Committed { revision }) => {
                     hooks.commit();
                     return Ok(Written {
-                        output: self.output(&bytes, revision)?,
+                        output: respond(&mut value, revision)?,
                         revision,
                     });
                 }
@@ -488,8 +486,11 @@ impl<S: Strategy> Registry<S> {
     ) -> Result<Option<Written>, ApiError> {
         let def = self.def();
         let name = object_name(old.metadata());
-        let old_value: Value = serde_json::from_slice(&entry.kv.value)
-            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        // The cache keeps what clients see; without its resourceVersion it is the stored object
+        // (read-time defaulting applied, as upstream's "old object" of an update).
+        let mut old_value: Value =
+            serde_json::from_slice(&entry.output).map_err(|e| ApiError::Internal(e.to_string()))?;
+        strip_resource_version(&mut old_value);
         // System metadata is the server's.
         {
             let (nm, om) = (new.metadata_mut(), old.metadata());
@@ -600,12 +601,11 @@ impl<S: Strategy> Registry<S> {
                 subresource,
             );
         }
-        let bytes =
-            Bytes::from(serde_json::to_vec(&value).map_err(|e| ApiError::Internal(e.to_string()))?);
+        let bytes = stored_bytes(&value)?;
         if ctx.dry_run {
             hooks.abort();
             return Ok(Some(Written {
-                output: self.output(&bytes, entry.kv.mod_revision)?,
+                output: respond(&mut value, entry.kv.mod_revision)?,
                 revision: entry.kv.mod_revision,
             }));
         }
@@ -628,7 +628,7 @@ impl<S: Strategy> Registry<S> {
             Ok(TxnResult::Committed { revision }) => {
                 hooks.commit();
                 Ok(Some(Written {
-                    output: self.output(&bytes, revision)?,
+                    output: respond(&mut value, revision)?,
                     revision,
                 }))
             }
@@ -722,12 +722,10 @@ impl<S: Strategy> Registry<S> {
                 if let Some(meta) = value.get_mut("metadata").and_then(Value::as_object_mut) {
                     meta.remove("resourceVersion");
                 }
-                let bytes = Bytes::from(
-                    serde_json::to_vec(&value).map_err(|e| ApiError::Internal(e.to_string()))?,
-                );
+                let bytes = stored_bytes(&value)?;
                 if ctx.dry_run {
                     return Ok(Deleted::Pending(Written {
-                        output: self.output(&bytes, entry.kv.mod_revision)?,
+                        output: respond(&mut value, entry.kv.mod_revision)?,
                         revision: entry.kv.mod_revision,
                     }));
                 }
@@ -737,7 +735,7 @@ impl<S: Strategy> Registry<S> {
                 match self.storage.txn(txn).await? {
                     TxnResult::Committed { revision } => {
                         return Ok(Deleted::Pending(Written {
-                            output: self.output(&bytes, revision)?,
+                            output: respond(&mut value, revision)?,
                             revision,
                         }));
                     }
@@ -761,7 +759,7 @@ impl<S: Strategy> Registry<S> {
                 Ok(TxnResult::Committed { revision }) => {
                     hooks.commit();
                     return Ok(Deleted::Gone(Written {
-                        output: self.output(&entry.kv.value, revision)?,
+                        output: self.output(&entry.output, revision)?,
                         revision,
                     }));
                 }
@@ -780,6 +778,29 @@ impl<S: Strategy> Registry<S> {
             name: name.to_string(),
         })
     }
+}
+
+fn strip_resource_version(v: &mut Value) {
+    if let Some(meta) = v.get_mut("metadata").and_then(Value::as_object_mut) {
+        meta.remove("resourceVersion");
+    }
+}
+
+/// The bytes to store: the object without `resourceVersion`, no spare capacity.
+fn stored_bytes(value: &Value) -> Result<Bytes, ApiError> {
+    serde_json::to_vec(value)
+        .map(crate::api::exact_bytes)
+        .map_err(|e| ApiError::Internal(e.to_string()))
+}
+
+/// What the client gets after a write: the written object at its revision.
+fn respond(value: &mut Value, revision: Revision) -> Result<Bytes, ApiError> {
+    if let Some(meta) = value.get_mut("metadata").and_then(Value::as_object_mut) {
+        meta.insert("resourceVersion".into(), revision.to_string().into());
+    }
+    serde_json::to_vec(value)
+        .map(Bytes::from)
+        .map_err(|e| ApiError::Internal(e.to_string()))
 }
 
 /// Extra operations used by strategies.

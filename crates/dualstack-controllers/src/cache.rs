@@ -162,6 +162,8 @@ impl<K: Resource + Clone> Cache<K> {
     }
 
     fn upsert(&self, inner: &mut Inner<K>, obj: K) -> Option<Change<K>> {
+        let mut obj = obj;
+        strip(&mut obj);
         let key = ObjKey::of(&obj);
         let old = inner.objects.get(&key).cloned();
         if let Some(o) = &old {
@@ -298,6 +300,19 @@ impl<K: Resource + Clone> Cache<K> {
     /// No objects.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+/// Drops what no controller reads (managed fields, the last-applied annotation), as
+/// kube-controller-manager's informer transform does: most of an object's size.
+pub fn strip<K: Resource>(obj: &mut K) {
+    let meta = obj.meta_mut();
+    meta.managed_fields = None;
+    if let Some(a) = meta.annotations.as_mut() {
+        a.remove("kubectl.kubernetes.io/last-applied-configuration");
+        if a.is_empty() {
+            meta.annotations = None;
+        }
     }
 }
 

@@ -39,6 +39,9 @@ pub struct Decorated {
     pub attrs: Attrs,
     /// The bytes sent to clients (JSON with `metadata.resourceVersion` set).
     pub output: Bytes,
+    /// Keep the stored bytes in [`Entry::kv`] too. When false (the output says everything the
+    /// server needs), `kv.value` is left empty to halve the cache's memory.
+    pub keep_value: bool,
 }
 
 /// Computes [`Decorated`] for a stored value. Supplied by the API server, which knows the kinds.
@@ -401,18 +404,22 @@ impl Watcher {
     }
 }
 
+fn entry_of(mut kv: KeyValue, d: Decorated) -> Entry {
+    if !d.keep_value {
+        kv.value = Bytes::new();
+    }
+    Entry {
+        kv,
+        attrs: d.attrs,
+        output: d.output,
+    }
+}
+
 fn build_state(items: &[KeyValue], revision: Revision, decorator: &dyn Decorator) -> State {
     let mut objects = BTreeMap::new();
     for kv in items {
         let d = decorator.decorate(&kv.key, &kv.value, kv.mod_revision);
-        objects.insert(
-            kv.key.clone(),
-            Arc::new(Entry {
-                kv: kv.clone(),
-                attrs: d.attrs,
-                output: d.output,
-            }),
-        );
+        objects.insert(kv.key.clone(), Arc::new(entry_of(kv.clone(), d)));
     }
     State {
         revision,
@@ -437,11 +444,7 @@ fn apply(state: &RwLock<State>, events: Vec<Event>, decorator: &dyn Decorator) -
         if rev <= st.revision {
             continue; // already reflected (a re-list overlapped the watch)
         }
-        let entry = Arc::new(Entry {
-            kv: ev.kv.clone(),
-            attrs: d.attrs,
-            output: d.output,
-        });
+        let entry = Arc::new(entry_of(ev.kv.clone(), d));
         let prev = match ev.kind {
             EventKind::Put => st.objects.insert(ev.kv.key.clone(), entry.clone()),
             EventKind::Delete => st.objects.remove(&ev.kv.key),
@@ -548,6 +551,7 @@ mod tests {
             Decorated {
                 attrs,
                 output: Bytes::from(format!("{}@{}", String::from_utf8_lossy(value), revision)),
+                keep_value: true,
             }
         }
     }

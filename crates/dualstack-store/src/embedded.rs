@@ -35,6 +35,8 @@ const KV: TableDefinition<&str, &[u8]> = TableDefinition::new("kv");
 const META: TableDefinition<&str, i64> = TableDefinition::new("meta");
 const REVISION_KEY: &str = "revision";
 
+/// redb page cache size.
+pub const CACHE_BYTES: usize = 32 << 20;
 /// Most transactions committed together.
 pub const MAX_BATCH: usize = 4096;
 /// Events kept in memory for watches that start in the past.
@@ -114,7 +116,12 @@ fn prefix_end(prefix: &str) -> String {
 impl Embedded {
     /// Opens (or creates) the database at `path`.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let db = Database::create(path).map_err(backend_err)?;
+        // The watch cache above holds every object; redb's page cache only needs to keep the
+        // B-tree's upper levels and recent pages (its default is 1 GiB).
+        let db = Database::builder()
+            .set_cache_size(CACHE_BYTES)
+            .create(path)
+            .map_err(backend_err)?;
         Self::start(db)
     }
 

@@ -122,7 +122,7 @@ impl State {
             .list(NODE_PORT_PREFIX, None, None, &|_| true);
         let mut port_records: BTreeMap<String, (String, i64)> = BTreeMap::new();
         for e in &port_page.items {
-            let owner: String = serde_json::from_slice(&e.kv.value).unwrap_or_default();
+            let owner: String = serde_json::from_slice(&e.output).unwrap_or_default();
             port_records.insert(e.kv.key.clone(), (owner, e.kv.mod_revision));
         }
         let families = self.alloc.families();

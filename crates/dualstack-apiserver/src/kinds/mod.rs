@@ -104,6 +104,7 @@ impl Decorator for KindsDecorator {
             None => Decorated {
                 attrs: Default::default(),
                 output: bytes::Bytes::copy_from_slice(value),
+                keep_value: false,
             },
         }
     }

@@ -6,7 +6,11 @@
 //! 2. LIST them (`--list-repeats` times);
 //! 3. the same for ConfigMaps;
 //! 4. `--watchers` watches of `default` ConfigMaps from the list's `resourceVersion`, then one
-//!    create: the delay from just before the POST to each watcher's receipt of its event line.
+//!    create: the delay from just before the POST to each watcher's receipt of its event line;
+//! 5. a restart on the same data, and the resident memory once the server is idle again.
+//!
+//! Memory is read when the server is idle (its built-in controllers, with `--controllers='*'`,
+//! catch up after a burst of Services), from `/proc/<pid>/status`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -164,6 +168,21 @@ async fn run_async(args: ApiArgs) -> Result<()> {
             args.watchers
         ),
         format!("{:.0} MiB (peak {:.0} MiB)", end.rss_mib(), end.peak_mib()),
+        "",
+        None,
+    );
+    progress("restarting the server on the same data");
+    let server = server.restart().await?;
+    let settled = server.settle(SETTLE_MAX).await?;
+    let restarted = server.memory()?;
+    report.row(
+        "server RSS after a restart on the same data",
+        format!(
+            "{:.0} MiB (peak {:.0} MiB; {:.1} s after ready)",
+            restarted.rss_mib(),
+            restarted.peak_mib(),
+            settled.as_secs_f64()
+        ),
         "",
         None,
     );

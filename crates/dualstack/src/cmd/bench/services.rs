@@ -27,7 +27,9 @@ use super::support::{
     ms, progress,
 };
 
-/// Goal of issue 4: RequireDualStack creates at most 1.3× slower than SingleStack ones.
+/// Goal of issue 4: RequireDualStack creates at most 1.3× slower than SingleStack ones. Issue 4
+/// sets no number for the 99%-full allocation latency; it is held to the same ratio against the
+/// empty range.
 const GOAL_RATIO: f64 = 1.3;
 /// Longest wait for the server to become idle after a burst of writes (so that each phase
 /// starts on an idle server, also when its built-in controllers run).
@@ -275,7 +277,7 @@ async fn run_async(args: ServicesArgs) -> Result<()> {
                 policy.name()
             ),
             format!("{flat:.2}×"),
-            format!("flat, ≤ {GOAL_RATIO}× (issue 2: allocator flat 0% → 99%)"),
+            format!("flat (issue 4 sets no number; held to ≤ {GOAL_RATIO}×)"),
             Some(flat <= GOAL_RATIO),
         );
     }

@@ -87,7 +87,7 @@ pub struct ServerProcess {
     pub flags: Vec<String>,
     connector: Connector,
     log: PathBuf,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl std::fmt::Debug for ServerProcess {
@@ -137,6 +137,27 @@ impl ServerProcess {
             .prefix("dualstack-bench-")
             .tempdir()
             .context("creating a temporary directory")?;
+        Self::launch(dir, flags, http2).await
+    }
+
+    /// Kills the server and starts it again on the same data directory with the same flags.
+    pub async fn restart(self) -> Result<ServerProcess> {
+        let ServerProcess {
+            mut child,
+            flags,
+            connector,
+            dir,
+            ..
+        } = self;
+        let _ = child.kill().await;
+        Self::launch(dir, flags, connector.http2()).await
+    }
+
+    async fn launch(
+        dir: tempfile::TempDir,
+        flags: Vec<String>,
+        http2: bool,
+    ) -> Result<ServerProcess> {
         let data_dir = dir.path().join("data");
         let log = dir.path().join("server.log");
         let exe = std::env::current_exe().context("finding the dualstack binary")?;
@@ -157,7 +178,11 @@ impl ServerProcess {
         let pid = child.id().context("server pid")?;
         let stderr = child.stderr.take().context("server stderr")?;
         let (url_tx, url_rx) = tokio::sync::oneshot::channel::<String>();
-        let mut log_file = tokio::fs::File::create(&log).await?;
+        let mut log_file = tokio::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .await?;
         tokio::spawn(async move {
             let mut url_tx = Some(url_tx);
             let mut lines = BufReader::new(stderr).lines();
@@ -192,7 +217,7 @@ impl ServerProcess {
             flags,
             connector,
             log,
-            _dir: dir,
+            dir,
         };
         server.wait_ready().await?;
         progress(&format!("server pid {pid} ready at {}", server.url));
