@@ -151,11 +151,7 @@ impl Cache {
         decorator: Arc<dyn Decorator>,
     ) -> Result<Cache, StoreError> {
         let (items, revision) = backend.list(prefix).await?;
-        let state = Arc::new(RwLock::new(build_state(
-            &items,
-            revision,
-            decorator.as_ref(),
-        )));
+        let state = Arc::new(RwLock::new(build_state(items, revision, decorator.as_ref())));
         let (tx, rx) = watch::channel(revision);
         let cache = Cache {
             state: state.clone(),
@@ -415,11 +411,13 @@ fn entry_of(mut kv: KeyValue, d: Decorated) -> Entry {
     }
 }
 
-fn build_state(items: &[KeyValue], revision: Revision, decorator: &dyn Decorator) -> State {
+fn build_state(items: Vec<KeyValue>, revision: Revision, decorator: &dyn Decorator) -> State {
+    // Consumes the listing: each stored value is dropped as soon as it is decorated, so a
+    // start never holds every object twice.
     let mut objects = BTreeMap::new();
     for kv in items {
         let d = decorator.decorate(&kv.key, &kv.value, kv.mod_revision);
-        objects.insert(kv.key.clone(), Arc::new(entry_of(kv.clone(), d)));
+        objects.insert(kv.key.clone(), Arc::new(entry_of(kv, d)));
     }
     State {
         revision,
@@ -523,7 +521,7 @@ async fn relist(
     loop {
         match backend.list(prefix).await {
             Ok((items, revision)) => {
-                let fresh = build_state(&items, revision, decorator.as_ref());
+                let fresh = build_state(items, revision, decorator.as_ref());
                 *state.write().expect("cache lock") = fresh;
                 let revision = revision.max(current);
                 tx.send_replace(revision);
