@@ -256,8 +256,8 @@ fn port_string(svc: &Service) -> String {
         .join(",")
 }
 
-/// `getServiceExternalIP` (not wide: load balancer addresses longer than 16 characters are
-/// cut with `...`, as kubectl prints them).
+/// `getServiceExternalIP`. Server-side printing generates tables with `Wide: true` (upstream's
+/// `TableConvertor`), so load balancer addresses are never cut to 16 characters.
 fn external_ip(svc: &Service, wide: bool) -> String {
     let spec = svc.spec.clone().unwrap_or_default();
     let ext = spec.external_ips.clone().unwrap_or_default();
@@ -419,7 +419,7 @@ impl Strategy for ServiceStrategy {
             svc.metadata.name.clone().unwrap_or_default().into(),
             spec.type_.clone().unwrap_or_default().into(),
             cluster_ip.into(),
-            external_ip(svc, false).into(),
+            external_ip(svc, true).into(),
             port_string(svc).into(),
             age_cell(&svc.metadata, now),
             selector_string(svc).into(),
