@@ -323,35 +323,24 @@ impl<S: Strategy> Registry<S> {
                     revision: 0,
                 });
             }
-            let mut txn = Txn::new()
+            let txn = Txn::new()
                 .when(Compare::absent(&key))
                 .put(&key, bytes.clone());
-            txn.compares.extend(hooks.compares.iter().cloned());
-            txn.ops.extend(hooks.ops.iter().cloned());
-            match self.storage.txn(txn).await {
-                Ok(TxnResult::Committed { revision }) => {
-                    hooks.commit();
+            match self.commit(txn, hooks).await? {
+                Ok(revision) => {
                     return Ok(Written {
                         output: respond(&mut value, revision)?,
                         revision,
                     });
                 }
-                Ok(TxnResult::Failed { index: 0, .. }) => {
-                    hooks.abort();
+                Err(0) => {
                     return Err(ApiError::AlreadyExists {
                         resource: def.group_resource(),
                         name,
                     });
                 }
-                Ok(TxnResult::Failed { .. }) => {
-                    // Another writer took something the hooks reserved; try again.
-                    hooks.abort();
-                    continue;
-                }
-                Err(e) => {
-                    hooks.abort();
-                    return Err(e);
-                }
+                // Another writer took something the hooks reserved; try again.
+                Err(_) => continue,
             }
         }
         Err(ApiError::Internal(format!(
@@ -622,19 +611,32 @@ impl<S: Strategy> Registry<S> {
         } else {
             txn = txn.put(&key, bytes.clone());
         }
+        match self.commit(txn, hooks).await? {
+            Ok(revision) => Ok(Some(Written {
+                output: respond(&mut value, revision)?,
+                revision,
+            })),
+            Err(_) => Ok(None),
+        }
+    }
+
+    /// Commits `txn` together with the hooks' storage work, then runs the hooks' commit or
+    /// abort callbacks. `Ok(Err(i))`: compare `i` failed and nothing was written.
+    async fn commit(
+        &self,
+        mut txn: Txn,
+        hooks: WriteHooks,
+    ) -> Result<Result<Revision, usize>, ApiError> {
         txn.compares.extend(hooks.compares.iter().cloned());
         txn.ops.extend(hooks.ops.iter().cloned());
         match self.storage.txn(txn).await {
             Ok(TxnResult::Committed { revision }) => {
                 hooks.commit();
-                Ok(Some(Written {
-                    output: respond(&mut value, revision)?,
-                    revision,
-                }))
+                Ok(Ok(revision))
             }
-            Ok(TxnResult::Failed { .. }) => {
+            Ok(TxnResult::Failed { index, .. }) => {
                 hooks.abort();
-                Ok(None)
+                Ok(Err(index))
             }
             Err(e) => {
                 hooks.abort();
@@ -750,27 +752,14 @@ impl<S: Strategy> Registry<S> {
                     revision: entry.kv.mod_revision,
                 }));
             }
-            let mut txn = Txn::new()
+            let txn = Txn::new()
                 .when(Compare::mod_revision(&entry.kv.key, entry.kv.mod_revision))
                 .delete(&entry.kv.key);
-            txn.compares.extend(hooks.compares.iter().cloned());
-            txn.ops.extend(hooks.ops.iter().cloned());
-            match self.storage.txn(txn).await {
-                Ok(TxnResult::Committed { revision }) => {
-                    hooks.commit();
-                    return Ok(Deleted::Gone(Written {
-                        output: self.output(&entry.output, revision)?,
-                        revision,
-                    }));
-                }
-                Ok(TxnResult::Failed { .. }) => {
-                    hooks.abort();
-                    continue;
-                }
-                Err(e) => {
-                    hooks.abort();
-                    return Err(e);
-                }
+            if let Ok(revision) = self.commit(txn, hooks).await? {
+                return Ok(Deleted::Gone(Written {
+                    output: self.output(&entry.output, revision)?,
+                    revision,
+                }));
             }
         }
         Err(ApiError::Conflict {
