@@ -151,7 +151,11 @@ impl Cache {
         decorator: Arc<dyn Decorator>,
     ) -> Result<Cache, StoreError> {
         let (items, revision) = backend.list(prefix).await?;
-        let state = Arc::new(RwLock::new(build_state(items, revision, decorator.as_ref())));
+        let state = Arc::new(RwLock::new(build_state(
+            items,
+            revision,
+            decorator.as_ref(),
+        )));
         let (tx, rx) = watch::channel(revision);
         let cache = Cache {
             state: state.clone(),
