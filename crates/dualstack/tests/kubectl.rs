@@ -1,4 +1,5 @@
-//! Real kubectl (1.27, 1.33 and the `/usr/bin/kubectl` dispatcher) against the real server:
+//! Real kubectl (every version from 1.27 to 1.33, and the `/usr/bin/kubectl` dispatcher) against
+//! the real server:
 //! create, client-side and server-side apply, get (-o wide/yaml/json, -w), describe, label,
 //! annotate, patch (strategic, merge, json), edit with a scripted EDITOR, explain and delete on
 //! services, pods, nodes, configmaps and endpointslices; the 1.33 generators, which send
@@ -487,6 +488,26 @@ fn kubectl_1_27_works_end_to_end() {
 fn kubectl_1_33_works_end_to_end_including_protobuf_generators() {
     let s = TestServer::start(DUAL);
     scenario(&s, &Kubectl::require("1.33"), "k133", true);
+}
+
+/// The versions between: each its own server, one after the other.
+#[test]
+fn kubectl_1_28_to_1_32_work_end_to_end() {
+    for (version, generators) in [
+        ("1.28", false),
+        ("1.29", false),
+        ("1.30", false),
+        ("1.31", false),
+        ("1.32", true),
+    ] {
+        let s = TestServer::start(DUAL);
+        scenario(
+            &s,
+            &Kubectl::require(version),
+            &format!("k{}", version.replace('.', "")),
+            generators,
+        );
+    }
 }
 
 #[test]
