@@ -240,7 +240,7 @@ fn decorate_schemas(schemas: &mut Map<String, Value>, res: &Resources) {
             json!({
                 "type": "string",
                 "enum": ["IPv4", "IPv6"],
-                "description": "Deprecated: the single-family field of the Kubernetes 1.16-1.19 dual-stack alpha (IPv6DualStack). Accepted on create only and translated to ipFamilies: [ipFamily] with ipFamilyPolicy: SingleStack; it must name a configured family and cannot change afterwards. Objects are always returned in the GA form (ipFamilies, ipFamilyPolicy, clusterIPs).",
+                "description": "Deprecated: the single-family field of the Kubernetes 1.16-1.19 dual-stack alpha (IPv6DualStack). Accepted on create and translated to ipFamilies: [ipFamily] with ipFamilyPolicy: SingleStack; it must name a configured family, and on update it may only repeat the Service's primary family (it is immutable). Objects are always returned in the GA form (ipFamilies, ipFamilyPolicy, clusterIPs).",
             }),
         );
     }
