@@ -33,18 +33,16 @@ pub enum LabelRequirement {
 }
 
 impl LabelRequirement {
-    fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
+    fn matches_with<'a>(&self, get: &impl Fn(&str) -> Option<&'a str>) -> bool {
         match self {
-            LabelRequirement::Exists(k) => labels.contains_key(k),
-            LabelRequirement::DoesNotExist(k) => !labels.contains_key(k),
-            LabelRequirement::In(k, vs) => labels.get(k).is_some_and(|v| vs.contains(v)),
-            LabelRequirement::NotIn(k, vs) => labels.get(k).is_none_or(|v| !vs.contains(v)),
-            LabelRequirement::GreaterThan(k, n) => labels
-                .get(k)
+            LabelRequirement::Exists(k) => get(k).is_some(),
+            LabelRequirement::DoesNotExist(k) => get(k).is_none(),
+            LabelRequirement::In(k, vs) => get(k).is_some_and(|v| vs.iter().any(|x| x == v)),
+            LabelRequirement::NotIn(k, vs) => get(k).is_none_or(|v| !vs.iter().any(|x| x == v)),
+            LabelRequirement::GreaterThan(k, n) => get(k)
                 .and_then(|v| v.parse::<i64>().ok())
                 .is_some_and(|v| v > *n),
-            LabelRequirement::LessThan(k, n) => labels
-                .get(k)
+            LabelRequirement::LessThan(k, n) => get(k)
                 .and_then(|v| v.parse::<i64>().ok())
                 .is_some_and(|v| v < *n),
         }
@@ -102,7 +100,12 @@ impl LabelSelector {
 
     /// Whether `labels` satisfy every requirement.
     pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
-        self.0.iter().all(|r| r.matches(labels))
+        self.matches_with(|k| labels.get(k).map(String::as_str))
+    }
+
+    /// Like [`matches`](Self::matches) with labels looked up by a function.
+    pub fn matches_with<'a>(&self, get: impl Fn(&str) -> Option<&'a str>) -> bool {
+        self.0.iter().all(|r| r.matches_with(&get))
     }
 }
 
@@ -341,10 +344,14 @@ impl FieldSelector {
 
     /// Whether `fields` satisfy every requirement (a missing field counts as `""`).
     pub fn matches(&self, fields: &BTreeMap<String, String>) -> bool {
-        self.0.iter().all(|r| {
-            let v = fields.get(&r.field).map_or("", String::as_str);
-            (v == r.value) != r.negate
-        })
+        self.matches_with(|k| fields.get(k).map(String::as_str))
+    }
+
+    /// Like [`matches`](Self::matches) with fields looked up by a function.
+    pub fn matches_with<'a>(&self, get: impl Fn(&str) -> Option<&'a str>) -> bool {
+        self.0
+            .iter()
+            .all(|r| (get(&r.field).unwrap_or("") == r.value) != r.negate)
     }
 }
 

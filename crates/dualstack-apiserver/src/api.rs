@@ -3,7 +3,6 @@
 //! server-side apply, lists with selectors and paging, table printing, and what the watch
 //! cache keeps of each object.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -172,24 +171,46 @@ pub fn check_type(def: &ResourceDef, body: &mut Value) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// Builds the selectable attributes of an object.
+/// Builds the selectable attributes of an object (its labels are moved out).
 pub fn attrs_of(
-    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
-    extra: BTreeMap<String, String>,
+    meta: &mut k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    extra: Vec<(&'static str, String)>,
 ) -> Attrs {
-    let mut fields = extra;
-    fields.insert(
-        "metadata.name".into(),
-        meta.name.clone().unwrap_or_default(),
-    );
-    fields.insert(
-        "metadata.namespace".into(),
-        meta.namespace.clone().unwrap_or_default(),
-    );
-    Attrs {
-        labels: meta.labels.clone().unwrap_or_default(),
-        fields,
+    Attrs::new(meta.labels.take().unwrap_or_default(), extra)
+}
+
+/// The name and namespace of a cached object, from its key
+/// (`/registry/<resource>[/<namespace>]/<name>`).
+pub fn name_and_namespace(key: &str, namespaced: bool) -> (&str, &str) {
+    let mut parts = key.rsplit('/');
+    let name = parts.next().unwrap_or("");
+    let ns = if namespaced {
+        parts.next().unwrap_or("")
+    } else {
+        ""
+    };
+    (name, ns)
+}
+
+/// Whether a cached object passes label and field selectors.
+pub fn selected(
+    labels: &LabelSelector,
+    fields: &FieldSelector,
+    namespaced: bool,
+    e: &Entry,
+) -> bool {
+    if !labels.matches_with(|k| e.attrs.label(k)) {
+        return false;
     }
+    if fields.is_empty() {
+        return true;
+    }
+    let (name, ns) = name_and_namespace(&e.kv.key, namespaced);
+    fields.matches_with(|f| match f {
+        "metadata.name" => Some(name),
+        "metadata.namespace" => Some(ns),
+        other => e.attrs.field(other),
+    })
 }
 
 impl<S: Strategy> TypedApi<S> {
@@ -275,9 +296,7 @@ impl<S: Strategy> ResourceApi for TypedApi<S> {
         opts: &ListOpts,
     ) -> Result<ListPage, dualstack_store::StoreError> {
         let prefix = self.def().prefix(ns);
-        let filter = |e: &Entry| {
-            opts.labels.matches(&e.attrs.labels) && opts.fields.matches(&e.attrs.fields)
-        };
+        let filter = |e: &Entry| selected(&opts.labels, &opts.fields, self.def().namespaced, e);
         let cache = &self.registry.storage.cache;
         let after = opts.continue_after.as_deref();
         match opts.at_revision {
@@ -440,10 +459,11 @@ pub fn decorate_object<S: Strategy>(strategy: &S, stored: &[u8], revision: Revis
         Ok(mut obj) => {
             strategy.on_read(&mut obj);
             obj.metadata_mut().resource_version = Some(revision.to_string());
-            let mut extra = BTreeMap::new();
+            let mut extra = Vec::new();
             strategy.fields(&obj, &mut extra);
-            let attrs = attrs_of(obj.metadata(), extra);
+            // Serialise before the labels move into the attributes.
             let output = exact_bytes(serde_json::to_vec(&obj).unwrap_or_default());
+            let attrs = attrs_of(obj.metadata_mut(), extra);
             Decorated {
                 attrs,
                 output,

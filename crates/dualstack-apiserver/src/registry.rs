@@ -226,7 +226,7 @@ impl<S: Strategy> Registry<S> {
             });
         };
         // A namespace marked for deletion is `Terminating` (its selectable `status.phase`).
-        if e.attrs.fields.get("status.phase").map(String::as_str) != Some("Terminating") {
+        if e.attrs.field("status.phase") != Some("Terminating") {
             return Ok(());
         }
         let resource = self.def().group_resource();

@@ -332,7 +332,7 @@ pub trait Strategy: Send + Sync + 'static {
     fn on_read(&self, _obj: &mut Self::Obj) {}
 
     /// Kind-specific selectable fields (besides `metadata.name` / `metadata.namespace`).
-    fn fields(&self, _obj: &Self::Obj, _out: &mut BTreeMap<String, String>) {}
+    fn fields(&self, _obj: &Self::Obj, _out: &mut Vec<(&'static str, String)>) {}
 
     /// Table cells, one per [`ResourceDef::columns`] entry.
     fn row(&self, obj: &Self::Obj, now: jiff::Timestamp) -> Vec<serde_json::Value> {

@@ -14,7 +14,7 @@ use axum::http::{StatusCode, header};
 use axum::response::Response;
 use dualstack_apimachinery::status::ApiError;
 use dualstack_store::EventKind;
-use dualstack_store::cache::{Attrs, CacheEvent, Entry};
+use dualstack_store::cache::{CacheEvent, Entry};
 use rand::Rng;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
@@ -92,8 +92,8 @@ impl Emitter {
     }
 }
 
-fn matches(p: &ListParams, attrs: &Attrs) -> bool {
-    p.labels.matches(&attrs.labels) && p.fields.matches(&attrs.fields)
+fn matches(p: &ListParams, namespaced: bool, e: &Entry) -> bool {
+    crate::api::selected(&p.labels, &p.fields, namespaced, e)
 }
 
 /// The previous state of an object with the event's revision (an object leaving the selection
@@ -105,7 +105,8 @@ fn with_revision(prev: &Entry, rev: i64) -> Vec<u8> {
 }
 
 async fn deliver(em: &mut Emitter, p: &ListParams, ev: &CacheEvent) -> bool {
-    let now = matches(p, &ev.entry.attrs);
+    let namespaced = em.api.def().namespaced;
+    let now = matches(p, namespaced, &ev.entry);
     match ev.kind {
         EventKind::Delete => {
             if now {
@@ -113,7 +114,7 @@ async fn deliver(em: &mut Emitter, p: &ListParams, ev: &CacheEvent) -> bool {
             }
         }
         EventKind::Put => {
-            let before = ev.prev.as_ref().map(|e| matches(p, &e.attrs));
+            let before = ev.prev.as_ref().map(|e| matches(p, namespaced, e));
             match (now, before) {
                 (true, Some(true)) => return em.event("MODIFIED", &ev.entry.output).await,
                 (true, _) => return em.event("ADDED", &ev.entry.output).await,

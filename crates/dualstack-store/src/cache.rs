@@ -23,13 +23,54 @@ use crate::{Backend, Event, EventKind, KeyValue, Revision, StoreError};
 /// Events kept per resource for watches that start in the past.
 pub const HISTORY_PER_RESOURCE: usize = 20_000;
 
-/// Labels and selectable fields of an object, for label and field selectors.
+/// Labels and selectable fields of an object, for label and field selectors. Kept compact
+/// (exact-size sorted slices): the cache holds one per object.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Attrs {
-    /// `metadata.labels`.
-    pub labels: BTreeMap<String, String>,
-    /// Selectable fields (`metadata.name`, `metadata.namespace`, `spec.nodeName`, ...).
-    pub fields: BTreeMap<String, String>,
+    /// `metadata.labels`, sorted by key.
+    labels: Box<[(Box<str>, Box<str>)]>,
+    /// Kind-specific selectable fields (`spec.nodeName`, ...), sorted by name. The name and
+    /// namespace are in the key.
+    fields: Box<[(&'static str, Box<str>)]>,
+}
+
+impl Attrs {
+    /// Attributes from labels and fields in any order.
+    pub fn new(
+        labels: impl IntoIterator<Item = (String, String)>,
+        fields: Vec<(&'static str, String)>,
+    ) -> Self {
+        let mut labels: Vec<(Box<str>, Box<str>)> = labels
+            .into_iter()
+            .map(|(k, v)| (k.into_boxed_str(), v.into_boxed_str()))
+            .collect();
+        labels.sort();
+        let mut fields: Vec<(&'static str, Box<str>)> = fields
+            .into_iter()
+            .map(|(k, v)| (k, v.into_boxed_str()))
+            .collect();
+        fields.sort();
+        Self {
+            labels: labels.into_boxed_slice(),
+            fields: fields.into_boxed_slice(),
+        }
+    }
+
+    /// One label's value.
+    pub fn label(&self, key: &str) -> Option<&str> {
+        self.labels
+            .binary_search_by(|(k, _)| (**k).cmp(key))
+            .ok()
+            .map(|i| &*self.labels[i].1)
+    }
+
+    /// One selectable field's value.
+    pub fn field(&self, name: &str) -> Option<&str> {
+        self.fields
+            .binary_search_by(|(k, _)| (*k).cmp(name))
+            .ok()
+            .map(|i| &*self.fields[i].1)
+    }
 }
 
 /// What the cache keeps of a stored value besides its bytes.
@@ -548,8 +589,7 @@ mod tests {
     struct Plain;
     impl Decorator for Plain {
         fn decorate(&self, key: &str, value: &[u8], revision: Revision) -> Decorated {
-            let mut attrs = Attrs::default();
-            attrs.fields.insert("key".into(), key.into());
+            let attrs = Attrs::new(std::iter::empty(), vec![("key", key.to_string())]);
             Decorated {
                 attrs,
                 output: Bytes::from(format!("{}@{}", String::from_utf8_lossy(value), revision)),

@@ -148,8 +148,8 @@ impl Strategy for EndpointSliceStrategy {
         errs
     }
 
-    fn fields(&self, s: &EndpointSlice, out: &mut std::collections::BTreeMap<String, String>) {
-        out.insert("addressType".into(), s.address_type.clone());
+    fn fields(&self, s: &EndpointSlice, out: &mut Vec<(&'static str, String)>) {
+        out.push(("addressType", s.address_type.clone()));
     }
 
     fn row(&self, s: &EndpointSlice, now: jiff::Timestamp) -> Vec<serde_json::Value> {

@@ -1,8 +1,6 @@
 //! Events (core/v1): what controllers tell users; selectable by `involvedObject.*`, `reason`,
 //! `type`, `source`, `reportingComponent` as `kubectl describe` needs.
 
-use std::collections::BTreeMap;
-
 use dualstack_apimachinery::field::{ErrorList, FieldError, Path};
 use dualstack_apimachinery::validation::NameRule;
 use k8s_openapi::api::core::v1::Event;
@@ -104,29 +102,26 @@ impl Strategy for EventStrategy {
         errs
     }
 
-    fn fields(&self, e: &Event, out: &mut BTreeMap<String, String>) {
+    fn fields(&self, e: &Event, out: &mut Vec<(&'static str, String)>) {
         let io = &e.involved_object;
         let s = |v: &Option<String>| v.clone().unwrap_or_default();
-        out.insert("involvedObject.kind".into(), s(&io.kind));
-        out.insert("involvedObject.namespace".into(), s(&io.namespace));
-        out.insert("involvedObject.name".into(), s(&io.name));
-        out.insert("involvedObject.uid".into(), s(&io.uid));
-        out.insert("involvedObject.apiVersion".into(), s(&io.api_version));
-        out.insert(
-            "involvedObject.resourceVersion".into(),
-            s(&io.resource_version),
-        );
-        out.insert("involvedObject.fieldPath".into(), s(&io.field_path));
-        out.insert("reason".into(), s(&e.reason));
-        out.insert("reportingComponent".into(), s(&e.reporting_component));
-        out.insert(
-            "source".into(),
+        out.push(("involvedObject.kind", s(&io.kind)));
+        out.push(("involvedObject.namespace", s(&io.namespace)));
+        out.push(("involvedObject.name", s(&io.name)));
+        out.push(("involvedObject.uid", s(&io.uid)));
+        out.push(("involvedObject.apiVersion", s(&io.api_version)));
+        out.push(("involvedObject.resourceVersion", s(&io.resource_version)));
+        out.push(("involvedObject.fieldPath", s(&io.field_path)));
+        out.push(("reason", s(&e.reason)));
+        out.push(("reportingComponent", s(&e.reporting_component)));
+        out.push((
+            "source",
             e.source
                 .as_ref()
                 .and_then(|x| x.component.clone())
                 .unwrap_or_default(),
-        );
-        out.insert("type".into(), s(&e.type_));
+        ));
+        out.push(("type", s(&e.type_)));
     }
 
     fn row(&self, e: &Event, now: jiff::Timestamp) -> Vec<serde_json::Value> {

@@ -103,8 +103,8 @@ impl Strategy for NamespaceStrategy {
         ns.status.get_or_insert_with(NamespaceStatus::default).phase = Some("Terminating".into());
     }
 
-    fn fields(&self, ns: &Namespace, out: &mut std::collections::BTreeMap<String, String>) {
-        out.insert("status.phase".into(), phase(ns));
+    fn fields(&self, ns: &Namespace, out: &mut Vec<(&'static str, String)>) {
+        out.push(("status.phase", phase(ns)));
     }
 
     fn row(&self, ns: &Namespace, now: jiff::Timestamp) -> Vec<serde_json::Value> {

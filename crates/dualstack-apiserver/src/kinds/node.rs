@@ -133,13 +133,13 @@ impl Strategy for NodeStrategy {
         errs
     }
 
-    fn fields(&self, n: &Node, out: &mut std::collections::BTreeMap<String, String>) {
+    fn fields(&self, n: &Node, out: &mut Vec<(&'static str, String)>) {
         let u = n
             .spec
             .as_ref()
             .and_then(|s| s.unschedulable)
             .unwrap_or(false);
-        out.insert("spec.unschedulable".into(), u.to_string());
+        out.push(("spec.unschedulable", u.to_string()));
     }
 
     fn row(&self, n: &Node, now: jiff::Timestamp) -> Vec<serde_json::Value> {

@@ -1,8 +1,6 @@
 //! Pods: upstream's defaults for what kubectl and the agent send, the core validation rules,
 //! the dual-stack `status.podIPs` rules, graceful deletion, and `kubectl get pods` printing.
 
-use std::collections::BTreeMap;
-
 use dualstack_api::pod::{normalize_pod_ips, validate_pod_status_ips};
 use dualstack_apimachinery::field::{ErrorList, FieldError, Path};
 use dualstack_apimachinery::validation::{NameRule, is_dns1123_label};
@@ -243,32 +241,32 @@ impl Strategy for PodStrategy {
         validate_pod_status_ips(new)
     }
 
-    fn fields(&self, p: &Pod, out: &mut BTreeMap<String, String>) {
+    fn fields(&self, p: &Pod, out: &mut Vec<(&'static str, String)>) {
         let spec = p.spec.clone().unwrap_or_default();
         let st = p.status.clone().unwrap_or_default();
-        out.insert("spec.nodeName".into(), spec.node_name.unwrap_or_default());
-        out.insert(
-            "spec.restartPolicy".into(),
+        out.push(("spec.nodeName", spec.node_name.unwrap_or_default()));
+        out.push((
+            "spec.restartPolicy",
             spec.restart_policy.unwrap_or_default(),
-        );
-        out.insert(
-            "spec.schedulerName".into(),
+        ));
+        out.push((
+            "spec.schedulerName",
             spec.scheduler_name.unwrap_or_default(),
-        );
-        out.insert(
-            "spec.serviceAccountName".into(),
+        ));
+        out.push((
+            "spec.serviceAccountName",
             spec.service_account_name.unwrap_or_default(),
-        );
-        out.insert(
-            "spec.hostNetwork".into(),
+        ));
+        out.push((
+            "spec.hostNetwork",
             spec.host_network.unwrap_or(false).to_string(),
-        );
-        out.insert("status.phase".into(), st.phase.unwrap_or_default());
-        out.insert("status.podIP".into(), st.pod_ip.unwrap_or_default());
-        out.insert(
-            "status.nominatedNodeName".into(),
+        ));
+        out.push(("status.phase", st.phase.unwrap_or_default()));
+        out.push(("status.podIP", st.pod_ip.unwrap_or_default()));
+        out.push((
+            "status.nominatedNodeName",
             st.nominated_node_name.unwrap_or_default(),
-        );
+        ));
     }
 
     fn grace_period(&self, p: &Pod, requested: Option<i64>) -> Option<i64> {

@@ -402,10 +402,10 @@ impl Strategy for ServiceStrategy {
         service::default_on_read(svc, self.alloc.ranges.primary_family());
     }
 
-    fn fields(&self, svc: &Service, out: &mut std::collections::BTreeMap<String, String>) {
+    fn fields(&self, svc: &Service, out: &mut Vec<(&'static str, String)>) {
         let spec = svc.spec.clone().unwrap_or_default();
-        out.insert("spec.clusterIP".into(), spec.cluster_ip.unwrap_or_default());
-        out.insert("spec.type".into(), spec.type_.unwrap_or_default());
+        out.push(("spec.clusterIP", spec.cluster_ip.unwrap_or_default()));
+        out.push(("spec.type", spec.type_.unwrap_or_default()));
     }
 
     fn row(&self, svc: &Service, now: jiff::Timestamp) -> Vec<Value> {
