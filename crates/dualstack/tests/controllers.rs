@@ -17,7 +17,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{TestServer, binary, eventually};
+use common::{TestServer, binary, eventually, strip_ansi};
 use serde_json::{Value, json};
 
 const SERVICES: &str = "--service-cluster-ip-range=10.0.0.0/16,fd00:10::/108";
@@ -292,23 +292,6 @@ impl ControllerManager {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
-}
-
-fn strip_ansi(s: &str) -> String {
-    let mut out = String::new();
-    let mut chars = s.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for n in chars.by_ref() {
-                if n.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 impl Drop for ControllerManager {

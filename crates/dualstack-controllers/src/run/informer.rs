@@ -8,7 +8,8 @@ use futures::StreamExt;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Resource};
 use serde::de::DeserializeOwned;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
 
 use crate::cache::{Cache, Change};
 
@@ -48,4 +49,31 @@ pub async fn run<K, H>(
 /// Waits until `rx` turns true.
 pub async fn wait_synced(rx: &mut watch::Receiver<bool>) {
     let _ = rx.wait_for(|s| *s).await;
+}
+
+/// Starts an informer over every `K` in `tasks`, waits for its first list and returns the cache
+/// with the channel of later changes (the first list's changes are dropped: the caller starts
+/// from the synced cache).
+pub async fn start_synced<K>(
+    api: Api<K>,
+    tasks: &mut JoinSet<()>,
+) -> (Arc<Cache<K>>, mpsc::UnboundedReceiver<Vec<Change<K>>>)
+where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+{
+    let cache = Arc::new(Cache::<K>::default());
+    let (tx, mut rx) = mpsc::unbounded_channel::<Vec<Change<K>>>();
+    let (synced_tx, mut synced) = watch::channel(false);
+    tasks.spawn(run(
+        api,
+        watcher::Config::default(),
+        cache.clone(),
+        synced_tx,
+        move |changes| {
+            let _ = tx.send(changes);
+        },
+    ));
+    wait_synced(&mut synced).await;
+    while rx.try_recv().is_ok() {}
+    (cache, rx)
 }

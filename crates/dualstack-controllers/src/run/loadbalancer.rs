@@ -17,14 +17,13 @@ use futures::stream::FuturesUnordered;
 use futures::{Future, StreamExt};
 use k8s_openapi::api::core::v1::Service;
 use kube::api::{Patch, PatchParams};
-use kube::runtime::watcher;
 use kube::{Api, Client};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use super::events::{self, Recorder};
 use super::{RunError, informer};
-use crate::cache::{Cache, Change, ObjKey};
+use crate::cache::{Cache, ObjKey};
 use crate::metrics::{FamilyLabels, Metrics};
 use crate::plan::loadbalancer::{
     LbAllocator, LbDecision, LbError, REASON_ALLOCATION_FAILED, REASON_IP_ALLOCATED, service_key,
@@ -202,22 +201,9 @@ pub async fn run(
     metrics: Metrics,
     recorder: Arc<Recorder>,
 ) -> Result<(), RunError> {
-    let api: Api<Service> = Api::all(client.clone());
-    let cache = Arc::new(Cache::<Service>::default());
-    let (tx, mut rx) = mpsc::unbounded_channel::<Vec<Change<Service>>>();
-    let (synced_tx, mut synced) = watch::channel(false);
     let mut tasks = JoinSet::new();
-    tasks.spawn(informer::run(
-        api,
-        watcher::Config::default(),
-        cache.clone(),
-        synced_tx,
-        move |changes| {
-            let _ = tx.send(changes);
-        },
-    ));
-    informer::wait_synced(&mut synced).await;
-    while rx.try_recv().is_ok() {}
+    let (cache, mut rx) =
+        informer::start_synced(Api::<Service>::all(client.clone()), &mut tasks).await;
     let services = cache.list();
     let mut alloc = LbAllocator::new(pool);
     let refs: Vec<&Service> = services.iter().map(|s| s.as_ref()).collect();

@@ -15,14 +15,12 @@ use futures::{Future, StreamExt};
 use ipnet::IpNet;
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{Patch, PatchParams};
-use kube::runtime::watcher;
 use kube::{Api, Client};
-use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
 use super::events::{self, Recorder};
 use super::{RunError, informer};
-use crate::cache::{Cache, Change, ObjKey};
+use crate::cache::ObjKey;
 use crate::metrics::Metrics;
 use crate::plan::nodeipam::{
     NodeAction, NodeIpamPlanner, PatchOutcome, REASON_CIDR_ASSIGNMENT_FAILED,
@@ -108,21 +106,8 @@ pub async fn run(
     recorder: Arc<Recorder>,
 ) -> Result<(), RunError> {
     let api: Api<Node> = Api::all(client);
-    let cache = Arc::new(Cache::<Node>::default());
-    let (tx, mut rx) = mpsc::unbounded_channel::<Vec<Change<Node>>>();
-    let (synced_tx, mut synced) = watch::channel(false);
     let mut tasks = JoinSet::new();
-    tasks.spawn(informer::run(
-        api.clone(),
-        watcher::Config::default(),
-        cache.clone(),
-        synced_tx,
-        move |changes| {
-            let _ = tx.send(changes);
-        },
-    ));
-    informer::wait_synced(&mut synced).await;
-    while rx.try_recv().is_ok() {}
+    let (cache, mut rx) = informer::start_synced(api.clone(), &mut tasks).await;
     let nodes = cache.list();
     let refs: Vec<&Node> = nodes.iter().map(|n| n.as_ref()).collect();
     let (mut planner, mut actions) =

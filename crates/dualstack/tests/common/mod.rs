@@ -412,9 +412,10 @@ fn spawn(data_dir: &Path, args: &[String], log: &Path) -> (Child, String) {
     }
 }
 
-fn strip_ansi(s: &str) -> String {
+/// `s` without terminal colour escapes.
+pub fn strip_ansi(s: &str) -> String {
     let mut out = String::new();
-    let mut chars = s.chars().peekable();
+    let mut chars = s.chars();
     while let Some(c) = chars.next() {
         if c == '\u{1b}' {
             for n in chars.by_ref() {
