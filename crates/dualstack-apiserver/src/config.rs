@@ -23,4 +23,6 @@ pub struct ServerConfig {
     pub node_port_range: PortRange,
     /// How often the ClusterIP/NodePort repair loop runs (upstream: 3 minutes).
     pub repair_interval: std::time::Duration,
+    /// How many connections are held, and for how long (see [`crate::conn`]).
+    pub connection_limits: crate::conn::Limits,
 }

@@ -10,9 +10,11 @@
 pub mod api;
 pub mod auth;
 pub mod config;
+pub mod conn;
 pub mod controllers;
 pub mod discovery;
 pub mod handlers;
+pub mod health;
 pub mod kinds;
 pub mod metrics;
 pub mod openapi;

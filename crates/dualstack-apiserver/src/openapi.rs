@@ -154,6 +154,9 @@ mod gnostic {
 pub struct OpenApi {
     /// `/openapi/v2` (protobuf).
     pub v2: Vec<u8>,
+    /// `/openapi/v2` as JSON, for clients that ask for `application/json`: Swagger 2.0 with
+    /// the same PATCH paths and every definition.
+    pub v2_json: Vec<u8>,
     /// `/openapi/v3` index.
     pub v3_index: Value,
     /// Per group-version documents by path (`api/v1`, `apis/discovery.k8s.io/v1`), with hash.
@@ -347,6 +350,48 @@ fn v2_doc(res: &Resources) -> Vec<u8> {
     doc.encode_to_vec()
 }
 
+/// Rewrites OpenAPI 3 schema references (`#/components/schemas/X`) to Swagger 2.0 ones
+/// (`#/definitions/X`).
+fn v2_refs(v: &mut Value) {
+    match v {
+        Value::Object(m) => {
+            if let Some(Value::String(r)) = m.get_mut("$ref")
+                && let Some(name) = r.strip_prefix("#/components/schemas/")
+            {
+                *r = format!("#/definitions/{name}");
+            }
+            m.values_mut().for_each(v2_refs);
+        }
+        Value::Array(a) => a.iter_mut().for_each(v2_refs),
+        _ => {}
+    }
+}
+
+fn v2_json_doc(res: &Resources, schemas: &Map<String, Value>) -> Value {
+    let mut paths = Map::new();
+    for r in &res.list {
+        let d = r.def();
+        paths.insert(
+            object_path(d),
+            json!({"patch": {
+                "operationId": format!("patch{}", d.kind),
+                "parameters": [{"name": "fieldValidation", "in": "query", "type": "string", "uniqueItems": true,
+                    "description": field_validation_param()["description"].clone()}],
+                "responses": {"200": {"description": "OK"}},
+                "x-kubernetes-group-version-kind": gvk(d),
+            }}),
+        );
+    }
+    let mut definitions = Value::Object(schemas.clone());
+    v2_refs(&mut definitions);
+    json!({
+        "swagger": "2.0",
+        "info": {"title": "Kubernetes", "version": crate::discovery::GIT_VERSION},
+        "paths": paths,
+        "definitions": definitions,
+    })
+}
+
 impl OpenApi {
     /// Builds every document for the served resources.
     pub fn build(res: &Resources) -> Self {
@@ -373,6 +418,7 @@ impl OpenApi {
         }
         Self {
             v2: v2_doc(res),
+            v2_json: serde_json::to_vec(&v2_json_doc(res, &schemas)).unwrap_or_default(),
             v3_index: json!({"paths": index}),
             v3_docs: docs,
         }
@@ -395,6 +441,26 @@ mod tests {
         assert_eq!(
             gnostic::Document::decode(bytes.as_slice()).unwrap().swagger,
             "2.0"
+        );
+    }
+
+    #[test]
+    fn v2_json_has_every_definition_with_swagger_references() {
+        let doc = v2_json_doc(&Resources::new(Vec::new()), &{
+            let mut s = schemas();
+            decorate_schemas(&mut s, &Resources::new(Vec::new()));
+            s
+        });
+        assert_eq!(doc["swagger"], "2.0");
+        let svc = &doc["definitions"]["io.k8s.api.core.v1.Service"];
+        assert_eq!(
+            svc["properties"]["spec"]["allOf"][0]["$ref"],
+            "#/definitions/io.k8s.api.core.v1.ServiceSpec"
+        );
+        assert!(!doc.to_string().contains("#/components/schemas/"));
+        assert!(
+            doc["definitions"]["io.k8s.api.core.v1.ServiceSpec"]["properties"]["ipFamilies"]
+                .is_object()
         );
     }
 

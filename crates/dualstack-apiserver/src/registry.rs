@@ -46,6 +46,8 @@ impl std::fmt::Debug for Storage {
 pub fn store_err(e: StoreError) -> ApiError {
     match e {
         StoreError::Closed => ApiError::Unavailable("storage is shutting down".into()),
+        // etcd refuses such a request; upstream answers it as an entity too large.
+        StoreError::ValueTooLarge { limit, .. } => ApiError::TooLarge(limit),
         other => ApiError::Internal(other.to_string()),
     }
 }

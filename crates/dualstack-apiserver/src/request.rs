@@ -10,6 +10,9 @@ use dualstack_apimachinery::decode::FieldValidation;
 use dualstack_apimachinery::selector::{FieldSelector, LabelSelector};
 use dualstack_apimachinery::status::ApiError;
 
+/// The longest `timeoutSeconds` honoured (one day); larger values, up to `u64::MAX`, are
+/// clamped so a deadline never overflows.
+pub const MAX_TIMEOUT_SECONDS: u64 = 24 * 3600;
 /// Where a resource request points.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct RequestInfo {
@@ -168,7 +171,7 @@ pub struct ListParams {
     pub allow_bookmarks: bool,
     /// `sendInitialEvents`.
     pub send_initial_events: Option<bool>,
-    /// `timeoutSeconds`.
+    /// `timeoutSeconds` (clamped to [`MAX_TIMEOUT_SECONDS`]).
     pub timeout: Option<Duration>,
 }
 
@@ -220,9 +223,11 @@ pub fn list_params(q: &Query) -> Result<ListParams, ApiError> {
     };
     let timeout = match q.get("timeoutSeconds").map(String::as_str) {
         None | Some("") => None,
-        Some(t) => Some(Duration::from_secs(t.parse::<u64>().map_err(|_| {
-            ApiError::BadRequest(format!("invalid timeoutSeconds: {t:?}"))
-        })?)),
+        Some(t) => Some(Duration::from_secs(
+            t.parse::<u64>()
+                .map_err(|_| ApiError::BadRequest(format!("invalid timeoutSeconds: {t:?}")))?
+                .min(MAX_TIMEOUT_SECONDS),
+        )),
     };
     Ok(ListParams {
         labels,
@@ -395,6 +400,17 @@ mod tests {
         .unwrap();
         assert!(p.watch && p.allow_bookmarks);
         assert_eq!(p.timeout, Some(Duration::from_secs(290)));
+        let p = list_params(&q(&[
+            ("watch", "1"),
+            ("timeoutSeconds", "18446744073709551615"),
+        ]))
+        .unwrap();
+        assert_eq!(p.timeout, Some(Duration::from_secs(MAX_TIMEOUT_SECONDS)));
+        assert!(
+            tokio::time::Instant::now()
+                .checked_add(p.timeout.unwrap())
+                .is_some()
+        );
         assert_eq!(
             list_params(&q(&[("resourceVersionMatch", "NotOlderThan")]))
                 .unwrap_err()

@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use axum::Router;
@@ -20,13 +20,16 @@ use dualstack_store::Backend;
 use dualstack_store::cache::Cache;
 use dualstack_store::embedded::Embedded;
 use http_body_util::BodyExt;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::service::TowerToHyperService;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tower::ServiceExt;
 
 use crate::auth::{MASTERS_GROUP, Tokens, UserInfo};
 use crate::config::ServerConfig;
+use crate::conn::{
+    Backoff, ConnId, Governor, LogLimiter, PLAIN_HTTP_ANSWER, looks_like_plain_http,
+};
 use crate::discovery::{self, DiscoveryFormat};
 use crate::handlers::{self, RequestContext, Resources, error_response, json_response};
 use crate::kinds::{self, KindsDecorator, service::ServiceAllocators};
@@ -45,7 +48,12 @@ struct AppState {
     metrics: Metrics,
     server_address: String,
     ready: watch::Receiver<bool>,
+    /// Permits for requests with large bodies, run on blocking threads.
+    heavy: Arc<tokio::sync::Semaphore>,
 }
+
+/// Bodies larger than this are handled on a blocking thread.
+const OFFLOAD_BODY_BYTES: usize = 16 * 1024;
 
 /// A running server.
 pub struct Server {
@@ -82,6 +90,8 @@ impl Server {
     pub async fn start(config: ServerConfig) -> Result<Server> {
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("creating {}", config.data_dir.display()))?;
+        // The store, keys and tokens are secrets: only the server's user may read them.
+        restrict(&config.data_dir, 0o700)?;
         let pki = Pki::new(&config.data_dir);
         let mut addrs = config.advertise_addresses.clone();
         addrs.push(config.bind_address);
@@ -92,6 +102,8 @@ impl Server {
         let backend: Arc<dyn Backend> = Arc::new(
             Embedded::open(&config.data_dir.join("store.redb")).context("opening the store")?,
         );
+        restrict(&config.data_dir.join("store.redb"), 0o600)?;
+        restrict(&config.data_dir.join("pki"), 0o700)?;
         let allocators = Arc::new(ServiceAllocators::new(
             &config.service_ranges,
             config.node_port_range,
@@ -152,13 +164,24 @@ impl Server {
             metrics: metrics.clone(),
             server_address: format!("{}", addr),
             ready: ready_rx,
+            heavy: Arc::new(tokio::sync::Semaphore::new(
+                std::thread::available_parallelism().map_or(2, |n| n.get()),
+            )),
         };
+        let tokens = state.tokens.clone();
         let router = router(state);
-        let tls = tokio_rustls::TlsAcceptor::from(pki.server_config()?);
+        let tls = pki.server_config()?;
+        let governor = Governor::new(config.connection_limits);
+        tasks.push(tokio::spawn(reap_loop(
+            governor.clone(),
+            shutdown_rx.clone(),
+        )));
         tasks.push(tokio::spawn(accept_loop(
             listener,
             tls,
             router,
+            tokens,
+            governor,
             shutdown_rx,
         )));
         tracing::info!(%url, "serving");
@@ -202,42 +225,225 @@ impl Server {
 
 async fn accept_loop(
     listener: TcpListener,
-    tls: tokio_rustls::TlsAcceptor,
+    tls: Arc<rustls::ServerConfig>,
     router: Router,
+    tokens: Arc<Tokens>,
+    governor: Governor,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let mut backoff = Backoff::default();
+    let mut accept_log = LogLimiter::new(Duration::from_secs(5));
+    let mut refused_log = LogLimiter::new(Duration::from_secs(5));
     loop {
         let (tcp, peer) = tokio::select! {
             r = listener.accept() => match r {
-                Ok(c) => c,
+                Ok(c) => {
+                    backoff.succeeded();
+                    c
+                }
                 Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
+                    // Out of descriptors (or another transient error): back off rather than
+                    // spin, and log at a bounded rate.
+                    if let Some(n) = accept_log.allow(std::time::Instant::now()) {
+                        tracing::warn!(error = %e, suppressed = n, "accept failed");
+                    }
+                    tokio::time::sleep(backoff.failed()).await;
                     continue;
                 }
             },
             _ = shutdown.changed() => return,
         };
+        let Some((id, kill)) = governor.admit() else {
+            if let Some(n) = refused_log.allow(std::time::Instant::now()) {
+                let (held, _) = governor.counts();
+                tracing::warn!(%peer, held, suppressed = n, "connection refused: every connection is busy");
+            }
+            drop(tcp);
+            continue;
+        };
         let _ = tcp.set_nodelay(true);
         let tls = tls.clone();
         let router = router.clone();
+        let governor = governor.clone();
+        let tokens = tokens.clone();
         tokio::spawn(async move {
-            let stream = match tls.accept(tcp).await {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                    return;
+            tokio::select! {
+                _ = serve_connection(tcp, peer, tls, router, tokens, governor.clone(), id) => {}
+                _ = kill.notified() => {
+                    tracing::debug!(%peer, "connection closed by the connection governor");
                 }
-            };
-            let service = TowerToHyperService::new(router);
-            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            if let Err(e) = builder
-                .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                .await
-            {
-                tracing::debug!(%peer, error = %e, "connection ended");
             }
+            governor.closed(id);
         });
     }
+}
+
+/// One connection: plain-HTTP detection, the TLS handshake (bounded by the governor's reaper),
+/// then HTTP/2 or HTTP/1.1 with header-read timeouts; every request is counted in flight until
+/// its response body ends.
+async fn serve_connection(
+    tcp: tokio::net::TcpStream,
+    peer: SocketAddr,
+    tls: Arc<rustls::ServerConfig>,
+    router: Router,
+    tokens: Arc<Tokens>,
+    governor: Governor,
+    id: ConnId,
+) {
+    let mut first = [0u8; 1];
+    match tcp.peek(&mut first).await {
+        Ok(1) if looks_like_plain_http(first[0]) => {
+            use tokio::io::AsyncWriteExt;
+            let mut tcp = tcp;
+            let _ = tcp.write_all(PLAIN_HTTP_ANSWER).await;
+            let _ = tcp.shutdown().await;
+            return;
+        }
+        Ok(1) => {}
+        _ => return,
+    }
+    // Read the whole ClientHello first: a connection that gets this far is worth more than
+    // one that sent nothing or half a record (see `conn`).
+    let start =
+        match tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp).await
+        {
+            Ok(start) => start,
+            Err(e) => {
+                tracing::debug!(%peer, error = %e, "TLS ClientHello failed");
+                return;
+            }
+        };
+    governor.hello(id);
+    let stream = match start.into_stream(tls).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+            return;
+        }
+    };
+    let trusted = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+        let router = router.clone();
+        let governor = governor.clone();
+        let tokens = tokens.clone();
+        let trusted = trusted.clone();
+        async move {
+            governor.begin(id);
+            let guard = InFlight {
+                governor: governor.clone(),
+                id,
+            };
+            if !trusted.load(std::sync::atomic::Ordering::Relaxed)
+                && bearer_token(req.headers()).is_some_and(|t| tokens.authenticate(t).is_some())
+            {
+                trusted.store(true, std::sync::atomic::Ordering::Relaxed);
+                governor.trust(id);
+            }
+            let resp = router
+                .oneshot(req.map(axum::body::Body::new))
+                .await
+                .unwrap_or_else(|never| match never {});
+            Ok::<_, std::convert::Infallible>(resp.map(|b| {
+                axum::body::Body::new(GuardedBody {
+                    inner: b,
+                    _guard: guard,
+                })
+            }))
+        }
+    });
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(20));
+    if let Err(e) = builder
+        .serve_connection_with_upgrades(TokioIo::new(stream), service)
+        .await
+    {
+        tracing::debug!(%peer, error = %e, "connection ended");
+    }
+}
+
+/// Time to read a request's headers on an open HTTP/1.1 connection.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Counts a request in flight until dropped.
+struct InFlight {
+    governor: Governor,
+    id: ConnId,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.governor.end(self.id);
+    }
+}
+
+/// A response body that keeps its request counted in flight until it ends (watches included).
+struct GuardedBody {
+    inner: axum::body::Body,
+    _guard: InFlight,
+}
+
+impl http_body::Body for GuardedBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Closes connections past their deadlines, once a second.
+async fn reap_loop(governor: Governor, mut shutdown: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                let n = governor.reap();
+                if n > 0 {
+                    tracing::debug!(closed = n, "closed connections past their deadlines");
+                }
+            }
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+/// Sets the permission bits of `path`.
+fn restrict(path: &std::path::Path, mode: u32) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("setting the mode of {} to {mode:o}", path.display()))
+}
+
+/// Raises the soft open-file limit to the hard one (as Go programs do at start) and returns it.
+pub fn raise_fd_limit() -> u64 {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut l = getrlimit(Resource::Nofile);
+    if let Some(hard) = l.maximum
+        && l.current.is_some_and(|c| c < hard)
+    {
+        l.current = Some(hard);
+        let _ = setrlimit(Resource::Nofile, l);
+    }
+    getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX)
 }
 
 fn router(state: AppState) -> Router {
@@ -246,10 +452,10 @@ fn router(state: AppState) -> Router {
         .route("/version/", get(version))
         .route("/healthz", get(health))
         .route("/livez", get(health))
-        .route("/readyz", get(ready))
+        .route("/readyz", get(health))
         .route("/healthz/{*rest}", get(health))
         .route("/livez/{*rest}", get(health))
-        .route("/readyz/{*rest}", get(ready))
+        .route("/readyz/{*rest}", get(health))
         .route("/metrics", get(metrics))
         .route("/openapi/v2", get(openapi_v2))
         .route("/openapi/v3", get(openapi_v3_index))
@@ -269,15 +475,20 @@ fn public(path: &str) -> bool {
         || path.starts_with("/version")
 }
 
+/// The bearer token of a request, as upstream's bearer authenticator reads it: the scheme is
+/// case-insensitive; another scheme, or an empty token, means no token (anonymous).
+pub fn bearer_token(headers: &HeaderMap) -> Option<&str> {
+    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, rest) = v.trim_start().split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return None;
+    }
+    let token = rest.trim();
+    (!token.is_empty()).then_some(token)
+}
+
 fn authenticate(state: &AppState, headers: &HeaderMap, path: &str) -> Result<UserInfo, ApiError> {
-    let token = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
-        .map(str::trim);
+    let token = bearer_token(headers);
     match token.and_then(|t| state.tokens.authenticate(t)) {
         Some(u) => Ok(u),
         None if public(path) && token.is_none() => Ok(UserInfo::anonymous()),
@@ -304,33 +515,82 @@ async fn health(State(s): State<AppState>, headers: HeaderMap, uri: Uri) -> Resp
     if let Err(e) = authenticate(&s, &headers, uri.path()) {
         return error_response(&e);
     }
+    let path = uri.path().trim_start_matches('/');
+    let (endpoint, sub) = match path.split_once('/') {
+        Some((e, sub)) => (e, Some(sub.trim_end_matches('/'))),
+        None => (path, None),
+    };
+    let q = query_of(&uri);
+    let verbose = q.contains_key("verbose");
+    let exclude: Vec<String> = uri
+        .query()
+        .map(|qs| {
+            form_urlencoded::parse(qs.as_bytes())
+                .filter(|(k, _)| k == "exclude")
+                .map(|(_, v)| v.into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    let checks = health_checks(&s).await;
+    let (code, body) = crate::health::render(endpoint, sub, &checks, verbose, &exclude);
     (
-        StatusCode::OK,
-        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-        "ok",
+        StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        [
+            (header::CONTENT_TYPE, "text/plain; charset=utf-8"),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        ],
+        body,
     )
         .into_response()
 }
 
-async fn ready(State(s): State<AppState>, headers: HeaderMap, uri: Uri) -> Response {
-    if let Err(e) = authenticate(&s, &headers, uri.path()) {
-        return error_response(&e);
-    }
-    if *s.ready.borrow() {
-        (
-            StatusCode::OK,
-            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-            "ok",
-        )
-            .into_response()
-    } else {
-        (StatusCode::INTERNAL_SERVER_ERROR, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], "[-]poststarthook/start-service-ip-repair-controllers failed: not finished\nreadyz check failed").into_response()
-    }
+async fn health_checks(s: &AppState) -> Vec<crate::health::Check> {
+    use crate::health::Check;
+    let storage = match tokio::time::timeout(
+        Duration::from_secs(2),
+        s.rc.storage.backend.current_revision(),
+    )
+    .await
+    {
+        Ok(Ok(_)) => None,
+        Ok(Err(e)) => Some(e.to_string()),
+        Err(_) => Some("the store did not answer within 2s".into()),
+    };
+    vec![
+        Check {
+            name: "ping",
+            failure: None,
+        },
+        Check {
+            name: "log",
+            failure: None,
+        },
+        Check {
+            name: "storage",
+            failure: storage,
+        },
+        Check {
+            name: "poststarthook/start-service-ip-repair-controllers",
+            failure: (!*s.ready.borrow()).then(|| "not finished".to_string()),
+        },
+        Check {
+            name: "shutdown",
+            failure: None,
+        },
+    ]
 }
 
 async fn metrics(State(s): State<AppState>, headers: HeaderMap, uri: Uri) -> Response {
-    if let Err(e) = authenticate(&s, &headers, uri.path()) {
-        return error_response(&e);
+    let user = match authenticate(&s, &headers, uri.path()) {
+        Ok(u) => u,
+        Err(e) => return error_response(&e),
+    };
+    // As upstream's RBAC: only the admin may read `/metrics` (a node may not).
+    if !user.is_admin() {
+        return error_response(&ApiError::Forbidden(format!(
+            "forbidden: User {:?} cannot get path \"/metrics\"",
+            user.name
+        )));
     }
     (
         StatusCode::OK,
@@ -347,12 +607,27 @@ async fn openapi_v2(State(s): State<AppState>, headers: HeaderMap, uri: Uri) -> 
     if let Err(e) = authenticate(&s, &headers, uri.path()) {
         return error_response(&e);
     }
+    // client-go asks for the gnostic protobuf (and decodes it whatever the Content-Type), so
+    // protobuf stays the default; a client that asks for JSON alone gets JSON.
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if accept.contains("application/json") && !accept.contains("protobuf") {
+        let mut r = json_response(StatusCode::OK, s.openapi.v2_json.clone(), &[]);
+        r.headers_mut()
+            .insert(header::VARY, "Accept".parse().expect("vary"));
+        return r;
+    }
     (
         StatusCode::OK,
-        [(
-            header::CONTENT_TYPE,
-            "application/com.github.proto-openapi.spec.v2.v1.0+protobuf",
-        )],
+        [
+            (
+                header::CONTENT_TYPE,
+                "application/com.github.proto-openapi.spec.v2.v1.0+protobuf",
+            ),
+            (header::VARY, "Accept"),
+        ],
         s.openapi.v2.clone(),
     )
         .into_response()
@@ -492,12 +767,44 @@ async fn resource(State(s): State<AppState>, req: Request) -> Response {
         return error_response(&ApiError::TooLarge(MAX_BODY_BYTES));
     }
     let watch = crate::request::bool_param(&q, "watch").unwrap_or(false);
+    // Only served resources and subresources become label values, so made-up paths cannot
+    // create series (upstream cleans unknown values the same way).
+    let served =
+        s.rc.resources
+            .get(&info.group, &info.version, &info.resource)
+            .map(|r| r.def().clone());
+    let (group, version, resource, subresource) = match &served {
+        Some(d) => (
+            info.group.clone(),
+            info.version.clone(),
+            info.resource.clone(),
+            info.subresource
+                .as_deref()
+                .filter(|sub| d.subresources.contains(sub))
+                .map_or_else(
+                    || {
+                        if info.subresource.is_some() {
+                            "other".to_string()
+                        } else {
+                            String::new()
+                        }
+                    },
+                    str::to_string,
+                ),
+        ),
+        None => (
+            String::new(),
+            String::new(),
+            "other".to_string(),
+            String::new(),
+        ),
+    };
     let labels = RequestLabels {
         verb: metric_verb(&parts.method, info.name.is_some(), watch).into(),
-        group: info.group.clone(),
-        version: info.version.clone(),
-        resource: info.resource.clone(),
-        subresource: info.subresource.clone().unwrap_or_default(),
+        group,
+        version,
+        resource,
+        subresource,
         scope: if info.name.is_some() {
             "resource"
         } else if info.namespace.is_some() {
@@ -509,7 +816,34 @@ async fn resource(State(s): State<AppState>, req: Request) -> Response {
         component: "apiserver".into(),
         code: String::new(),
     };
-    let resp = handlers::handle(&s.rc, &user, parts.method, info, q, parts.headers, body).await;
+    let resp = if body.len() > OFFLOAD_BODY_BYTES {
+        // Decoding, patching and validating a large body is CPU work that must not hold an
+        // async worker (health checks and watches share them): run the whole request on a
+        // blocking thread, a bounded number at a time.
+        let Ok(_permit) = s.heavy.clone().acquire_owned().await else {
+            return error_response(&ApiError::Unavailable("server is shutting down".into()));
+        };
+        let rc = s.rc.clone();
+        let handle = tokio::runtime::Handle::current();
+        match tokio::task::spawn_blocking(move || {
+            handle.block_on(handlers::handle(
+                &rc,
+                &user,
+                parts.method,
+                info,
+                q,
+                parts.headers,
+                body,
+            ))
+        })
+        .await
+        {
+            Ok(r) => r,
+            Err(e) => error_response(&ApiError::Internal(format!("request failed: {e}"))),
+        }
+    } else {
+        handlers::handle(&s.rc, &user, parts.method, info, q, parts.headers, body).await
+    };
     s.metrics.observe(
         RequestLabels {
             code: resp.status().as_u16().to_string(),

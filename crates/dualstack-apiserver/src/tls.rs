@@ -1,6 +1,8 @@
 //! The server's PKI and client configuration: on first start a CA and a serving certificate
 //! (rcgen), kept under `DATA_DIR/pki/`; the serving certificate is re-issued when the set of
-//! names it must cover changes. [`write_kubeconfig`] writes a kubeconfig kubectl uses as is.
+//! names it must cover changes, and when it has less than [`RENEW_BEFORE`] left (it is valid for
+//! one year, as upstream's self-signed serving certificates; the CA for ten).
+//! [`write_kubeconfig`] writes a kubeconfig kubectl uses as is.
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -16,6 +18,28 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 const CA_CN: &str = "dualstack-ca";
+
+/// How long a serving certificate is valid (upstream: one year).
+pub const SERVING_VALIDITY: time::Duration = time::Duration::days(365);
+/// How long the CA is valid (kubeadm: ten years).
+pub const CA_VALIDITY: time::Duration = time::Duration::days(3650);
+/// A serving certificate with less than this left is re-issued at start.
+pub const RENEW_BEFORE: time::Duration = time::Duration::days(90);
+
+/// The `notAfter` of the first certificate of a PEM file.
+pub fn not_after(pem_path: &Path) -> Result<time::OffsetDateTime> {
+    let pem = std::fs::read(pem_path).with_context(|| format!("reading {}", pem_path.display()))?;
+    let (_, pem) = x509_parser::pem::parse_x509_pem(&pem)
+        .map_err(|e| anyhow::anyhow!("parsing {}: {e}", pem_path.display()))?;
+    let cert = pem
+        .parse_x509()
+        .map_err(|e| anyhow::anyhow!("parsing {}: {e}", pem_path.display()))?;
+    Ok(cert.validity().not_after.to_datetime())
+}
+
+fn fresh(pem_path: &Path, now: time::OffsetDateTime) -> bool {
+    not_after(pem_path).is_ok_and(|t| t - now > RENEW_BEFORE)
+}
 
 /// Paths of the PKI files.
 #[derive(Debug, Clone)]
@@ -47,7 +71,8 @@ impl Pki {
     pub fn ensure(&self, extra: &[IpAddr], extra_names: &[String]) -> Result<()> {
         let dir = self.ca_cert.parent().expect("pki dir");
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        if !self.ca_cert.exists() || !self.ca_key.exists() {
+        let now = time::OffsetDateTime::now_utc();
+        if !self.ca_cert.exists() || !self.ca_key.exists() || !fresh(&self.ca_cert, now) {
             let key = KeyPair::generate().context("generating CA key")?;
             let cert = ca_params().self_signed(&key).context("self-signing CA")?;
             write_private(&self.ca_key, key.serialize_pem().as_bytes())?;
@@ -72,11 +97,16 @@ impl Pki {
         sans.dedup();
         let want = sans.join("\n");
         let have = std::fs::read_to_string(&self.server_sans).unwrap_or_default();
-        if have == want && self.server_cert.exists() && self.server_key.exists() {
+        if have == want
+            && self.server_cert.exists()
+            && self.server_key.exists()
+            && fresh(&self.server_cert, now)
+        {
             return Ok(());
         }
         let ca_key =
             KeyPair::from_pem(&std::fs::read_to_string(&self.ca_key)?).context("reading CA key")?;
+        // The issuer's name is what matters for signing; its validity is the CA file's.
         let issuer = Issuer::new(ca_params(), ca_key);
         let key = KeyPair::generate().context("generating serving key")?;
         let mut params = CertificateParams::new(sans).context("serving certificate names")?;
@@ -88,8 +118,8 @@ impl Pki {
             KeyUsagePurpose::DigitalSignature,
             KeyUsagePurpose::KeyEncipherment,
         ];
-        params.not_before = rcgen::date_time_ymd(2024, 1, 1);
-        params.not_after = rcgen::date_time_ymd(2124, 1, 1);
+        params.not_before = now - time::Duration::hours(1);
+        params.not_after = now + SERVING_VALIDITY;
         let cert = params
             .signed_by(&key, &issuer)
             .context("signing serving certificate")?;
@@ -131,8 +161,9 @@ fn ca_params() -> CertificateParams {
         KeyUsagePurpose::CrlSign,
         KeyUsagePurpose::DigitalSignature,
     ];
-    params.not_before = rcgen::date_time_ymd(2024, 1, 1);
-    params.not_after = rcgen::date_time_ymd(2124, 1, 1);
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now - time::Duration::hours(1);
+    params.not_after = now + CA_VALIDITY;
     params
 }
 
@@ -210,6 +241,36 @@ mod tests {
         );
         assert_eq!(std::fs::read(&pki.ca_cert).unwrap(), ca1, "the CA is kept");
         pki.server_config().unwrap();
+    }
+
+    #[test]
+    fn the_serving_certificate_is_valid_for_one_year_and_renewed_near_expiry() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = Pki::new(dir.path());
+        pki.ensure(&[], &[]).unwrap();
+        let now = time::OffsetDateTime::now_utc();
+        let left = not_after(&pki.server_cert).unwrap() - now;
+        assert!(left > SERVING_VALIDITY - time::Duration::days(1), "{left}");
+        assert!(left <= SERVING_VALIDITY, "{left}");
+        let ca_left = not_after(&pki.ca_cert).unwrap() - now;
+        assert!(ca_left > CA_VALIDITY - time::Duration::days(1), "{ca_left}");
+        // A certificate close to expiry (an old one, as written before this rule) is re-issued.
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(vec!["localhost".into()]).unwrap();
+        params.not_before = now - time::Duration::days(300);
+        params.not_after = now + time::Duration::days(30);
+        let ca_key = KeyPair::from_pem(&std::fs::read_to_string(&pki.ca_key).unwrap()).unwrap();
+        let old = params
+            .signed_by(&key, &Issuer::new(ca_params(), ca_key))
+            .unwrap();
+        std::fs::write(&pki.server_cert, old.pem()).unwrap();
+        assert!(not_after(&pki.server_cert).unwrap() - now < RENEW_BEFORE);
+        pki.ensure(&[], &[]).unwrap();
+        let left = not_after(&pki.server_cert).unwrap() - now;
+        assert!(
+            left > SERVING_VALIDITY - time::Duration::days(1),
+            "renewed: {left}"
+        );
     }
 
     #[test]

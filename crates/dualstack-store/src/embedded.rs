@@ -335,6 +335,7 @@ impl Backend for Embedded {
     }
 
     async fn txn(&self, txn: Txn) -> Result<TxnResult, StoreError> {
+        txn.check_value_sizes()?;
         let (reply, rx) = oneshot::channel();
         let requests = self.requests.clone();
         // The queue is bounded; a full queue blocks the sender briefly, so send off the runtime.

@@ -20,6 +20,11 @@ use futures::stream::BoxStream;
 pub mod cache;
 pub mod embedded;
 
+/// The largest value a key may hold, in bytes: etcd's default `--max-request-bytes` (1.5 MiB).
+/// Every backend refuses a transaction that puts a larger value, so the embedded store keeps
+/// the limit the etcd one has and no watcher is ever sent an object larger than this.
+pub const MAX_VALUE_BYTES: usize = 1536 * 1024;
+
 /// A global, strictly increasing revision. Every committed transaction has exactly one.
 pub type Revision = i64;
 
@@ -164,6 +169,22 @@ impl Txn {
         self.ops.push(Op::Delete { key: key.into() });
         self
     }
+
+    /// Refuses a put of a value over [`MAX_VALUE_BYTES`]; every backend calls it first.
+    pub fn check_value_sizes(&self) -> Result<(), StoreError> {
+        for op in &self.ops {
+            if let Op::Put { key, value } = op
+                && value.len() > MAX_VALUE_BYTES
+            {
+                return Err(StoreError::ValueTooLarge {
+                    key: key.clone(),
+                    size: value.len(),
+                    limit: MAX_VALUE_BYTES,
+                });
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The outcome of a transaction.
@@ -240,6 +261,16 @@ pub enum StoreError {
     /// The store is shutting down.
     #[error("storage is closed")]
     Closed,
+    /// A put's value is larger than [`MAX_VALUE_BYTES`]; nothing was written.
+    #[error("value of {key} is {size} bytes, over the limit of {limit}")]
+    ValueTooLarge {
+        /// The key.
+        key: String,
+        /// The value's size.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
 }
 
 /// An etcd v3-shaped key-value store with revisions, compare-and-swap and watch.

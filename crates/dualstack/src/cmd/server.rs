@@ -49,6 +49,20 @@ pub struct ServerArgs {
     #[arg(long = "service-ip-repair-interval", value_name = "duration", default_value = "3m", value_parser = crate::flags::duration)]
     pub repair_interval: std::time::Duration,
 
+    /// Connections held at once (ours; kept below the open-file limit). A new connection that
+    /// finds the server full closes the connection idle longest; connections that never
+    /// authenticated may hold at most --max-untrusted-connections of them.
+    #[arg(long = "max-connections", value_name = "int", default_value_t = 4096)]
+    pub max_connections: usize,
+
+    /// Connections held at once that have not made an authenticated request (ours).
+    #[arg(
+        long = "max-untrusted-connections",
+        value_name = "int",
+        default_value_t = 256
+    )]
+    pub max_untrusted_connections: usize,
+
     #[command(flatten)]
     pub service: ServiceNetworkFlags,
 
@@ -116,6 +130,12 @@ impl ServerArgs {
             service_ranges,
             node_port_range,
             repair_interval: self.repair_interval,
+            connection_limits: dualstack_apiserver::conn::Limits {
+                max_connections: self.max_connections.max(1),
+                max_untrusted: self.max_untrusted_connections.max(1),
+                ..Default::default()
+            }
+            .within_fd_limit(dualstack_apiserver::server::raise_fd_limit(), 256),
         };
         Ok((config, ipam))
     }

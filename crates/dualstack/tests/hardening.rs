@@ -1,0 +1,515 @@
+//! The API server against a hostile client: connection floods, plain HTTP on the TLS port,
+//! oversized objects, amplifying patches, deep YAML, made-up paths in metrics, huge watch
+//! timeouts, and the robustness test that runs the attacks at once while `/healthz` must keep
+//! answering within a second and RSS stay under 300 MiB.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use common::TestServer;
+use serde_json::{Value, json};
+
+fn node_token(s: &TestServer, node: &str) -> String {
+    let out = Command::new(common::binary())
+        .args(["token", "create", "--node", node, "--data-dir"])
+        .arg(&s.data_dir)
+        .output()
+        .expect("run dualstack token create");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// One `/healthz` with curl: (status, seconds taken).
+fn healthz(s: &TestServer) -> (u16, f64) {
+    let t = Instant::now();
+    let r = s.call("", "GET", "/healthz", None, &[]);
+    if r.status != 200 {
+        eprintln!("/healthz: {} {} {}", r.status, r.body, r.curl_error);
+    }
+    (r.status, t.elapsed().as_secs_f64())
+}
+
+fn rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|kb| kb.parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
+}
+
+/// Opens `n` connections that never complete a request: silent ones, half a TLS record, and
+/// half a TLS ClientHello header.
+fn idle_flood(port: u16, n: usize) -> Vec<TcpStream> {
+    let mut conns = Vec::new();
+    for i in 0..n {
+        let Ok(mut c) = TcpStream::connect(("127.0.0.1", port)) else {
+            continue;
+        };
+        match i % 3 {
+            0 => {}
+            1 => {
+                let _ = c.write_all(&[0x16, 0x03, 0x01]);
+            }
+            _ => {
+                let _ = c.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00]);
+            }
+        }
+        conns.push(c);
+    }
+    conns
+}
+
+#[test]
+fn an_idle_connection_flood_neither_stops_health_checks_nor_holds_descriptors() {
+    let s = TestServer::start(&["--max-untrusted-connections=100"]);
+    let pid = s.pid().unwrap();
+    let before = open_fds(pid);
+    let flood = idle_flood(s.port(), 600);
+    assert!(flood.len() >= 500, "opened {}", flood.len());
+    for _ in 0..5 {
+        let (code, secs) = healthz(&s);
+        assert_eq!(code, 200);
+        assert!(secs < 1.0, "/healthz took {secs:.2}s under the flood");
+    }
+    // The untrusted tier holds at most 100 connections: the rest were closed (evicted).
+    let fds = open_fds(pid);
+    assert!(
+        fds < before + 150,
+        "{fds} descriptors open with 600 idle connections (before: {before})"
+    );
+    // An authenticated client still works.
+    let r = s.call(&s.token, "GET", "/api/v1/namespaces", None, &[]);
+    assert_eq!(r.status, 200, "{}", r.body);
+}
+
+#[test]
+fn a_connection_that_sends_nothing_is_closed_after_the_handshake_timeout() {
+    let s = TestServer::start(&[]);
+    let mut c = TcpStream::connect(("127.0.0.1", s.port())).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let t = Instant::now();
+    let mut buf = [0u8; 16];
+    let n = c.read(&mut buf).unwrap_or(0);
+    let waited = t.elapsed();
+    assert_eq!(n, 0, "the server closes without answering");
+    assert!(
+        waited >= Duration::from_secs(9) && waited < Duration::from_secs(15),
+        "closed after {waited:?}"
+    );
+}
+
+#[test]
+fn plain_http_to_the_tls_port_gets_upstreams_400() {
+    let s = TestServer::start(&[]);
+    let mut c = TcpStream::connect(("127.0.0.1", s.port())).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    c.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .unwrap();
+    let mut out = String::new();
+    let _ = c.read_to_string(&mut out);
+    assert_eq!(
+        out,
+        "HTTP/1.0 400 Bad Request\r\n\r\nClient sent an HTTP request to an HTTPS server.\n"
+    );
+}
+
+#[test]
+fn the_bearer_scheme_is_case_insensitive_and_an_empty_token_is_anonymous() {
+    let s = TestServer::start(&[]);
+    for scheme in ["Bearer", "bearer", "BEARER", "bEaReR"] {
+        let auth = format!("{scheme} {}", s.token);
+        let r = s.call(
+            "",
+            "GET",
+            "/api/v1/namespaces",
+            None,
+            &[("Authorization", &auth)],
+        );
+        assert_eq!(r.status, 200, "{scheme}: {}", r.body);
+    }
+    // An empty token is no token: anonymous may read health, nothing else.
+    let r = s.call("", "GET", "/healthz", None, &[("Authorization", "Bearer ")]);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = s.call(
+        "",
+        "GET",
+        "/api/v1/namespaces",
+        None,
+        &[("Authorization", "Bearer ")],
+    );
+    assert_eq!(r.status, 401, "{}", r.body);
+}
+
+#[test]
+fn the_data_dir_and_the_store_are_private_to_the_server_user() {
+    use std::os::unix::fs::PermissionsExt;
+    let s = TestServer::start(&[]);
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&s.data_dir), 0o700);
+    assert_eq!(mode(&s.data_dir.join("store.redb")), 0o600);
+    assert_eq!(mode(&s.data_dir.join("pki")), 0o700);
+    assert_eq!(mode(&s.data_dir.join("tokens.json")), 0o600);
+}
+
+#[test]
+fn an_object_over_the_storage_limit_is_refused_with_413_and_not_stored() {
+    let s = TestServer::start(&[]);
+    // ConfigMaps have their own 1 MiB limit; a Node's status has none but the store's.
+    let big = "x".repeat(1_600_000);
+    let cm = json!({"apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": "big"}, "status": {"images": [{"names": [big], "sizeBytes": 1}]}});
+    let r = s.call(
+        &s.token,
+        "POST",
+        "/api/v1/nodes",
+        Some(cm.to_string().as_bytes()),
+        &[("Content-Type", "application/json")],
+    );
+    assert_eq!(r.status, 413, "{}", r.body);
+    let st = r.json();
+    assert_eq!(st["reason"], "RequestEntityTooLarge");
+    assert_eq!(st["message"], "Request entity too large: limit is 1572864");
+    let r = s.call(&s.token, "GET", "/api/v1/nodes/big", None, &[]);
+    assert_eq!(r.status, 404);
+
+    // A node growing its own status past the limit with patches is refused the same way.
+    let token = node_token(&s, "n1");
+    let node = json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n1"}});
+    let r = s.call(
+        &token,
+        "POST",
+        "/api/v1/nodes",
+        Some(node.to_string().as_bytes()),
+        &[("Content-Type", "application/json")],
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    let image = json!({"names": ["x".repeat(1_000_000)], "sizeBytes": 1});
+    let patch = json!({"status": {"images": [image]}});
+    let r = s.call(
+        &token,
+        "PATCH",
+        "/api/v1/nodes/n1/status",
+        Some(patch.to_string().as_bytes()),
+        &[("Content-Type", "application/merge-patch+json")],
+    );
+    assert_eq!(r.status, 200, "1 MB is under the limit: {}", r.body);
+    let patch = json!({"status": {"images": [image.clone(), image]}});
+    let r = s.call(
+        &token,
+        "PATCH",
+        "/api/v1/nodes/n1/status",
+        Some(patch.to_string().as_bytes()),
+        &[("Content-Type", "application/merge-patch+json")],
+    );
+    assert_eq!(r.status, 413, "{}", r.body);
+    let stored = s
+        .call(&s.token, "GET", "/api/v1/nodes/n1", None, &[])
+        .json();
+    assert_eq!(stored["status"]["images"].as_array().map(Vec::len), Some(1));
+}
+
+#[test]
+fn made_up_resource_paths_create_no_metric_series_and_nodes_may_not_read_metrics() {
+    let s = TestServer::start(&[]);
+    let urls: Vec<String> = (0..300)
+        .flat_map(|i| {
+            [
+                format!("{}/api/v1/madeup{i}", s.url),
+                format!("{}/apis/fake{i}.example.com/v1/things{i}", s.url),
+                format!("{}/api/v1/namespaces/default/pods/p/sub{i}", s.url),
+            ]
+        })
+        .collect();
+    let out = Command::new("curl")
+        .args(["-sS", "-o", "/dev/null", "--cacert"])
+        .arg(s.ca())
+        .args(["-H", &format!("Authorization: Bearer {}", s.token)])
+        .args(&urls)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let m = s.call(&s.token, "GET", "/metrics", None, &[]);
+    assert_eq!(m.status, 200);
+    assert!(
+        !m.body.contains("madeup"),
+        "unknown resources became label values"
+    );
+    assert!(
+        !m.body.contains("things1"),
+        "unknown groups became label values"
+    );
+    assert!(
+        !m.body.contains("sub1"),
+        "unknown subresources became label values"
+    );
+    let series = m
+        .body
+        .lines()
+        .filter(|l| l.starts_with("apiserver_request_total"))
+        .count();
+    assert!(
+        series < 20,
+        "{series} request series after 900 made-up paths"
+    );
+    let token = node_token(&s, "n1");
+    let r = s.call(&token, "GET", "/metrics", None, &[]);
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert_eq!(
+        r.json()["message"],
+        "forbidden: User \"system:node:n1\" cannot get path \"/metrics\""
+    );
+}
+
+#[test]
+fn a_watch_with_the_largest_timeout_is_clamped_instead_of_panicking() {
+    let s = TestServer::start(&[]);
+    let mut w = s.watch("/api/v1/namespaces?watch=1&timeoutSeconds=18446744073709551615");
+    assert_eq!(w.status(), 200);
+    assert!(
+        w.next_event(Duration::from_secs(10)).is_some(),
+        "the watch delivers its initial events"
+    );
+    let log = s.log();
+    assert!(!log.contains("panicked"), "{log}");
+}
+
+#[test]
+fn readyz_and_livez_list_their_checks_when_verbose() {
+    let s = TestServer::start(&[]);
+    let r = s.call("", "GET", "/readyz?verbose", None, &[]);
+    assert_eq!(r.status, 200);
+    assert!(r.body.contains("[+]ping ok\n"), "{}", r.body);
+    assert!(
+        r.body
+            .contains("[+]poststarthook/start-service-ip-repair-controllers ok\n"),
+        "{}",
+        r.body
+    );
+    assert!(r.body.ends_with("readyz check passed\n"), "{}", r.body);
+    let r = s.call("", "GET", "/livez?verbose", None, &[]);
+    assert!(r.body.ends_with("livez check passed\n"), "{}", r.body);
+    assert!(!r.body.contains("poststarthook"), "{}", r.body);
+    let r = s.call("", "GET", "/readyz/ping", None, &[]);
+    assert_eq!((r.status, r.body.as_str()), (200, "ok"));
+    let r = s.call("", "GET", "/healthz", None, &[]);
+    assert_eq!((r.status, r.body.as_str()), (200, "ok"));
+}
+
+#[test]
+fn openapi_v2_is_json_when_json_is_asked_for_and_protobuf_otherwise() {
+    let s = TestServer::start(&[]);
+    let r = s.call(
+        &s.token,
+        "GET",
+        "/openapi/v2",
+        None,
+        &[("Accept", "application/json")],
+    );
+    assert_eq!(r.status, 200);
+    let doc: Value = r.json();
+    assert_eq!(doc["swagger"], "2.0");
+    assert!(doc["definitions"]["io.k8s.api.core.v1.Service"].is_object());
+    assert!(doc["paths"]["/api/v1/namespaces/{namespace}/services/{name}"]["patch"].is_object());
+    let r = s.call(
+        &s.token,
+        "GET",
+        "/openapi/v2",
+        None,
+        &[(
+            "Accept",
+            "application/com.github.proto-openapi.spec.v2@v1.0+protobuf",
+        )],
+    );
+    assert_eq!(r.status, 200);
+    assert!(r.header_values("content-type")[0].contains("protobuf"));
+}
+
+/// A deeply nested YAML document (an apply patch), `depth` levels of one-key maps.
+fn deep_yaml(depth: usize) -> Vec<u8> {
+    let mut y =
+        String::from("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: deep\ndata:\n  x: ");
+    y.push_str(&"[".repeat(depth));
+    y.push_str(&"]".repeat(depth));
+    y.push('\n');
+    y.into_bytes()
+}
+
+/// The JSON patch that doubles an object with each `copy` (19 operations: 2^19 copies).
+fn amplifying_patch() -> Vec<u8> {
+    let mut ops = vec![json!({"op": "add", "path": "/data", "value": {"a": "x".repeat(100)}})];
+    let mut last = "/data/a".to_string();
+    for i in 0..19 {
+        let to = format!("/metadata/annotations/c{i}");
+        ops.push(json!({"op": "copy", "from": if i == 0 { last.clone() } else { "/metadata/annotations".into() }, "path": to}));
+        last = to;
+    }
+    serde_json::to_vec(&ops).unwrap()
+}
+
+#[test]
+fn health_answers_within_a_second_while_every_attack_runs_at_once() {
+    let s = Arc::new(TestServer::start(&["--max-untrusted-connections=200"]));
+    let pid = s.pid().unwrap();
+    let port = s.port();
+    let cm = json!({"apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "target", "annotations": {"a": "b"}}});
+    let r = s.call(
+        &s.token,
+        "POST",
+        "/api/v1/namespaces/default/configmaps",
+        Some(cm.to_string().as_bytes()),
+        &[("Content-Type", "application/json")],
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let peak = Arc::new(std::sync::Mutex::new(0.0f64));
+    let mut attacks: Vec<std::thread::JoinHandle<Vec<u16>>> = Vec::new();
+    // 1. An idle-connection flood, renewed every second.
+    {
+        let stop = stop.clone();
+        attacks.push(std::thread::spawn(move || {
+            let mut held = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                held.extend(idle_flood(port, 300));
+                if held.len() > 3000 {
+                    held.drain(..1500);
+                }
+                std::thread::sleep(Duration::from_secs(1));
+            }
+            Vec::<u16>::new()
+        }));
+    }
+    // 2. The amplifying JSON patch, again and again.
+    {
+        let (s, stop) = (s.clone(), stop.clone());
+        attacks.push(std::thread::spawn(move || {
+            let body = amplifying_patch();
+            let mut codes = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                let r = s.call(
+                    &s.token,
+                    "PATCH",
+                    "/api/v1/namespaces/default/configmaps/target",
+                    Some(&body),
+                    &[("Content-Type", "application/json-patch+json")],
+                );
+                codes.push(r.status);
+            }
+            codes
+        }));
+    }
+    // 3. Deep YAML apply patches.
+    {
+        let (s, stop) = (s.clone(), stop.clone());
+        attacks.push(std::thread::spawn(move || {
+            let body = deep_yaml(100_000);
+            let mut codes = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                let r = s.call(
+                    &s.token,
+                    "PATCH",
+                    "/api/v1/namespaces/default/configmaps/deep?fieldManager=x",
+                    Some(&body),
+                    &[("Content-Type", "application/apply-patch+yaml")],
+                );
+                codes.push(r.status);
+            }
+            codes
+        }));
+    }
+    // 4. A 20,000-path metrics scan (made-up resources), 1,000 URLs per curl.
+    {
+        let (s, stop) = (s.clone(), stop.clone());
+        attacks.push(std::thread::spawn(move || {
+            for batch in 0..20 {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let urls: Vec<String> = (0..1000)
+                    .map(|i| format!("{}/api/v1/scan{}x{i}", s.url, batch))
+                    .collect();
+                let _ = Command::new("curl")
+                    .args(["-sS", "-o", "/dev/null", "--cacert"])
+                    .arg(s.ca())
+                    .args(["-H", &format!("Authorization: Bearer {}", s.token)])
+                    .args(&urls)
+                    .output();
+            }
+            Vec::new()
+        }));
+    }
+    // RSS sampler.
+    {
+        let (stop, peak) = (stop.clone(), peak.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let r = rss_mib(pid);
+                let mut p = peak.lock().unwrap();
+                *p = p.max(r);
+                drop(p);
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+    }
+
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let mut worst = 0.0f64;
+    let mut checks = 0;
+    while Instant::now() < deadline {
+        let (code, secs) = healthz(&s);
+        assert_eq!(code, 200, "/healthz failed under attack");
+        worst = worst.max(secs);
+        checks += 1;
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut results = Vec::new();
+    for a in attacks {
+        results.push(a.join().unwrap_or_default());
+    }
+    let peak = *peak.lock().unwrap();
+    eprintln!("{checks} health checks, slowest {worst:.3}s; peak RSS {peak:.0} MiB");
+    assert!(worst < 1.0, "/healthz took {worst:.2}s under attack");
+    assert!(peak < 300.0, "RSS reached {peak:.0} MiB");
+    // The attacks were refused, not served.
+    let amplify = &results[1];
+    assert!(
+        !amplify.is_empty() && amplify.iter().all(|c| *c >= 400),
+        "{amplify:?}"
+    );
+    let deep = &results[2];
+    assert!(
+        !deep.is_empty() && deep.iter().all(|c| *c >= 400),
+        "{deep:?}"
+    );
+    // Still serving.
+    let r = s.call(
+        &s.token,
+        "GET",
+        "/api/v1/namespaces/default/configmaps/target",
+        None,
+        &[],
+    );
+    assert_eq!(r.status, 200);
+}
