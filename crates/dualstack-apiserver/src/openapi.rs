@@ -40,9 +40,68 @@ mod gnostic {
         #[prost(string, tag = "2")]
         pub version: String,
     }
-    /// `Definitions` (empty: schemas come from v3).
+    /// `Definitions`.
     #[derive(Clone, PartialEq, prost::Message)]
-    pub struct Definitions {}
+    pub struct Definitions {
+        #[prost(message, repeated, tag = "1")]
+        pub additional_properties: Vec<NamedSchema>,
+    }
+    /// `NamedSchema`.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct NamedSchema {
+        #[prost(string, tag = "1")]
+        pub name: String,
+        #[prost(message, optional, tag = "2")]
+        pub value: Option<Schema>,
+    }
+    /// `Schema` (the fields kubectl's explain and validation read).
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Schema {
+        #[prost(string, tag = "1")]
+        pub r#ref: String,
+        #[prost(string, tag = "2")]
+        pub format: String,
+        #[prost(string, tag = "4")]
+        pub description: String,
+        #[prost(string, repeated, tag = "19")]
+        pub required: Vec<String>,
+        #[prost(message, optional, boxed, tag = "21")]
+        pub additional_properties: Option<Box<AdditionalPropertiesItem>>,
+        #[prost(message, optional, tag = "22")]
+        pub r#type: Option<TypeItem>,
+        #[prost(message, optional, tag = "23")]
+        pub items: Option<ItemsItem>,
+        #[prost(message, optional, tag = "25")]
+        pub properties: Option<Properties>,
+        #[prost(message, repeated, tag = "31")]
+        pub vendor_extension: Vec<NamedAny>,
+    }
+    /// `AdditionalPropertiesItem` (oneof: `schema` = 1, `boolean` = 2).
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct AdditionalPropertiesItem {
+        #[prost(message, optional, tag = "1")]
+        pub schema: Option<Schema>,
+        #[prost(bool, optional, tag = "2")]
+        pub boolean: Option<bool>,
+    }
+    /// `TypeItem`.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct TypeItem {
+        #[prost(string, repeated, tag = "1")]
+        pub value: Vec<String>,
+    }
+    /// `ItemsItem`.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct ItemsItem {
+        #[prost(message, repeated, tag = "1")]
+        pub schema: Vec<Schema>,
+    }
+    /// `Properties`.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Properties {
+        #[prost(message, repeated, tag = "1")]
+        pub additional_properties: Vec<NamedSchema>,
+    }
     /// `Paths`.
     #[derive(Clone, PartialEq, prost::Message)]
     pub struct Paths {
@@ -299,7 +358,81 @@ fn v3_doc(res: &Resources, group: &str, version: &str, schemas: &Map<String, Val
     })
 }
 
-fn v2_doc(res: &Resources) -> Vec<u8> {
+/// A Swagger 2.0 schema (JSON) as gnostic's `Schema`.
+fn gnostic_schema(v: &Value) -> gnostic::Schema {
+    let str_of = |k: &str| v.get(k).and_then(Value::as_str).unwrap_or("").to_string();
+    let types: Vec<String> = match v.get("type") {
+        Some(Value::String(t)) => vec![t.clone()],
+        Some(Value::Array(ts)) => ts
+            .iter()
+            .filter_map(Value::as_str)
+            .filter(|t| *t != "null")
+            .map(str::to_string)
+            .collect(),
+        _ => Vec::new(),
+    };
+    let properties =
+        v.get("properties")
+            .and_then(Value::as_object)
+            .map(|props| gnostic::Properties {
+                additional_properties: props
+                    .iter()
+                    .map(|(name, p)| gnostic::NamedSchema {
+                        name: name.clone(),
+                        value: Some(gnostic_schema(p)),
+                    })
+                    .collect(),
+            });
+    let additional_properties = match v.get("additionalProperties") {
+        Some(Value::Bool(b)) => Some(Box::new(gnostic::AdditionalPropertiesItem {
+            schema: None,
+            boolean: Some(*b),
+        })),
+        Some(s @ Value::Object(_)) => Some(Box::new(gnostic::AdditionalPropertiesItem {
+            schema: Some(gnostic_schema(s)),
+            boolean: None,
+        })),
+        _ => None,
+    };
+    let vendor_extension = v
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .filter(|(k, _)| k.starts_with("x-"))
+                .map(|(k, x)| gnostic::NamedAny {
+                    name: k.clone(),
+                    value: Some(gnostic::Any {
+                        yaml: serde_norway::to_string(x).unwrap_or_default(),
+                    }),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    gnostic::Schema {
+        r#ref: str_of("$ref"),
+        format: str_of("format"),
+        description: str_of("description"),
+        required: v
+            .get("required")
+            .and_then(Value::as_array)
+            .map(|r| {
+                r.iter()
+                    .filter_map(Value::as_str)
+                    .map(str::to_string)
+                    .collect()
+            })
+            .unwrap_or_default(),
+        additional_properties,
+        r#type: (!types.is_empty()).then_some(gnostic::TypeItem { value: types }),
+        items: v.get("items").map(|i| gnostic::ItemsItem {
+            schema: vec![gnostic_schema(i)],
+        }),
+        properties,
+        vendor_extension,
+    }
+}
+
+fn v2_doc(res: &Resources, definitions: &Value) -> Vec<u8> {
     let mut paths = Vec::new();
     for r in &res.list {
         let d = r.def();
@@ -345,7 +478,19 @@ fn v2_doc(res: &Resources) -> Vec<u8> {
             version: crate::discovery::GIT_VERSION.into(),
         }),
         paths: Some(gnostic::Paths { path: paths }),
-        definitions: Some(gnostic::Definitions {}),
+        definitions: Some(gnostic::Definitions {
+            additional_properties: definitions
+                .as_object()
+                .map(|m| {
+                    m.iter()
+                        .map(|(name, s)| gnostic::NamedSchema {
+                            name: name.clone(),
+                            value: Some(gnostic_schema(s)),
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
+        }),
     };
     doc.encode_to_vec()
 }
@@ -355,6 +500,14 @@ fn v2_doc(res: &Resources) -> Vec<u8> {
 fn v2_refs(v: &mut Value) {
     match v {
         Value::Object(m) => {
+            // Swagger 2.0 readers (kube-openapi) resolve `$ref`, not a one-element `allOf`.
+            if let Some(Value::Array(all)) = m.get("allOf")
+                && all.len() == 1
+                && let Some(r) = all[0].get("$ref").cloned()
+            {
+                m.remove("allOf");
+                m.insert("$ref".into(), r);
+            }
             if let Some(Value::String(r)) = m.get_mut("$ref")
                 && let Some(name) = r.strip_prefix("#/components/schemas/")
             {
@@ -416,9 +569,10 @@ impl OpenApi {
             );
             docs.insert(path, (hash, doc));
         }
+        let v2_json = v2_json_doc(res, &schemas);
         Self {
-            v2: v2_doc(res),
-            v2_json: serde_json::to_vec(&v2_json_doc(res, &schemas)).unwrap_or_default(),
+            v2: v2_doc(res, &v2_json["definitions"]),
+            v2_json: serde_json::to_vec(&v2_json).unwrap_or_default(),
             v3_index: json!({"paths": index}),
             v3_docs: docs,
         }
@@ -454,7 +608,7 @@ mod tests {
         assert_eq!(doc["swagger"], "2.0");
         let svc = &doc["definitions"]["io.k8s.api.core.v1.Service"];
         assert_eq!(
-            svc["properties"]["spec"]["allOf"][0]["$ref"],
+            svc["properties"]["spec"]["$ref"],
             "#/definitions/io.k8s.api.core.v1.ServiceSpec"
         );
         assert!(!doc.to_string().contains("#/components/schemas/"));
