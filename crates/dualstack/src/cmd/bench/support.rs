@@ -427,10 +427,15 @@ impl Connector {
             tokio::spawn(conn);
             Sender::H1(sender)
         };
-        Ok(Conn {
+        let mut conn = Conn {
             sender,
             connector: self.clone(),
-        })
+        };
+        // Authenticate at once, as a client does with its first request: the server keeps
+        // connections that never authenticated in a small, evictable tier.
+        conn.expect(StatusCode::OK, Method::GET, "/version", None)
+            .await?;
+        Ok(conn)
     }
 
     /// Opens `n` connections, at most 32 handshakes at a time.
