@@ -183,14 +183,15 @@ async fn run_async(args: ApiArgs) -> Result<()> {
             restarted.peak_mib(),
             settled.as_secs_f64()
         ),
-        "",
-        None,
+        format!("≤ {GOAL_RSS_MIB:.0} MiB (peak)"),
+        Some(restarted.peak_mib() <= GOAL_RSS_MIB),
     );
     let load_after = loadavg();
     let command = server.command_line();
     server.stop().await;
 
     println!("## dualstack bench api\n");
+    println!("{}\n", super::support::data_dir_note());
     println!(
         "server: `{command}`; clients: {} over TLS 1.3 (rustls, ring), keep-alive, one connection per client{}",
         args.server.protocol(),

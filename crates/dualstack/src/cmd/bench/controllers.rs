@@ -226,6 +226,7 @@ async fn run_async(args: ControllersArgs) -> Result<()> {
     // 3. Ready → slice latency.
     latency(&connector, &args, &pods, &mut report).await?;
 
+    println!("{}", super::support::data_dir_note());
     println!(
         "\ndualstack bench controllers: {} nodes, {} Services × {} pods, {} clients; load average before {load_before}, after {}\n",
         args.nodes,

@@ -284,6 +284,7 @@ async fn run_async(args: ServicesArgs) -> Result<()> {
     let load_after = loadavg();
 
     println!("## dualstack bench services\n");
+    println!("{}\n", super::support::data_dir_note());
     println!(
         "servers: `{first_command}`, then `{second_command}`; clients: {} over TLS 1.3 (rustls, ring), keep-alive, one connection per client; {} alternating rounds",
         args.server.protocol(),

@@ -99,6 +99,51 @@ impl std::fmt::Debug for ServerProcess {
     }
 }
 
+/// The filesystem a path is on.
+#[derive(Debug, Clone)]
+pub struct Filesystem {
+    /// e.g. `ext4`, `xfs`, `tmpfs`.
+    pub name: String,
+    /// Whether it lives in memory (tmpfs, ramfs), where fsync is free.
+    pub in_memory: bool,
+}
+
+/// The filesystem of `path` (`statfs`'s magic number).
+pub fn filesystem(path: &Path) -> Result<Filesystem> {
+    let st = rustix::fs::statfs(path).with_context(|| format!("statfs {}", path.display()))?;
+    #[allow(clippy::unnecessary_cast)]
+    let magic = st.f_type as u64;
+    let (name, in_memory) = match magic {
+        0xEF53 => ("ext4", false),
+        0x5846_5342 => ("xfs", false),
+        0x9123_683E => ("btrfs", false),
+        0x2FC1_2FC1 => ("zfs", false),
+        0x794C_7630 => ("overlayfs", false),
+        0x0102_1994 => ("tmpfs", true),
+        0x8584_58F6 => ("ramfs", true),
+        _ => ("other", false),
+    };
+    let name = if name == "other" {
+        format!("filesystem 0x{magic:x}")
+    } else {
+        name.to_string()
+    };
+    Ok(Filesystem { name, in_memory })
+}
+
+/// The filesystem line the suites print: where the durable store lives.
+pub fn data_dir_note() -> String {
+    let tmp = std::env::temp_dir();
+    match filesystem(&tmp) {
+        Ok(fs) => format!(
+            "data directory under {} on {} (fsync before every acknowledged write)",
+            tmp.display(),
+            fs.name
+        ),
+        Err(e) => format!("data directory under {}: {e}", tmp.display()),
+    }
+}
+
 /// Resident memory of a process, from `/proc/<pid>/status`.
 #[derive(Debug, Clone, Copy)]
 pub struct Memory {
@@ -137,6 +182,14 @@ impl ServerProcess {
             .prefix("dualstack-bench-")
             .tempdir()
             .context("creating a temporary directory")?;
+        let fs = filesystem(dir.path())?;
+        if fs.in_memory {
+            bail!(
+                "the data directory {} is on {}, which would flatter durable writes (fsync costs nothing there): set TMPDIR to a directory on a disk",
+                dir.path().display(),
+                fs.name
+            );
+        }
         Self::launch(dir, flags, http2).await
     }
 
