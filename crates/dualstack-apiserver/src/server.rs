@@ -25,7 +25,7 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::auth::{MASTERS_GROUP, Tokens, UserInfo};
+use crate::auth::{AUTHENTICATED_GROUP, MASTERS_GROUP, Tokens, UserInfo};
 use crate::config::ServerConfig;
 use crate::discovery::{self, DiscoveryFormat};
 use crate::handlers::{self, RequestContext, Resources, error_response, json_response};
@@ -71,10 +71,7 @@ impl std::fmt::Debug for Server {
 }
 
 fn admin() -> UserInfo {
-    UserInfo {
-        name: "admin".into(),
-        groups: vec![MASTERS_GROUP.into(), "system:authenticated".into()],
-    }
+    UserInfo::new("admin", &[MASTERS_GROUP, "system:authenticated"])
 }
 
 impl Server {
@@ -279,7 +276,12 @@ fn authenticate(state: &AppState, headers: &HeaderMap, path: &str) -> Result<Use
         })
         .map(str::trim);
     match token.and_then(|t| state.tokens.authenticate(t)) {
-        Some(u) => Ok(u),
+        Some(mut u) => {
+            if !u.groups.iter().any(|g| g == AUTHENTICATED_GROUP) {
+                u.groups.push(AUTHENTICATED_GROUP.into());
+            }
+            crate::authz::effective_user(u, headers)
+        }
         None if public(path) && token.is_none() => Ok(UserInfo::anonymous()),
         None => Err(ApiError::Unauthorized),
     }
@@ -464,7 +466,7 @@ async fn resource(State(s): State<AppState>, req: Request) -> Response {
             };
         }
         ["apis", g] if parts.method == Method::GET => {
-            return if s.rc.resources.list.iter().any(|r| r.def().group == *g) {
+            return if discovery::serves_group(&s.rc.resources, g) {
                 json_value(&discovery::api_group(g))
             } else {
                 error_response(&ApiError::UnknownPath)
