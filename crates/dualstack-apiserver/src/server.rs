@@ -122,6 +122,13 @@ impl Server {
             .await?,
         );
         crate::controllers::bootstrap::run(&storage, &resources, &config, addr.port()).await?;
+        tasks.push(crate::controllers::bootstrap::start(
+            storage.clone(),
+            resources.clone(),
+            config.clone(),
+            addr.port(),
+            shutdown_rx.clone(),
+        ));
         tasks.push(crate::controllers::namespace::start(
             storage.clone(),
             resources.clone(),
