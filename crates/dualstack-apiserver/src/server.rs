@@ -289,7 +289,10 @@ fn authenticate(state: &AppState, headers: &HeaderMap, path: &str) -> Result<Use
             }
             crate::authz::effective_user(u, headers)
         }
-        None if public(path) && token.is_none() => Ok(UserInfo::anonymous()),
+        // Impersonation headers are never ignored: the anonymous user may not impersonate.
+        None if public(path) && token.is_none() => {
+            crate::authz::effective_user(UserInfo::anonymous(), headers)
+        }
         None => Err(ApiError::Unauthorized),
     }
 }

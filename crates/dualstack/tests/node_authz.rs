@@ -392,6 +392,18 @@ fn impersonation_is_for_the_admin_only_and_runs_the_request_as_the_impersonated_
         ],
     );
     failure(&r, 403, "Forbidden");
+    // Nor may the anonymous user on the public endpoints.
+    let r = s.call(
+        "",
+        "GET",
+        "/healthz",
+        None,
+        &[("Impersonate-User", "admin")],
+    );
+    assert_eq!(
+        failure(&r, 403, "Forbidden"),
+        r#"users "admin" is forbidden: User "system:anonymous" cannot impersonate resource "users" in API group "" at the cluster scope"#
+    );
     // Groups without a user: upstream's 500.
     let r = send_h(
         &s,
