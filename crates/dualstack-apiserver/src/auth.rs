@@ -718,6 +718,9 @@ pub const DISCOVERY_PATHS: &[&str] = &[
     "/openapi/*",
 ];
 
+/// Why a node's rules review is incomplete.
+pub const RULES_INCOMPLETE: &str = "node authorizer rules that depend on the object (pods bound to the node, pod lists by spec.nodeName) are decided per request";
+
 /// What `user` may do in `namespace`, for a SelfSubjectRulesReview: the resource rules, the
 /// non-resource rules, and whether the list is incomplete (a node's pod rules depend on the
 /// pod, which rules cannot express). Every listed rule is allowed by [`authorize`].

@@ -321,7 +321,7 @@ fn answer(
                 resource_rules,
                 non_resource_rules,
                 incomplete,
-                evaluation_error: None,
+                evaluation_error: incomplete.then(|| auth::RULES_INCOMPLETE.to_string()),
             });
             Ok(created(&r))
         }
