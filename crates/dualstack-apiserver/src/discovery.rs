@@ -93,7 +93,10 @@ impl DiscoveryFormat {
     }
 }
 
-fn verbs(_def: &ResourceDef) -> Vec<&'static str> {
+fn verbs(def: &ResourceDef) -> Vec<&'static str> {
+    if crate::authz::is_review(def) {
+        return vec!["create"];
+    }
     vec![
         "create",
         "delete",
@@ -113,13 +116,24 @@ fn sub_verbs(sub: &str) -> Vec<&'static str> {
     }
 }
 
+/// Every served resource definition: the stored kinds, then the create-only reviews.
+fn defs(res: &Resources) -> impl Iterator<Item = &ResourceDef> {
+    res.list
+        .iter()
+        .map(|r| r.def())
+        .chain(crate::authz::REVIEWS.iter())
+}
+
+/// Whether `/apis/{group}` is served.
+pub fn serves_group(res: &Resources, group: &str) -> bool {
+    !group.is_empty() && defs(res).any(|d| d.group == group)
+}
+
 /// Groups in discovery order: core first, then named groups.
 fn groups(res: &Resources) -> BTreeMap<String, Vec<&ResourceDef>> {
     let mut m: BTreeMap<String, Vec<&ResourceDef>> = BTreeMap::new();
-    for r in &res.list {
-        m.entry(r.def().group.to_string())
-            .or_default()
-            .push(r.def());
+    for d in defs(res) {
+        m.entry(d.group.to_string()).or_default().push(d);
     }
     m
 }
@@ -160,10 +174,7 @@ pub fn api_group(group: &str) -> Value {
 
 /// `/api/v1`, `/apis/{group}/{version}`: None when the group is not served.
 pub fn resource_list(res: &Resources, group: &str, version: &str) -> Option<Value> {
-    let defs: Vec<&ResourceDef> = res
-        .list
-        .iter()
-        .map(|r| r.def())
+    let defs: Vec<&ResourceDef> = defs(res)
         .filter(|d| d.group == group && d.version == version)
         .collect();
     if defs.is_empty() {

@@ -205,6 +205,9 @@ async fn handle_inner(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
+    if let Some(r) = crate::authz::review(rc, user, &method, &info, &headers, &body) {
+        return r;
+    }
     let api = rc
         .resources
         .get(&info.group, &info.version, &info.resource)
@@ -245,7 +248,7 @@ async fn handle_inner(
         name: info.name.as_deref(),
         node_name_selector: node_sel.as_deref(),
     };
-    if let Err(reason) = authorize(user, &attrs) {
+    if let Err(reason) = authorize(user, &attrs, &crate::authz::CacheGraph::new(rc)) {
         return Err(ApiError::Forbidden(forbidden_message(
             user, &attrs, &reason,
         )));

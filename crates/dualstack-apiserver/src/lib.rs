@@ -9,6 +9,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod authz;
 pub mod config;
 pub mod conn;
 pub mod controllers;

@@ -288,6 +288,7 @@ impl<S: Strategy> Registry<S> {
             )?;
         }
         let name = object_name(obj.metadata());
+        self.strategy.admit(ctx, &obj, None)?;
         let key = self.key(obj.metadata().namespace.as_deref(), &name);
         for _ in 0..MAX_RETRIES {
             let mut attempt = obj.clone();
@@ -548,6 +549,7 @@ impl<S: Strategy> Registry<S> {
             serde_json::from_value(new_value).map_err(|e| ApiError::Internal(e.to_string()))?;
         let mut old_read = old.clone();
         self.strategy.on_read(&mut old_read);
+        self.strategy.admit(ctx, &new, Some(&old_read))?;
         // As upstream's store: BeginUpdate (allocations) runs before PrepareForUpdate and
         // validation.
         let hooks = if subresource.is_none() {
@@ -674,6 +676,7 @@ impl<S: Strategy> Registry<S> {
         let def = self.def();
         for _ in 0..MAX_RETRIES {
             let (obj, entry) = self.get(ns, name).await?;
+            self.strategy.admit_delete(ctx, &obj)?;
             let meta = obj.metadata();
             if let Some(uid) = &opts.precondition_uid
                 && meta.uid.as_deref() != Some(uid.as_str())

@@ -228,10 +228,7 @@ impl Ctx {
     /// A context for the server's own writes.
     pub fn system(manager: &str) -> Self {
         Ctx {
-            user: UserInfo {
-                name: "system:apiserver".into(),
-                groups: vec![crate::auth::MASTERS_GROUP.into()],
-            },
+            user: UserInfo::new("system:apiserver", &[crate::auth::MASTERS_GROUP]),
             dry_run: false,
             field_manager: manager.to_string(),
             field_manager_explicit: true,
@@ -309,6 +306,23 @@ pub trait Strategy: Send + Sync + 'static {
 
     /// `PrepareForCreate`: clear or set fields users may not set.
     fn prepare_for_create(&self, _obj: &mut Self::Obj) {}
+
+    /// Admission (upstream's admission plugins, e.g. NodeRestriction) on the final object of a
+    /// create (`old` is None) or an update of any subresource, before validation; `Err` (a
+    /// 403) refuses the write. Runs for dry runs too.
+    fn admit(
+        &self,
+        _ctx: &Ctx,
+        _new: &Self::Obj,
+        _old: Option<&Self::Obj>,
+    ) -> Result<(), ApiError> {
+        Ok(())
+    }
+
+    /// Admission of a delete (upstream's NamespaceLifecycle protects the system namespaces).
+    fn admit_delete(&self, _ctx: &Ctx, _old: &Self::Obj) -> Result<(), ApiError> {
+        Ok(())
+    }
 
     /// `Validate` (object meta is validated by the registry).
     fn validate(&self, _ctx: &Ctx, _obj: &Self::Obj) -> ErrorList {

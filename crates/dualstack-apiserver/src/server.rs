@@ -25,7 +25,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tower::ServiceExt;
 
-use crate::auth::{MASTERS_GROUP, Tokens, UserInfo};
+use crate::auth::{AUTHENTICATED_GROUP, MASTERS_GROUP, Tokens, UserInfo};
 use crate::config::ServerConfig;
 use crate::conn::{
     Backoff, ConnId, Governor, LogLimiter, PLAIN_HTTP_ANSWER, looks_like_plain_http,
@@ -79,10 +79,7 @@ impl std::fmt::Debug for Server {
 }
 
 fn admin() -> UserInfo {
-    UserInfo {
-        name: "admin".into(),
-        groups: vec![MASTERS_GROUP.into(), "system:authenticated".into()],
-    }
+    UserInfo::new("admin", &[MASTERS_GROUP, "system:authenticated"])
 }
 
 impl Server {
@@ -137,6 +134,13 @@ impl Server {
             .await?,
         );
         crate::controllers::bootstrap::run(&storage, &resources, &config, addr.port()).await?;
+        tasks.push(crate::controllers::bootstrap::start(
+            storage.clone(),
+            resources.clone(),
+            config.clone(),
+            addr.port(),
+            shutdown_rx.clone(),
+        ));
         tasks.push(crate::controllers::namespace::start(
             storage.clone(),
             resources.clone(),
@@ -490,8 +494,16 @@ pub fn bearer_token(headers: &HeaderMap) -> Option<&str> {
 fn authenticate(state: &AppState, headers: &HeaderMap, path: &str) -> Result<UserInfo, ApiError> {
     let token = bearer_token(headers);
     match token.and_then(|t| state.tokens.authenticate(t)) {
-        Some(u) => Ok(u),
-        None if public(path) && token.is_none() => Ok(UserInfo::anonymous()),
+        Some(mut u) => {
+            if !u.groups.iter().any(|g| g == AUTHENTICATED_GROUP) {
+                u.groups.push(AUTHENTICATED_GROUP.into());
+            }
+            crate::authz::effective_user(u, headers)
+        }
+        // Impersonation headers are never ignored: the anonymous user may not impersonate.
+        None if public(path) && token.is_none() => {
+            crate::authz::effective_user(UserInfo::anonymous(), headers)
+        }
         None => Err(ApiError::Unauthorized),
     }
 }
@@ -739,7 +751,7 @@ async fn resource(State(s): State<AppState>, req: Request) -> Response {
             };
         }
         ["apis", g] if parts.method == Method::GET => {
-            return if s.rc.resources.list.iter().any(|r| r.def().group == *g) {
+            return if discovery::serves_group(&s.rc.resources, g) {
                 json_value(&discovery::api_group(g))
             } else {
                 error_response(&ApiError::UnknownPath)

@@ -218,6 +218,13 @@ impl CidrSet {
         ))
     }
 
+    /// Whether any node CIDR covered by `cidr` is taken (an error when `cidr` is outside the
+    /// set).
+    pub fn any_allocated_in(&self, cidr: &IpNet) -> Result<bool, CidrSetError> {
+        let (begin, end) = self.indices(cidr)?;
+        Ok((begin..=end).any(|i| self.used.get(i)))
+    }
+
     /// Marks every node CIDR covered by `cidr` as taken; idempotent. Does not move
     /// `next_candidate`.
     pub fn occupy(&mut self, cidr: &IpNet) -> Result<(), CidrSetError> {

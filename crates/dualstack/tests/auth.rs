@@ -412,13 +412,18 @@ fn a_node_token_reads_cluster_objects_but_may_not_write_them() {
         "/apis/discovery.k8s.io/v1/endpointslices",
         "/api/v1/namespaces",
         "/api/v1/namespaces/default",
-        "/api/v1/namespaces/default/configmaps",
-        "/api/v1/namespaces/default/configmaps/cfg",
         "/api",
         "/apis",
         "/api/v1",
     ] {
         assert_ok(&send(&s, &t, "GET", path, None));
+    }
+    // ConfigMaps only through a pod bound to the node (tests/node_authz.rs).
+    for path in [
+        "/api/v1/namespaces/default/configmaps",
+        "/api/v1/namespaces/default/configmaps/cfg",
+    ] {
+        assert_failure(&send(&s, &t, "GET", path, None), 403, "Forbidden");
     }
     let mut w = s.watch_as(&t, "/api/v1/namespaces/default/services?watch=true");
     let ev = w
@@ -456,7 +461,7 @@ fn a_node_token_reads_cluster_objects_but_may_not_write_them() {
     );
     assert_eq!(
         msg,
-        r#"configmaps "cfg" is forbidden: User "system:node:n1" cannot delete resource "configmaps" in API group "" in the namespace "default""#
+        r#"configmaps "cfg" is forbidden: User "system:node:n1" cannot delete resource "configmaps" in API group "" in the namespace "default": can only get individual resources of this type"#
     );
     let r = send(
         &s,

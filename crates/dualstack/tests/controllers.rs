@@ -277,21 +277,6 @@ impl ControllerManager {
             let _ = c.wait();
         }
     }
-
-    fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
-        let deadline = Instant::now() + timeout;
-        let child = self.child.as_mut()?;
-        loop {
-            if let Some(status) = child.try_wait().ok().flatten() {
-                self.child = None;
-                return Some(status);
-            }
-            if Instant::now() > deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
 }
 
 impl Drop for ControllerManager {
@@ -387,28 +372,66 @@ fn a_standby_controller_manager_takes_over_within_the_lease_duration_after_sigki
 }
 
 #[test]
-fn node_ipam_refuses_to_start_when_a_node_cidr_lies_outside_the_cluster_cidrs() {
-    let s = TestServer::start(&[SERVICES, "--controllers=-*"]);
+fn node_ipam_skips_nodes_with_foreign_or_overlapping_cidrs_and_keeps_allocating_after_a_restart() {
+    let mut s = TestServer::start(&[SERVICES, PODS, "--allocate-node-cidrs"]);
+    create_node(&s, "node-a");
+    assert_eq!(
+        pod_cidrs(&s, "node-a"),
+        ["10.244.0.0/24", "fd00:10:244::/64"]
+    );
+    // The admin may set podCIDRs: one outside --cluster-cidr, one overlapping node-a's.
     create(
         &s,
         "/api/v1/nodes",
         json!({"metadata": {"name": "stray"}, "spec": {"podCIDRs": ["10.99.0.0/24"]}}),
     );
-    let mut cm = ControllerManager::start(
-        &s.kubeconfig,
-        &[
-            "--allocate-node-cidrs",
-            "--cluster-cidr=10.244.0.0/16",
-            "--leader-elect=false",
-            "--metrics-bind-address=0",
-        ],
+    create(
+        &s,
+        "/api/v1/nodes",
+        json!({"metadata": {"name": "twin"},
+               "spec": {"podCIDRs": ["10.244.0.0/23", "fd00:10:244::/64"]}}),
     );
-    let status = cm.wait_exit(WAIT).expect("controller-manager exits");
-    assert!(!status.success());
-    let log = cm.log();
+    for (node, text) in [
+        (
+            "stray",
+            "failed to mark cidr[10.99.0.0/24] at idx [0] as occupied for node: stray: cidr 10.99.0.0/24 is out the range of cluster cidr 10.244.0.0/16",
+        ),
+        (
+            "twin",
+            "failed to mark cidr[10.244.0.0/23] at idx [0] as occupied for node: twin: it overlaps CIDRs already allocated",
+        ),
+    ] {
+        let ev = eventually(WAIT, || {
+            events(&s, "CIDRNotAvailable", node).into_iter().next()
+        })
+        .unwrap_or_else(|| panic!("no event for {node}; log:\n{}", s.log()));
+        assert_eq!(ev["message"], text);
+        assert_eq!(ev["type"], "Warning");
+    }
+    create_node(&s, "node-b");
+    assert_eq!(
+        pod_cidrs(&s, "node-b"),
+        ["10.244.1.0/24", "fd00:10:244:1::/64"]
+    );
+    // After a restart node IPAM starts anyway (it stopped here before) and keeps allocating.
+    s.restart(None);
+    create_node(&s, "node-c");
+    assert_eq!(
+        pod_cidrs(&s, "node-c"),
+        ["10.244.2.0/24", "fd00:10:244:2::/64"]
+    );
+    let log = s.log();
     assert!(
-        log.contains("failed to start node ipam controller: failed to mark cidr[10.99.0.0/24] at idx [0] as occupied for node: stray: cidr 10.99.0.0/24 is out the range of cluster cidr 10.244.0.0/16"),
+        log.contains("skipping a node with podCIDRs this allocator cannot occupy")
+            && !log.contains("failed to start node ipam controller"),
         "{log}"
+    );
+    // Deleting the overlapping node frees nothing of node-a's.
+    delete(&s, "/api/v1/nodes/twin");
+    create_node(&s, "node-d");
+    assert_eq!(
+        pod_cidrs(&s, "node-d"),
+        ["10.244.3.0/24", "fd00:10:244:3::/64"]
     );
 }
 

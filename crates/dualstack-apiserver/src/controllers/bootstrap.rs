@@ -1,7 +1,8 @@
 //! Objects every cluster has: the namespaces `default`, `kube-system`, `kube-public`,
 //! `kube-node-lease`; the ServiceCIDR `kubernetes` (the flag ranges); the `default/kubernetes`
 //! Service (network+1 of the primary range, port 443) with its Endpoints and EndpointSlice
-//! pointing at this server.
+//! pointing at this server. Reconciled every [`INTERVAL`] (upstream's bootstrap controller), so
+//! a deleted one comes back.
 
 use dualstack_apimachinery::status::ApiError;
 use serde_json::{Value, json};
@@ -10,6 +11,31 @@ use crate::config::ServerConfig;
 use crate::handlers::Resources;
 use crate::registry::Storage;
 use crate::resource::Ctx;
+
+/// How often the bootstrap objects are reconciled (upstream's bootstrap controller: 10 s).
+pub const INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Reconciles the bootstrap objects every [`INTERVAL`] until shutdown (the first run is
+/// [`run`] at start).
+pub fn start(
+    storage: Storage,
+    res: Resources,
+    config: ServerConfig,
+    port: u16,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(INTERVAL) => {}
+                _ = shutdown.changed() => return,
+            }
+            if let Err(e) = run(&storage, &res, &config, port).await {
+                tracing::warn!(error = %e, "reconciling the bootstrap objects");
+            }
+        }
+    })
+}
 
 /// Namespaces created at start.
 pub const SYSTEM_NAMESPACES: &[&str] =

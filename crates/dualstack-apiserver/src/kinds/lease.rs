@@ -1,6 +1,7 @@
 //! Leases (`coordination.k8s.io/v1`): leader election and node heartbeats.
 
 use dualstack_apimachinery::field::{ErrorList, FieldError, Path};
+use dualstack_apimachinery::status::ApiError;
 use dualstack_apimachinery::validation::NameRule;
 use k8s_openapi::api::coordination::v1::Lease;
 
@@ -36,6 +37,15 @@ impl Strategy for LeaseStrategy {
 
     fn def(&self) -> &ResourceDef {
         &DEF
+    }
+
+    fn admit(&self, ctx: &Ctx, l: &Lease, _old: Option<&Lease>) -> Result<(), ApiError> {
+        let name = l.metadata.name.as_deref().unwrap_or("");
+        crate::auth::admit_lease(&ctx.user, l.metadata.namespace.as_deref(), name).map_err(|why| {
+            ApiError::Forbidden(format!(
+                "leases.coordination.k8s.io {name:?} is forbidden: {why}"
+            ))
+        })
     }
 
     fn validate(&self, _ctx: &Ctx, l: &Lease) -> ErrorList {

@@ -3,6 +3,7 @@
 //! controller (`crate::controllers::namespace`) empties and finalizes them.
 
 use dualstack_apimachinery::field::{ErrorList, FieldError, Path};
+use dualstack_apimachinery::status::ApiError;
 use dualstack_apimachinery::validation::NameRule;
 use k8s_openapi::api::core::v1::{Namespace, NamespaceSpec, NamespaceStatus};
 
@@ -12,6 +13,8 @@ use crate::resource::{Column, Ctx, ResourceDef, Strategy, age_cell};
 pub const NAME_LABEL: &str = "kubernetes.io/metadata.name";
 /// The finalizer the namespace controller removes.
 pub const FINALIZER: &str = "kubernetes";
+/// Namespaces upstream's NamespaceLifecycle admission plugin refuses to delete.
+pub const IMMORTAL: &[&str] = &["default", "kube-system", "kube-public"];
 
 static DEF: ResourceDef = ResourceDef {
     group: "",
@@ -97,6 +100,17 @@ impl Strategy for NamespaceStrategy {
             }
         }
         errs
+    }
+
+    fn admit_delete(&self, _ctx: &Ctx, ns: &Namespace) -> Result<(), ApiError> {
+        let name = ns.metadata.name.as_deref().unwrap_or("");
+        // One already terminating (stored by an older server) may finish.
+        if IMMORTAL.contains(&name) && ns.metadata.deletion_timestamp.is_none() {
+            return Err(ApiError::Forbidden(format!(
+                "namespaces {name:?} is forbidden: this namespace may not be deleted"
+            )));
+        }
+        Ok(())
     }
 
     fn on_delete_marked(&self, ns: &mut Namespace) {

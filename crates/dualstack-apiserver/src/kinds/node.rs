@@ -3,6 +3,7 @@
 
 use dualstack_api::node::{normalize_pod_cidrs, validate_pod_cidrs, validate_pod_cidrs_update};
 use dualstack_apimachinery::field::ErrorList;
+use dualstack_apimachinery::status::ApiError;
 use dualstack_apimachinery::validation::NameRule;
 use k8s_openapi::api::core::v1::Node;
 
@@ -121,6 +122,15 @@ impl Strategy for NodeStrategy {
 
     fn defaults(&self, n: &mut Node) {
         normalize_pod_cidrs(n);
+    }
+
+    fn admit(&self, ctx: &Ctx, n: &Node, old: Option<&Node>) -> Result<(), ApiError> {
+        crate::auth::admit_node(&ctx.user, n, old).map_err(|why| {
+            ApiError::Forbidden(format!(
+                "nodes {:?} is forbidden: {why}",
+                n.metadata.name.as_deref().unwrap_or("")
+            ))
+        })
     }
 
     fn validate(&self, _ctx: &Ctx, n: &Node) -> ErrorList {

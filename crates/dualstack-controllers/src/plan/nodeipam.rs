@@ -3,8 +3,14 @@
 //! [`dualstack_ipam::CidrSet`], one set per `--cluster-cidr` entry, in flag order.
 //!
 //! * Start: the service ranges' overlap with each cluster CIDR is occupied, then the podCIDRs
-//!   of every existing node (`podCIDRs[i]` in set `i`). Any error there (a CIDR that does not
-//!   parse, lies outside its cluster CIDR, or has no set) stops the controller, as upstream.
+//!   of every existing node (`podCIDRs[i]` in set `i`), oldest node first, then nodes without
+//!   CIDRs get theirs.
+//! * A node whose own podCIDRs cannot be occupied (a CIDR that does not parse, lies outside its
+//!   cluster CIDR, has no set, or overlaps CIDRs another node or the service range holds) is
+//!   skipped with [`NodeAction::Invalid`] (an event and a log line) and owns nothing: the
+//!   controller keeps allocating for other nodes. Upstream stops the controller at start
+//!   instead (`failed to mark cidr`), which lets one node with foreign CIDRs (a node may not
+//!   set them, but the admin may) stop node IPAM for the whole cluster.
 //! * A node without podCIDRs gets one CIDR per set (`AllocateNext`, round-robin), written as
 //!   `spec.podCIDRs` with `spec.podCIDR = podCIDRs[0]` in one patch.
 //! * A set that is full: upstream's `CIDRNotAvailable` event and no update. Unlike upstream,
@@ -81,6 +87,18 @@ pub enum NodeIpamError {
         /// Why.
         #[source]
         source: CidrSetError,
+    },
+    /// A podCIDR overlaps CIDRs already allocated (to another node or the service range).
+    #[error(
+        "failed to mark cidr[{cidr}] at idx [{index}] as occupied for node: {node}: it overlaps CIDRs already allocated"
+    )]
+    Overlap {
+        /// The CIDR.
+        cidr: IpNet,
+        /// Its index.
+        index: usize,
+        /// The node.
+        node: String,
     },
     /// Allocation from set `index` failed.
     #[error("failed to allocate cidr from cluster cidr at idx:{index}: {source}")]
@@ -232,6 +250,50 @@ impl RangeAllocator {
         Ok(())
     }
 
+    /// Occupies a node's podCIDRs only if every one lies inside its cluster CIDR and none
+    /// overlaps CIDRs already taken; returns what it occupied. Nothing is occupied on error.
+    pub fn occupy_exclusive(
+        &mut self,
+        node: &str,
+        cidrs: &[String],
+    ) -> Result<Vec<IpNet>, NodeIpamError> {
+        let nets = Self::parse(node, cidrs)?;
+        for (i, (net, raw)) in nets.iter().zip(cidrs).enumerate() {
+            let Some(set) = self.sets.get(i) else {
+                return Err(NodeIpamError::NoSet {
+                    node: node.to_string(),
+                    cidr: raw.clone(),
+                    index: i,
+                });
+            };
+            let cluster = set.cluster_cidr();
+            let occupy_err = |source| NodeIpamError::Occupy {
+                cidr: *net,
+                index: i,
+                node: node.to_string(),
+                source,
+            };
+            if !cluster.contains(net) {
+                return Err(occupy_err(CidrSetError::OutOfClusterCidr {
+                    cidr: *net,
+                    cluster,
+                }));
+            }
+            if set.any_allocated_in(net).map_err(occupy_err)? {
+                return Err(NodeIpamError::Overlap {
+                    cidr: *net,
+                    index: i,
+                    node: node.to_string(),
+                });
+            }
+        }
+        for (i, net) in nets.iter().enumerate() {
+            // Checked above: inside the set.
+            let _ = self.occupy_in(i, net);
+        }
+        Ok(nets)
+    }
+
     /// Frees a node's CIDRs, `cidrs[i]` in set `i` (upstream `ReleaseCIDR`); idempotent.
     pub fn release(&mut self, cidrs: &[IpNet]) {
         for (i, net) in cidrs.iter().enumerate().take(self.sets.len()) {
@@ -302,37 +364,44 @@ pub enum PatchOutcome {
     TimedOut,
 }
 
-/// The node IPAM controller's state: the allocator, CIDRs reserved for nodes whose patch is
-/// not yet confirmed by the watch, and nodes waiting for a free CIDR.
+/// The node IPAM controller's state: the allocator, the CIDRs each node holds, CIDRs reserved
+/// for nodes whose patch is not yet confirmed by the watch, nodes waiting for a free CIDR, and
+/// nodes skipped for podCIDRs that cannot be occupied (with those podCIDRs, so a node is
+/// reported once, not on every heartbeat).
 #[derive(Debug, Clone)]
 pub struct NodeIpamPlanner {
     alloc: RangeAllocator,
+    owned: HashMap<String, Vec<IpNet>>,
     reserved: HashMap<String, Vec<IpNet>>,
     pending: BTreeSet<String>,
+    invalid: HashMap<String, Vec<String>>,
 }
 
 impl NodeIpamPlanner {
-    /// Builds the allocator and occupies every existing node's CIDRs; an error stops the
-    /// controller (upstream `NewCIDRRangeAllocator`). Returns the assignments for the nodes
+    /// Builds the allocator (an error in the configuration stops the controller, as upstream
+    /// `NewCIDRRangeAllocator`) and occupies the existing nodes' CIDRs, oldest node first (of
+    /// two overlapping nodes the older keeps its CIDRs). Returns the [`NodeAction::Invalid`]
+    /// reports for nodes whose CIDRs cannot be occupied, then the assignments for the nodes
     /// without CIDRs, in name order.
     pub fn start(
         config: &NodeIpamConfig,
         nodes: &[&Node],
     ) -> Result<(Self, Vec<NodeAction>), NodeIpamError> {
-        let mut alloc = RangeAllocator::new(config)?;
-        for node in nodes {
-            let cidrs = pod_cidrs(node);
-            if !cidrs.is_empty() {
-                alloc.occupy(&node_name(node), &cidrs)?;
-            }
-        }
         let mut planner = Self {
-            alloc,
+            alloc: RangeAllocator::new(config)?,
+            owned: HashMap::new(),
             reserved: HashMap::new(),
             pending: BTreeSet::new(),
+            invalid: HashMap::new(),
         };
         let mut sorted: Vec<&&Node> = nodes.iter().collect();
-        sorted.sort_by_key(|n| n.metadata.name.clone());
+        sorted.sort_by_key(|n| {
+            (
+                pod_cidrs(n).is_empty(),
+                n.metadata.creation_timestamp.clone(),
+                n.metadata.name.clone(),
+            )
+        });
         let mut actions = Vec::new();
         for node in sorted {
             actions.extend(planner.on_node(node));
@@ -365,16 +434,41 @@ impl NodeIpamPlanner {
         if !cidrs.is_empty() {
             self.pending.remove(&name);
             if let Some(mine) = self.reserved.remove(&name) {
-                let theirs: Vec<String> = mine.iter().map(IpNet::to_string).collect();
-                if theirs != cidrs {
-                    // The node's own CIDRs win.
-                    self.alloc.release(&mine);
+                let ours: Vec<String> = mine.iter().map(IpNet::to_string).collect();
+                if ours == cidrs {
+                    // Our patch, confirmed: the reservation becomes the node's.
+                    self.owned.insert(name, mine);
+                    return Vec::new();
                 }
+                // The node's own CIDRs win.
+                self.alloc.release(&mine);
             }
-            return match self.alloc.occupy(&name, &cidrs) {
-                Ok(()) => Vec::new(),
-                Err(error) => vec![NodeAction::Invalid { node: name, error }],
+            if let Some(held) = self.owned.get(&name) {
+                if RangeAllocator::parse(&name, &cidrs).ok().as_ref() == Some(held) {
+                    return Vec::new();
+                }
+                // podCIDRs are immutable once set; a recreated node may differ.
+                let held = self.owned.remove(&name).unwrap_or_default();
+                self.alloc.release(&held);
+            }
+            if self.invalid.get(&name) == Some(&cidrs) {
+                return Vec::new(); // reported already
+            }
+            return match self.alloc.occupy_exclusive(&name, &cidrs) {
+                Ok(nets) => {
+                    self.invalid.remove(&name);
+                    self.owned.insert(name, nets);
+                    Vec::new()
+                }
+                Err(error) => {
+                    self.invalid.insert(name.clone(), cidrs);
+                    vec![NodeAction::Invalid { node: name, error }]
+                }
             };
+        }
+        self.invalid.remove(&name);
+        if let Some(held) = self.owned.remove(&name) {
+            self.alloc.release(&held);
         }
         if self.reserved.contains_key(&name) {
             return Vec::new(); // our patch is in flight
@@ -392,15 +486,17 @@ impl NodeIpamPlanner {
         }
     }
 
-    /// A node was deleted (or is being deleted): its CIDRs and any reservation are freed.
+    /// A node was deleted (or is being deleted): the CIDRs it held and any reservation are
+    /// freed (never the CIDRs of a skipped node: they may be another node's).
     pub fn on_delete(&mut self, node: &Node) -> Vec<NodeAction> {
         let name = node_name(node);
         self.pending.remove(&name);
+        self.invalid.remove(&name);
         if let Some(mine) = self.reserved.remove(&name) {
             self.alloc.release(&mine);
         }
-        if let Ok(nets) = RangeAllocator::parse(&name, &pod_cidrs(node)) {
-            self.alloc.release(&nets);
+        if let Some(held) = self.owned.remove(&name) {
+            self.alloc.release(&held);
         }
         Vec::new()
     }
@@ -518,34 +614,86 @@ mod tests {
         assert_eq!(stats.releases, vec![1, 1]);
     }
 
+    fn invalid(actions: &[NodeAction]) -> Vec<String> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                NodeAction::Invalid { error, .. } => Some(error.to_string()),
+                _ => None,
+            })
+            .collect()
+    }
+
     #[test]
-    fn should_refuse_to_start_when_a_node_cidr_lies_outside_the_cluster_cidrs() {
+    fn should_skip_nodes_with_foreign_cidrs_at_start_and_keep_allocating() {
         let cfg = config(
             "10.244.0.0/16,fd00:10:244::/56",
             NodeCidrMaskFlags::default(),
             "",
         );
         let stray = node("stray", &["10.99.0.0/24", "fd00:10:244::/64"]);
-        let err = NodeIpamPlanner::start(&cfg, &[&stray]).unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "failed to mark cidr[10.99.0.0/24] at idx [0] as occupied for node: stray: cidr 10.99.0.0/24 is out the range of cluster cidr 10.244.0.0/16"
-        );
         let garbage = node("g", &["nope"]);
+        let fresh = node("fresh", &[]);
+        let (mut p, actions) = NodeIpamPlanner::start(&cfg, &[&stray, &garbage, &fresh]).unwrap();
         assert_eq!(
-            NodeIpamPlanner::start(&cfg, &[&garbage])
-                .unwrap_err()
-                .to_string(),
-            "failed to parse node g, CIDR nope"
+            invalid(&actions),
+            [
+                "failed to parse node g, CIDR nope",
+                "failed to mark cidr[10.99.0.0/24] at idx [0] as occupied for node: stray: cidr 10.99.0.0/24 is out the range of cluster cidr 10.244.0.0/16",
+            ]
         );
+        // Nothing of the stray node is occupied, and the new node gets the first CIDRs.
+        assert!(actions.contains(&NodeAction::Assign {
+            node: "fresh".into(),
+            cidrs: vec![net("10.244.0.0/24"), net("fd00:10:244::/64")],
+        }));
+        // Reported once, not on every update of the node.
+        assert!(p.on_node(&stray).is_empty());
+        // Deleting it frees nothing it did not hold.
+        p.on_node(&node("fresh", &["10.244.0.0/24", "fd00:10:244::/64"]));
+        p.on_delete(&stray);
+        assert!(p.allocator().sets()[1].is_allocated(&net("fd00:10:244::/64")));
         let single = config("10.244.0.0/16", NodeCidrMaskFlags::default(), "");
         let dual = node("d", &["10.244.0.0/24", "fd00:10:244::/64"]);
+        let (_, actions) = NodeIpamPlanner::start(&single, &[&dual]).unwrap();
         assert_eq!(
-            NodeIpamPlanner::start(&single, &[&dual])
-                .unwrap_err()
-                .to_string(),
-            "node:d has an allocated cidr: fd00:10:244::/64 at index:1 that does not exist in cluster cidrs configuration"
+            invalid(&actions),
+            [
+                "node:d has an allocated cidr: fd00:10:244::/64 at index:1 that does not exist in cluster cidrs configuration"
+            ]
         );
+    }
+
+    #[test]
+    fn should_skip_a_node_whose_cidrs_overlap_another_nodes_and_never_free_them() {
+        let cfg = config("10.244.0.0/16", NodeCidrMaskFlags::default(), "");
+        let mut a = node("a", &["10.244.0.0/24"]);
+        a.metadata.creation_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            jiff::Timestamp::UNIX_EPOCH,
+        ));
+        // Younger, overlapping a's CIDR (a wider CIDR counts too).
+        let mut b = node("b", &["10.244.0.0/23"]);
+        b.metadata.creation_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            jiff::Timestamp::from_second(60).unwrap(),
+        ));
+        let (mut p, actions) = NodeIpamPlanner::start(&cfg, &[&b, &a]).unwrap();
+        assert_eq!(
+            invalid(&actions),
+            [
+                "failed to mark cidr[10.244.0.0/23] at idx [0] as occupied for node: b: it overlaps CIDRs already allocated"
+            ]
+        );
+        assert_eq!(p.allocator().sets()[0].allocated(), 1);
+        p.on_delete(&b);
+        assert!(p.allocator().sets()[0].is_allocated(&net("10.244.0.0/24")));
+        // At run time too: a node created with a's CIDR is skipped; a new node gets the next.
+        let c = node("c", &["10.244.0.0/24"]);
+        assert_eq!(invalid(&p.on_node(&c)).len(), 1);
+        assert_eq!(assigned(&p.on_node(&node("d", &[]))), ["10.244.1.0/24"]);
+        // Deleting a frees its CIDR once.
+        p.on_delete(&a);
+        p.on_delete(&c);
+        assert!(!p.allocator().sets()[0].is_allocated(&net("10.244.0.0/24")));
     }
 
     #[test]

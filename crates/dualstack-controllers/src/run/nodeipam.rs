@@ -139,7 +139,17 @@ pub async fn run(
                     }
                 }
                 NodeAction::Invalid { node, error } => {
-                    tracing::error!(node, %error, "node has podCIDRs this allocator cannot occupy");
+                    tracing::error!(node, %error, "skipping a node with podCIDRs this allocator cannot occupy");
+                    if let Some(n) = cache.get(&ObjKey::new("", node.as_str())) {
+                        recorder
+                            .record(
+                                &events::node_ref(&n),
+                                events::WARNING,
+                                REASON_CIDR_NOT_AVAILABLE,
+                                &error.to_string(),
+                            )
+                            .await;
+                    }
                 }
             }
         }

@@ -50,15 +50,9 @@ fn create(c: CreateArgs) -> Result<()> {
             if !errs.is_empty() {
                 bail!("invalid node name {n:?}: {}", errs.join("; "));
             }
-            UserInfo {
-                name: format!("{NODE_USER_PREFIX}{n}"),
-                groups: vec![NODES_GROUP.into()],
-            }
+            UserInfo::new(format!("{NODE_USER_PREFIX}{n}"), &[NODES_GROUP])
         }
-        (None, true) => UserInfo {
-            name: "admin".into(),
-            groups: vec![MASTERS_GROUP.into()],
-        },
+        (None, true) => UserInfo::new("admin", &[MASTERS_GROUP]),
         (None, false) => bail!("one of --node NAME or --admin is required"),
     };
     let token = Tokens::new(&c.data_dir).ensure(&user)?;
