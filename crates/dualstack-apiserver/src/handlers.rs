@@ -190,10 +190,25 @@ pub async fn handle(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    match handle_inner(rc, user, method, info, q, headers, body).await {
+    // A deprecated kind warns on every request, failed ones included (upstream adds the
+    // warning before the handler runs).
+    let (major, minor) = crate::discovery::major_minor();
+    let deprecation = rc
+        .resources
+        .get(&info.group, &info.version, &info.resource)
+        .and_then(|api| api.def().deprecation_warning(major, minor));
+    let mut resp = match handle_inner(rc, user, method, info, q, headers, body).await {
         Ok(r) => r,
         Err(e) => error_response(&e),
+    };
+    if let Some(w) = deprecation {
+        let text = format!("299 - {}", dualstack_apimachinery::field::go_quote(&w));
+        resp.headers_mut().append(
+            header::WARNING,
+            HeaderValue::from_str(&text).expect("a deprecation warning is a valid header"),
+        );
     }
+    resp
 }
 
 async fn handle_inner(

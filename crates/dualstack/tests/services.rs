@@ -495,3 +495,45 @@ fn node_ports_are_allocated_checked_and_released_with_upstream_errors() {
     let (code, hc_again) = create(&s, "default", &np("hc-again", Some(hc), "NodePort", None));
     assert_eq!(code, 201, "{hc_again}");
 }
+
+#[test]
+fn every_request_to_v1_endpoints_carries_the_1_33_deprecation_warning_and_slices_do_not() {
+    let s = TestServer::start(&[]);
+    let version = get_json(&s, "/version");
+    assert_eq!(
+        (version["major"].as_str(), version["minor"].as_str()),
+        (Some("1"), Some("33")),
+        "the warning is for a server reporting 1.33"
+    );
+    let warning =
+        r#"299 - "v1 Endpoints is deprecated in v1.33+; use discovery.k8s.io/v1 EndpointSlice""#;
+    let ep = "/api/v1/namespaces/default/endpoints";
+    let body = json!({"apiVersion": "v1", "kind": "Endpoints", "metadata": {"name": "e1"}})
+        .to_string();
+    let json_ct = [("Content-Type", "application/json")];
+    let cases: [(&str, String, Option<&[u8]>, u16); 5] = [
+        ("GET", ep.to_string(), None, 200),
+        ("GET", format!("{ep}/kubernetes"), None, 200),
+        ("POST", ep.to_string(), Some(body.as_bytes()), 201),
+        ("GET", format!("{ep}/missing"), None, 404),
+        ("DELETE", format!("{ep}/e1"), None, 200),
+    ];
+    for (method, path, body, code) in cases {
+        let headers: &[(&str, &str)] = if body.is_some() { &json_ct } else { &[] };
+        let r = s.call(&s.token, method, &path, body, headers);
+        assert_eq!(r.status, code, "{method} {path}: {}", r.body);
+        assert_eq!(r.header_values("warning"), [warning], "{method} {path}");
+    }
+    let mut w = s.watch(&format!("{ep}?watch=true"));
+    assert_eq!(w.status(), 200);
+    assert_eq!(w.header("warning").as_deref(), Some(warning), "watch");
+    let r = s.call(
+        &s.token,
+        "GET",
+        "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices",
+        None,
+        &[],
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.header_values("warning").is_empty(), "{:?}", r.header_values("warning"));
+}
