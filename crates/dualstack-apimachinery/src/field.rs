@@ -372,11 +372,7 @@ impl FieldError {
                 _,
             )
             | (_, Value::Omit) => self.kind.as_str().to_string(),
-            (_, v) => format!(
-                "{}: {}",
-                self.kind.as_str(),
-                v.to_message()
-            ),
+            (_, v) => format!("{}: {}", self.kind.as_str(), v.to_message()),
         };
         if !self.detail.is_empty() {
             s.push_str(": ");

@@ -318,7 +318,10 @@ fn a_1_mb_label_value_is_a_422_whose_message_and_cause_print_the_value_truncated
     );
     let st = assert_status(&r, 422, "Invalid");
     let kept = "v".repeat(1024);
-    let printed = format!(r#"Invalid value: "{kept}"...<{} bytes truncated>"#, (1 << 20) - 1024);
+    let printed = format!(
+        r#"Invalid value: "{kept}"...<{} bytes truncated>"#,
+        (1 << 20) - 1024
+    );
     let cause = &st["details"]["causes"][0];
     assert_eq!(cause["field"], "metadata.labels");
     assert_eq!(cause["reason"], "FieldValueInvalid");

@@ -508,8 +508,8 @@ fn every_request_to_v1_endpoints_carries_the_1_33_deprecation_warning_and_slices
     let warning =
         r#"299 - "v1 Endpoints is deprecated in v1.33+; use discovery.k8s.io/v1 EndpointSlice""#;
     let ep = "/api/v1/namespaces/default/endpoints";
-    let body = json!({"apiVersion": "v1", "kind": "Endpoints", "metadata": {"name": "e1"}})
-        .to_string();
+    let body =
+        json!({"apiVersion": "v1", "kind": "Endpoints", "metadata": {"name": "e1"}}).to_string();
     let json_ct = [("Content-Type", "application/json")];
     let cases: [(&str, String, Option<&[u8]>, u16); 5] = [
         ("GET", ep.to_string(), None, 200),
@@ -535,5 +535,9 @@ fn every_request_to_v1_endpoints_carries_the_1_33_deprecation_warning_and_slices
         &[],
     );
     assert_eq!(r.status, 200, "{}", r.body);
-    assert!(r.header_values("warning").is_empty(), "{:?}", r.header_values("warning"));
+    assert!(
+        r.header_values("warning").is_empty(),
+        "{:?}",
+        r.header_values("warning")
+    );
 }
