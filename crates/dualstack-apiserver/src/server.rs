@@ -130,6 +130,11 @@ impl Server {
             resources.clone(),
             shutdown_rx.clone(),
         ));
+        tasks.push(crate::controllers::servicecidr::start(
+            storage.clone(),
+            resources.clone(),
+            shutdown_rx.clone(),
+        ));
         tasks.push(crate::controllers::repair::start(
             storage.clone(),
             resources.clone(),

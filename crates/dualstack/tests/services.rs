@@ -541,3 +541,95 @@ fn every_request_to_v1_endpoints_carries_the_1_33_deprecation_warning_and_slices
         r.header_values("warning")
     );
 }
+
+fn ready_condition(v: &Value) -> (String, String, String) {
+    let c = v["status"]["conditions"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["type"] == "Ready"))
+        .cloned()
+        .unwrap_or(Value::Null);
+    let s = |k: &str| c[k].as_str().unwrap_or("<none>").to_string();
+    (s("status"), s("reason"), s("message"))
+}
+
+#[test]
+fn service_cidrs_carry_the_finalizer_and_ready_and_go_only_when_no_address_needs_them() {
+    let s = TestServer::start(&["--service-cluster-ip-range=10.0.0.0/16,fd00:10::/108"]);
+    let cidrs = "/apis/networking.k8s.io/v1/servicecidrs";
+    let finalizer = "networking.k8s.io/service-cidr-finalizer";
+    let ready = (
+        "True".to_string(),
+        String::new(),
+        "Kubernetes Service CIDR is ready".to_string(),
+    );
+    let blocked = (
+        "False".to_string(),
+        "Terminating".to_string(),
+        "There are still IPAddresses referencing the ServiceCIDR, please remove them or create a new ServiceCIDR".to_string(),
+    );
+    let settled = |name: &str, want: &(String, String, String)| {
+        let mut last = Value::Null;
+        let ok = eventually(Duration::from_secs(10), || {
+            last = get_json(&s, &format!("{cidrs}/{name}"));
+            let has = last["metadata"]["finalizers"]
+                .as_array()
+                .is_some_and(|f| f.iter().any(|f| f == finalizer));
+            (has && ready_condition(&last) == *want).then_some(())
+        });
+        assert!(ok.is_some(), "{name}: {last}");
+        last
+    };
+    // The bootstrap ServiceCIDR and one a user creates.
+    settled("kubernetes", &ready);
+    let extra = json!({"apiVersion": "networking.k8s.io/v1", "kind": "ServiceCIDR",
+        "metadata": {"name": "extra"}, "spec": {"cidrs": ["10.1.0.0/16", "fd00:11::/108"]}});
+    let (code, body) = s
+        .request(
+            "POST",
+            cidrs,
+            Some(&extra.to_string()),
+            Some("application/json"),
+        )
+        .unwrap();
+    assert_eq!(code, 201, "{body}");
+    settled("extra", &ready);
+    let held = json!({"apiVersion": "networking.k8s.io/v1", "kind": "IPAddress",
+        "metadata": {"name": "fd00:11::5", "labels": {
+            "ipaddress.kubernetes.io/managed-by": "ipallocator.k8s.io",
+            "ipaddress.kubernetes.io/ip-family": "IPv6"}},
+        "spec": {"parentRef": {"group": "", "resource": "services", "namespace": "default", "name": "held"}}});
+    let ips = "/apis/networking.k8s.io/v1/ipaddresses";
+    let (code, body) = s
+        .request(
+            "POST",
+            ips,
+            Some(&held.to_string()),
+            Some("application/json"),
+        )
+        .unwrap();
+    assert_eq!(code, 201, "{body}");
+
+    // Deleting either while an address lies only in it: it stays, Ready=False Terminating.
+    for name in ["kubernetes", "extra"] {
+        let (code, body) = s
+            .request("DELETE", &format!("{cidrs}/{name}"), None, None)
+            .unwrap();
+        assert_eq!(code, 200, "{body}");
+        let v = settled(name, &blocked);
+        assert!(v["metadata"]["deletionTimestamp"].is_string(), "{v}");
+    }
+    // The default/kubernetes Service keeps `kubernetes` alive; `extra` goes with its address.
+    let (code, body) = s
+        .request("DELETE", &format!("{ips}/fd00:11::5"), None, None)
+        .unwrap();
+    assert!(code == 200 || code == 404, "{code} {body}");
+    let gone = eventually(Duration::from_secs(10), || {
+        let (code, _) = s
+            .request("GET", &format!("{cidrs}/extra"), None, None)
+            .unwrap();
+        (code == 404).then_some(())
+    });
+    assert!(gone.is_some(), "an empty ServiceCIDR being deleted stays");
+    std::thread::sleep(Duration::from_millis(500));
+    settled("kubernetes", &blocked);
+}
