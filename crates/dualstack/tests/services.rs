@@ -258,7 +258,7 @@ fn events_with_reason(s: &TestServer, reason: &str) -> Vec<Value> {
 }
 
 #[test]
-fn repair_recreates_missing_records_reports_them_and_cleans_leaks() {
+fn repair_recreates_missing_records_and_reports_them() {
     let s = TestServer::start(&[
         "--service-cluster-ip-range=10.0.0.0/16,fd00:10::/108",
         "--service-ip-repair-interval=500ms",
@@ -291,7 +291,28 @@ fn repair_recreates_missing_records_reports_them_and_cleans_leaks() {
     );
     assert_eq!(ev[0]["type"], "Warning");
     assert_eq!(ev[0]["involvedObject"]["name"], "web");
-    // A leaked record (owned by a Service that does not exist) is removed after a few runs.
+}
+
+/// How many repair runs have logged `phrase` for the record of `ip`.
+fn repair_log_count(s: &TestServer, phrase: &str, ip: &str) -> usize {
+    s.log()
+        .lines()
+        .filter(|l| {
+            l.contains(phrase) && l.contains(&format!("ipaddresses.networking.k8s.io/{ip}"))
+        })
+        .count()
+}
+
+#[test]
+fn a_leaked_ip_address_survives_two_repair_runs_goes_in_the_third_and_is_allocatable_again() {
+    // Runs 2 s apart: each check below lands well inside the gap after the run it follows.
+    let s = TestServer::start(&[
+        "--service-cluster-ip-range=10.0.0.0/16,fd00:10::/108",
+        "--service-ip-repair-interval=2s",
+    ]);
+    let flagged = "may have leaked: flagging for later clean up";
+    let cleaned = "appears to have leaked: cleaning up";
+    // A record owned by a Service that does not exist.
     let leaked = json!({
         "apiVersion": "networking.k8s.io/v1", "kind": "IPAddress",
         "metadata": {"name": "10.0.77.77", "labels": {"ipaddress.kubernetes.io/managed-by": "ipallocator.k8s.io"}},
@@ -306,10 +327,42 @@ fn repair_recreates_missing_records_reports_them_and_cleans_leaks() {
         )
         .unwrap();
     assert_eq!(code, 201, "{body}");
-    let cleaned = eventually(Duration::from_secs(15), || {
+    let mut pinned = svc("pinned", Some("SingleStack"), Some(&["IPv4"]));
+    pinned["spec"]["clusterIP"] = json!("10.0.77.77");
+    for run in 1..=2 {
+        let seen = eventually(Duration::from_secs(10), || {
+            (repair_log_count(&s, flagged, "10.0.77.77") >= run).then_some(())
+        });
+        assert!(
+            seen.is_some(),
+            "repair run {run} did not flag the leak\n{}",
+            s.log()
+        );
+        assert_eq!(repair_log_count(&s, cleaned, "10.0.77.77"), 0, "run {run}");
+        assert!(
+            ip_addresses(&s).contains("10.0.77.77"),
+            "the leaked record went in run {run}, before the third"
+        );
+        // Still held: the address cannot be given to a Service.
+        let (code, body) = create(&s, "default", &pinned);
+        assert_eq!(code, 422, "run {run}: {body}");
+    }
+    let gone = eventually(Duration::from_secs(10), || {
         (!ip_addresses(&s).contains("10.0.77.77")).then_some(())
     });
-    assert!(cleaned.is_some(), "leaked IPAddress not cleaned up");
+    assert!(
+        gone.is_some(),
+        "the leaked record survived the third run\n{}",
+        s.log()
+    );
+    assert_eq!(repair_log_count(&s, flagged, "10.0.77.77"), 2);
+    assert_eq!(repair_log_count(&s, cleaned, "10.0.77.77"), 1);
+    // Released: a Service may have it now, and its record names that Service.
+    let (code, body) = create(&s, "default", &pinned);
+    assert_eq!(code, 201, "{body}");
+    assert_eq!(body["spec"]["clusterIPs"], json!(["10.0.77.77"]));
+    let record = get_json(&s, "/apis/networking.k8s.io/v1/ipaddresses/10.0.77.77");
+    assert_eq!(record["spec"]["parentRef"]["name"], "pinned");
 }
 
 #[test]
