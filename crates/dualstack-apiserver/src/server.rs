@@ -78,8 +78,22 @@ fn admin() -> UserInfo {
 }
 
 impl Server {
-    /// Starts the server and returns once it accepts connections.
+    /// Starts the server on the embedded store in the data directory and returns once it
+    /// accepts connections.
     pub async fn start(config: ServerConfig) -> Result<Server> {
+        std::fs::create_dir_all(&config.data_dir)
+            .with_context(|| format!("creating {}", config.data_dir.display()))?;
+        let backend: Arc<dyn Backend> = Arc::new(
+            Embedded::open(&config.data_dir.join("store.redb")).context("opening the store")?,
+        );
+        Self::start_with_backend(config, backend).await
+    }
+
+    /// Starts the server on a given store (tests: a probed or faulty one).
+    pub async fn start_with_backend(
+        config: ServerConfig,
+        backend: Arc<dyn Backend>,
+    ) -> Result<Server> {
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("creating {}", config.data_dir.display()))?;
         let pki = Pki::new(&config.data_dir);
@@ -89,9 +103,6 @@ impl Server {
         let tokens = Arc::new(Tokens::new(&config.data_dir));
         let admin_token = tokens.ensure(&admin())?;
 
-        let backend: Arc<dyn Backend> = Arc::new(
-            Embedded::open(&config.data_dir.join("store.redb")).context("opening the store")?,
-        );
         let allocators = Arc::new(ServiceAllocators::new(
             &config.service_ranges,
             config.node_port_range,
