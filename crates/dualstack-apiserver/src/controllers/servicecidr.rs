@@ -238,7 +238,8 @@ mod tests {
     #[test]
     fn a_service_cidr_may_go_only_when_no_address_would_be_orphaned() {
         // (cidrs, others, addresses, can delete): IPv4 and IPv6 rows side by side.
-        let cases: [(&[&str], &[&str], &[&str], bool); 10] = [
+        type Case<'a> = (&'a [&'a str], &'a [&'a str], &'a [&'a str], bool);
+        let cases: [Case; 10] = [
             (&["10.0.0.0/16"], &[], &[], true),
             (&["fd00:10::/108"], &[], &[], true),
             (&["10.0.0.0/16"], &[], &["10.0.0.1"], false),
