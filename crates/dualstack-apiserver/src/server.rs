@@ -136,6 +136,7 @@ impl Server {
             .await?,
         );
         crate::controllers::bootstrap::run(&storage, &resources, &config, addr.port()).await?;
+        crate::controllers::servicecidr::sync(&resources).await;
         tasks.push(crate::controllers::namespace::start(
             storage.clone(),
             resources.clone(),

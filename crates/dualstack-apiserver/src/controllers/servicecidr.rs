@@ -124,18 +124,19 @@ async fn set_ready(
     .map(|_| ())
 }
 
-/// Writes `finalizers` as the object's finalizers.
+/// Writes `finalizers` as the object's finalizers; returns the object as written.
 async fn set_finalizers(
     res: &Resources,
     mut v: Value,
     finalizers: Vec<String>,
-) -> Result<(), ApiError> {
+) -> Result<Value, ApiError> {
     v["metadata"]["finalizers"] = json!(finalizers);
     let name = v["metadata"]["name"].as_str().unwrap_or("").to_string();
     let api = res.by_plural("servicecidrs").ok_or(ApiError::UnknownPath)?;
-    api.update(&mut Ctx::system(MANAGER), None, &name, None, v, &[])
-        .await
-        .map(|_| ())
+    let (written, _) = api
+        .update(&mut Ctx::system(MANAGER), None, &name, None, v, &[])
+        .await?;
+    serde_json::from_slice(&written.output).map_err(|e| ApiError::Internal(e.to_string()))
 }
 
 async fn sync_one(
@@ -154,11 +155,12 @@ async fn sync_one(
     let mut fins = finalizers(&v);
     match desired(deleting, &nets(&v), &others, addresses) {
         Desired::Ready => {
-            if !fins.iter().any(|f| f == FINALIZER) {
+            let v = if fins.iter().any(|f| f == FINALIZER) {
+                v
+            } else {
                 fins.push(FINALIZER.to_string());
-                // The next pass (the write wakes it) sets the condition on the new version.
-                return set_finalizers(res, v, fins).await;
-            }
+                set_finalizers(res, v, fins).await?
+            };
             set_ready(res, v, "True", "", READY_MESSAGE).await
         }
         Desired::Blocked => {
@@ -166,7 +168,7 @@ async fn sync_one(
         }
         Desired::Release if fins.iter().any(|f| f == FINALIZER) => {
             fins.retain(|f| f != FINALIZER);
-            set_finalizers(res, v, fins).await
+            set_finalizers(res, v, fins).await.map(|_| ())
         }
         Desired::Release => Ok(()),
     }
@@ -185,7 +187,8 @@ fn list(res: &Resources, plural: &str) -> Vec<Value> {
         .collect()
 }
 
-/// One pass over every ServiceCIDR.
+/// One pass over every ServiceCIDR. The server runs one before it reports ready, so the
+/// bootstrap ServiceCIDR is protected and `Ready` from the first request on.
 pub async fn sync(res: &Resources) {
     let cidrs = list(res, "servicecidrs");
     let addresses: Vec<IpAddr> = list(res, "ipaddresses")
