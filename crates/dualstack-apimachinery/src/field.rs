@@ -1,8 +1,40 @@
 //! Field errors as upstream's `k8s.io/apimachinery/pkg/util/validation/field`: a path, a type, the
 //! bad value and a detail, rendered exactly as Go renders them (`spec.clusterIPs[0]: Invalid
 //! value: "x": must be a valid IP address`).
+//!
+//! One deliberate difference: upstream prints a bad value whole, so a 1 MB label value comes back
+//! twice in the 422 (in `message` and in the cause). Here a printed value longer than
+//! [`MAX_VALUE_BYTES`] keeps its first [`MAX_VALUE_BYTES`] bytes and says how many it left out
+//! (`Invalid value: "aaa…aaa"...<1047552 bytes truncated>: must be no more than 63
+//! characters`); every shorter value prints exactly as upstream prints it.
 
+use std::borrow::Cow;
 use std::fmt;
+
+/// The longest printed bad value kept whole; longer ones are cut (see the module doc).
+pub const MAX_VALUE_BYTES: usize = 1024;
+
+/// The kept head of `text` and how many bytes were left out, when `text` is longer than
+/// [`MAX_VALUE_BYTES`] (the cut falls on a character boundary).
+fn cut(text: &str) -> Option<(&str, usize)> {
+    if text.len() <= MAX_VALUE_BYTES {
+        return None;
+    }
+    let mut end = MAX_VALUE_BYTES;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    Some((&text[..end], text.len() - end))
+}
+
+/// `text` whole when it is at most [`MAX_VALUE_BYTES`] long, else its head followed by
+/// `...<N bytes truncated>`.
+pub fn truncate_for_message(text: &str) -> Cow<'_, str> {
+    match cut(text) {
+        None => Cow::Borrowed(text),
+        Some((head, left_out)) => Cow::Owned(format!("{head}...<{left_out} bytes truncated>")),
+    }
+}
 
 /// A field path such as `spec.ports[0].port` or `metadata.labels[app]`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -180,6 +212,22 @@ pub fn go_quote(s: &str) -> String {
     out
 }
 
+impl Value {
+    /// The value as printed in a message: as Go prints it, cut by [`truncate_for_message`] when
+    /// long (a string is cut before quoting, so the quotes stay balanced).
+    pub fn to_message(&self) -> String {
+        match self {
+            Value::Str(text) => match cut(text) {
+                None => go_quote(text),
+                Some((head, left_out)) => {
+                    format!("{}...<{left_out} bytes truncated>", go_quote(head))
+                }
+            },
+            v => truncate_for_message(&v.to_string()).into_owned(),
+        }
+    }
+}
+
 impl fmt::Display for Value {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -324,7 +372,7 @@ impl FieldError {
                 _,
             )
             | (_, Value::Omit) => self.kind.as_str().to_string(),
-            (_, v) => format!("{}: {}", self.kind.as_str(), v),
+            (_, v) => format!("{}: {}", self.kind.as_str(), v.to_message()),
         };
         if !self.detail.is_empty() {
             s.push_str(": ");
@@ -409,6 +457,40 @@ mod tests {
             .to_string(),
             "spec.ports[0].port: Invalid value: 0: must be between 1 and 65535, inclusive"
         );
+    }
+
+    #[test]
+    fn a_long_bad_value_is_printed_truncated_and_a_short_one_whole() {
+        let p = Path::new("metadata").child("labels");
+        let detail = "must be no more than 63 characters";
+        let long = "a".repeat(1 << 20);
+        let e = FieldError::invalid(&p, long.as_str(), detail);
+        let expected = format!(
+            "Invalid value: \"{}\"...<{} bytes truncated>: {detail}",
+            "a".repeat(MAX_VALUE_BYTES),
+            (1 << 20) - MAX_VALUE_BYTES
+        );
+        assert_eq!(e.body(), expected);
+        assert!(e.to_string().len() < 2 * MAX_VALUE_BYTES);
+        // Exactly at the limit: whole, as upstream prints it.
+        let edge = "b".repeat(MAX_VALUE_BYTES);
+        assert_eq!(
+            FieldError::invalid(&p, edge.as_str(), detail).body(),
+            format!("Invalid value: \"{edge}\": {detail}")
+        );
+        // A multi-byte character is never split.
+        let wide = "é".repeat(MAX_VALUE_BYTES);
+        let body = FieldError::invalid(&p, wide.as_str(), detail).body();
+        assert!(body.starts_with(&format!(
+            "Invalid value: \"{}\"...<{} bytes truncated>",
+            "é".repeat(MAX_VALUE_BYTES / 2),
+            MAX_VALUE_BYTES
+        )));
+        // Lists and raw values are cut too.
+        let list = Value::StrList("string", vec![long.clone(), long]);
+        let body = FieldError::invalid(&p, list, detail).body();
+        assert!(body.len() < 2 * MAX_VALUE_BYTES, "{}", body.len());
+        assert!(body.contains("bytes truncated>"));
     }
 
     #[test]

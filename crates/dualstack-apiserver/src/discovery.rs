@@ -15,6 +15,11 @@ pub const KUBE_MINOR: &str = "33";
 /// `gitVersion`.
 pub const GIT_VERSION: &str = "v1.33.0";
 
+/// The reported `(major, minor)`, as numbers (what deprecations are compared with).
+pub fn major_minor() -> (u32, u32) {
+    (1, KUBE_MINOR.parse().expect("KUBE_MINOR is a number"))
+}
+
 /// `/version`: all nine fields, as the Python client requires.
 pub fn version() -> Value {
     json!({

@@ -152,17 +152,36 @@ fn field_manager(q: &Query, headers: &HeaderMap) -> Result<(String, bool), ApiEr
     }
     let ua = headers
         .get(header::USER_AGENT)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    let product = ua.split('/').next().unwrap_or("").trim();
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        .unwrap_or_default();
+    let product = prefix_from_user_agent(&ua);
     Ok((
         if product.is_empty() {
             "unknown".to_string()
         } else {
-            product.to_string()
+            product
         },
         false,
     ))
+}
+
+/// upstream's `prefixFromUserAgent`: the User-Agent up to its first `/`, without unprintable
+/// characters, cut to the 128 bytes a field manager may have (`kubectl/v1.33.0 (linux/amd64)
+/// kubernetes/abc` → `kubectl`).
+pub fn prefix_from_user_agent(user_agent: &str) -> String {
+    let head = user_agent.split('/').next().unwrap_or("");
+    let mut out = String::new();
+    // Go's unicode.IsPrint: graphic characters and the ASCII space.
+    for c in head
+        .chars()
+        .filter(|&c| c == ' ' || !(c.is_control() || c.is_whitespace()))
+    {
+        if out.len() + c.len_utf8() > 128 {
+            break;
+        }
+        out.push(c);
+    }
+    out
 }
 
 fn build_ctx(user: &UserInfo, q: &Query, headers: &HeaderMap) -> Result<Ctx, ApiError> {
@@ -190,10 +209,25 @@ pub async fn handle(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    match handle_inner(rc, user, method, info, q, headers, body).await {
+    // A deprecated kind warns on every request, failed ones included (upstream adds the
+    // warning before the handler runs).
+    let (major, minor) = crate::discovery::major_minor();
+    let deprecation = rc
+        .resources
+        .get(&info.group, &info.version, &info.resource)
+        .and_then(|api| api.def().deprecation_warning(major, minor));
+    let mut resp = match handle_inner(rc, user, method, info, q, headers, body).await {
         Ok(r) => r,
         Err(e) => error_response(&e),
+    };
+    if let Some(w) = deprecation {
+        let text = format!("299 - {}", dualstack_apimachinery::field::go_quote(&w));
+        resp.headers_mut().append(
+            header::WARNING,
+            HeaderValue::from_str(&text).expect("a deprecation warning is a valid header"),
+        );
     }
+    resp
 }
 
 async fn handle_inner(
@@ -715,5 +749,32 @@ pub fn watch_error(e: &StoreError) -> ApiError {
             ApiError::Expired(format!("too old resource version: {requested} ({oldest})"))
         }
         other => ApiError::Internal(other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_field_manager_is_the_user_agent_product_as_upstream_cuts_it() {
+        let long = "p".repeat(200);
+        let cases = [
+            ("kubectl/v1.33.0 (linux/amd64) kubernetes/abc", "kubectl"),
+            (
+                "kube-controller-manager/v1.33.0 (linux/amd64)",
+                "kube-controller-manager",
+            ),
+            ("python-requests/2.31", "python-requests"),
+            ("OpenAPI-Generator/33.1.0/python", "OpenAPI-Generator"),
+            ("no slash at all", "no slash at all"),
+            ("tab\tbell\u{7}/1", "tabbell"),
+            ("/leading-slash", ""),
+            ("", ""),
+            (long.as_str(), &long[..128]),
+        ];
+        for (ua, want) in cases {
+            assert_eq!(prefix_from_user_agent(ua), want, "{ua:?}");
+        }
     }
 }

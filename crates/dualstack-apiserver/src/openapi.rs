@@ -274,8 +274,34 @@ fn definition_name(d: &ResourceDef) -> String {
     format!("io.k8s.api.{group}.{}.{}", d.version, d.kind)
 }
 
-/// Adds our extensions: GVKs, merge metadata, and the seed's alpha `ServiceSpec.ipFamily`.
+/// The definitions whose `metadata` upstream lists as required: the kinds whose Go type declares
+/// `json:"metadata"` without `omitempty`/`+optional` (of ours, only core/v1 `Event`).
+/// k8s-openapi's schemas mark `metadata` required on every kind (its field is not an `Option`).
+const METADATA_REQUIRED: &[&str] = &["io.k8s.api.core.v1.Event"];
+
+/// Drops `metadata` from `required` where upstream has it optional (an empty `required` goes).
+fn metadata_optional_as_upstream(schemas: &mut Map<String, Value>) {
+    for (name, schema) in schemas.iter_mut() {
+        if METADATA_REQUIRED.contains(&name.as_str()) {
+            continue;
+        }
+        let Some(obj) = schema.as_object_mut() else {
+            continue;
+        };
+        let Some(required) = obj.get_mut("required").and_then(Value::as_array_mut) else {
+            continue;
+        };
+        required.retain(|r| r != "metadata");
+        if required.is_empty() {
+            obj.remove("required");
+        }
+    }
+}
+
+/// Adds our extensions: GVKs, merge metadata, and the seed's alpha `ServiceSpec.ipFamily`; makes
+/// `metadata` optional as upstream does.
 fn decorate_schemas(schemas: &mut Map<String, Value>, res: &Resources) {
+    metadata_optional_as_upstream(schemas);
     for r in &res.list {
         let d = r.def();
         if let Some(s) = schemas.get_mut(&definition_name(d)) {
@@ -583,19 +609,156 @@ impl OpenApi {
 mod tests {
     use super::*;
 
-    #[test]
-    fn v2_document_decodes_and_declares_field_validation_for_patch() {
-        let d = gnostic::Document {
-            swagger: "2.0".into(),
-            info: None,
-            paths: Some(gnostic::Paths { path: vec![] }),
-            definitions: None,
-        };
-        let bytes = d.encode_to_vec();
-        assert_eq!(
-            gnostic::Document::decode(bytes.as_slice()).unwrap().swagger,
-            "2.0"
+    /// The documents the server serves: built from the served resources exactly as
+    /// `Server::start` builds them (a real store in a temporary directory).
+    async fn served() -> OpenApi {
+        use std::sync::Arc;
+
+        use dualstack_api::config::ServiceClusterIpRange;
+        use dualstack_store::Backend;
+        use dualstack_store::cache::Cache;
+        use dualstack_store::embedded::Embedded;
+
+        use crate::kinds::{self, KindsDecorator, service::ServiceAllocators};
+        use crate::registry::Storage;
+
+        let dir = tempfile::tempdir().unwrap();
+        let backend: Arc<dyn Backend> =
+            Arc::new(Embedded::open(&dir.path().join("store.redb")).unwrap());
+        let ranges = ServiceClusterIpRange::parse("10.0.0.0/16,fd00:10::/108").unwrap();
+        let alloc = Arc::new(
+            ServiceAllocators::new(&ranges, dualstack_ipam::ports::DEFAULT_NODE_PORT_RANGE)
+                .unwrap(),
         );
+        let decorator = Arc::new(KindsDecorator::new(alloc.clone()));
+        let cache = Cache::start(backend.clone(), "/registry/", decorator)
+            .await
+            .unwrap();
+        let storage = Storage { backend, cache };
+        OpenApi::build(&Resources::new(kinds::all(&storage, alloc)))
+    }
+
+    #[tokio::test]
+    async fn v2_document_decodes_and_declares_field_validation_for_patch() {
+        let api = served().await;
+        let doc = gnostic::Document::decode(api.v2.as_slice()).expect("served /openapi/v2 decodes");
+        assert_eq!(doc.swagger, "2.0");
+        let info = doc.info.expect("info");
+        assert_eq!(
+            (info.title.as_str(), info.version.as_str()),
+            ("Kubernetes", crate::discovery::GIT_VERSION)
+        );
+        let paths = doc.paths.expect("paths").path;
+        // One PATCH path per served kind, IPv4/IPv6-neutral, core and grouped, namespaced and not.
+        let expected = [
+            ("/api/v1/namespaces/{name}", "Namespace", r#""""#),
+            ("/api/v1/nodes/{name}", "Node", r#""""#),
+            (
+                "/api/v1/namespaces/{namespace}/services/{name}",
+                "Service",
+                r#""""#,
+            ),
+            (
+                "/api/v1/namespaces/{namespace}/endpoints/{name}",
+                "Endpoints",
+                r#""""#,
+            ),
+            (
+                "/apis/discovery.k8s.io/v1/namespaces/{namespace}/endpointslices/{name}",
+                "EndpointSlice",
+                r#""discovery.k8s.io""#,
+            ),
+            (
+                "/apis/networking.k8s.io/v1/servicecidrs/{name}",
+                "ServiceCIDR",
+                r#""networking.k8s.io""#,
+            ),
+            (
+                "/apis/networking.k8s.io/v1/ipaddresses/{name}",
+                "IPAddress",
+                r#""networking.k8s.io""#,
+            ),
+        ];
+        for (path, kind, group) in expected {
+            let item = paths
+                .iter()
+                .find(|p| p.name == path)
+                .unwrap_or_else(|| panic!("no path {path} in /openapi/v2"));
+            let op = item
+                .value
+                .as_ref()
+                .and_then(|v| v.patch.as_ref())
+                .unwrap_or_else(|| panic!("{path}: no patch"));
+            assert_eq!(op.operation_id, format!("patch{kind}"));
+            let params: Vec<_> = op
+                .parameters
+                .iter()
+                .filter_map(|p| p.parameter.as_ref()?.non_body_parameter.as_ref())
+                .filter_map(|p| p.query_parameter_sub_schema.as_ref())
+                .collect();
+            assert!(
+                params.iter().any(|q| q.name == "fieldValidation"
+                    && q.r#in == "query"
+                    && q.r#type == "string"),
+                "{path}: no fieldValidation query parameter: {params:?}"
+            );
+            let gvk = op
+                .vendor_extension
+                .iter()
+                .find(|e| e.name == "x-kubernetes-group-version-kind")
+                .and_then(|e| e.value.as_ref())
+                .unwrap_or_else(|| panic!("{path}: no GVK"));
+            assert_eq!(
+                gvk.yaml,
+                format!("group: {group}\nkind: {kind}\nversion: v1\n")
+            );
+        }
+        assert_eq!(paths.len(), 11, "one path per served kind");
+    }
+
+    #[tokio::test]
+    async fn served_v3_schemas_require_metadata_only_where_upstream_does() {
+        let api = served().await;
+        let doc = |path: &str| -> Value { serde_json::from_slice(&api.v3_docs[path].1).unwrap() };
+        let core = doc("api/v1");
+        let discovery = doc("apis/discovery.k8s.io/v1");
+        let networking = doc("apis/networking.k8s.io/v1");
+        let coordination = doc("apis/coordination.k8s.io/v1");
+        let required = |d: &Value, name: &str| -> Vec<String> {
+            let s = &d["components"]["schemas"][name];
+            assert!(s.is_object(), "no schema {name}");
+            s["required"]
+                .as_array()
+                .map(|r| r.iter().map(|v| v.as_str().unwrap().to_string()).collect())
+                .unwrap_or_default()
+        };
+        let cases: [(&Value, &str, &[&str]); 11] = [
+            (&core, "io.k8s.api.core.v1.Namespace", &[]),
+            (&core, "io.k8s.api.core.v1.Node", &[]),
+            (&core, "io.k8s.api.core.v1.Pod", &[]),
+            (&core, "io.k8s.api.core.v1.Service", &[]),
+            (&core, "io.k8s.api.core.v1.Endpoints", &[]),
+            // core/v1 Event declares `json:"metadata"` (no omitempty): upstream requires it.
+            (
+                &core,
+                "io.k8s.api.core.v1.Event",
+                &["involvedObject", "metadata"],
+            ),
+            (
+                &discovery,
+                "io.k8s.api.discovery.v1.EndpointSlice",
+                &["addressType", "endpoints"],
+            ),
+            (&coordination, "io.k8s.api.coordination.v1.Lease", &[]),
+            (&networking, "io.k8s.api.networking.v1.ServiceCIDR", &[]),
+            (&networking, "io.k8s.api.networking.v1.IPAddress", &[]),
+            (&core, "io.k8s.apimachinery.pkg.apis.meta.v1.Status", &[]),
+        ];
+        for (d, name, want) in cases {
+            let mut got = required(d, name);
+            got.sort();
+            assert_eq!(got, want, "{name}");
+        }
     }
 
     #[test]

@@ -115,6 +115,48 @@ impl Column {
     }
 }
 
+/// An API lifecycle deprecation of a kind (upstream's `+k8s:prerelease-lifecycle-gen:deprecated`
+/// and `:replacement` markers), in force from `major.minor` on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Deprecation {
+    /// Group of the deprecated kind (`""` for core).
+    pub group: &'static str,
+    /// Version of the deprecated kind.
+    pub version: &'static str,
+    /// The deprecated kind.
+    pub kind: &'static str,
+    /// The release that deprecates it: `(major, minor)`.
+    pub since: (u32, u32),
+    /// The replacement: `(group/version, kind)`.
+    pub replacement: (&'static str, &'static str),
+}
+
+/// The deprecated kinds we serve. A table rather than a `ResourceDef` field, so kinds added
+/// elsewhere need no change. v1 Endpoints: KEP-4974, deprecated in 1.33.
+pub static DEPRECATIONS: &[Deprecation] = &[Deprecation {
+    group: "",
+    version: "v1",
+    kind: "Endpoints",
+    since: (1, 33),
+    replacement: ("discovery.k8s.io/v1", "EndpointSlice"),
+}];
+
+impl Deprecation {
+    /// upstream's `deprecation.WarningMessage`: `v1 Endpoints is deprecated in v1.33+; use
+    /// discovery.k8s.io/v1 EndpointSlice`.
+    pub fn warning(&self) -> String {
+        let gv = if self.group.is_empty() {
+            self.version.to_string()
+        } else {
+            format!("{}/{}", self.group, self.version)
+        };
+        format!(
+            "{gv} {} is deprecated in v{}.{}+; use {} {}",
+            self.kind, self.since.0, self.since.1, self.replacement.0, self.replacement.1
+        )
+    }
+}
+
 /// The static description of a resource.
 #[derive(Debug, Clone)]
 pub struct ResourceDef {
@@ -156,6 +198,16 @@ impl ResourceDef {
         } else {
             format!("{}/{}", self.group, self.version)
         }
+    }
+
+    /// The deprecation warning every request to this resource carries when the server reports
+    /// `major.minor` (upstream's `deprecation.IsDeprecated`: from the deprecating release on).
+    pub fn deprecation_warning(&self, major: u32, minor: u32) -> Option<String> {
+        DEPRECATIONS
+            .iter()
+            .find(|d| d.group == self.group && d.version == self.version && d.kind == self.kind)
+            .filter(|d| (major, minor) >= d.since)
+            .map(Deprecation::warning)
     }
 
     /// The group and resource (`services`, `endpointslices.discovery.k8s.io`).

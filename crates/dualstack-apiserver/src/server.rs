@@ -83,11 +83,27 @@ fn admin() -> UserInfo {
 }
 
 impl Server {
-    /// Starts the server and returns once it accepts connections.
+    /// Starts the server on the embedded store in the data directory and returns once it
+    /// accepts connections.
     pub async fn start(config: ServerConfig) -> Result<Server> {
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("creating {}", config.data_dir.display()))?;
         // The store, keys and tokens are secrets: only the server's user may read them.
+        restrict(&config.data_dir, 0o700)?;
+        let backend: Arc<dyn Backend> = Arc::new(
+            Embedded::open(&config.data_dir.join("store.redb")).context("opening the store")?,
+        );
+        restrict(&config.data_dir.join("store.redb"), 0o600)?;
+        Self::start_with_backend(config, backend).await
+    }
+
+    /// Starts the server on a given store (tests: a probed or faulty one).
+    pub async fn start_with_backend(
+        config: ServerConfig,
+        backend: Arc<dyn Backend>,
+    ) -> Result<Server> {
+        std::fs::create_dir_all(&config.data_dir)
+            .with_context(|| format!("creating {}", config.data_dir.display()))?;
         restrict(&config.data_dir, 0o700)?;
         let pki = Pki::new(&config.data_dir);
         let mut addrs = config.advertise_addresses.clone();
@@ -96,10 +112,6 @@ impl Server {
         let tokens = Arc::new(Tokens::new(&config.data_dir));
         let admin_token = tokens.ensure(&admin())?;
 
-        let backend: Arc<dyn Backend> = Arc::new(
-            Embedded::open(&config.data_dir.join("store.redb")).context("opening the store")?,
-        );
-        restrict(&config.data_dir.join("store.redb"), 0o600)?;
         restrict(&config.data_dir.join("pki"), 0o700)?;
         let allocators = Arc::new(ServiceAllocators::new(
             &config.service_ranges,
@@ -134,6 +146,7 @@ impl Server {
             .await?,
         );
         crate::controllers::bootstrap::run(&storage, &resources, &config, addr.port()).await?;
+        crate::controllers::servicecidr::sync(&resources).await;
         tasks.push(crate::controllers::bootstrap::start(
             storage.clone(),
             resources.clone(),
@@ -142,6 +155,11 @@ impl Server {
             shutdown_rx.clone(),
         ));
         tasks.push(crate::controllers::namespace::start(
+            storage.clone(),
+            resources.clone(),
+            shutdown_rx.clone(),
+        ));
+        tasks.push(crate::controllers::servicecidr::start(
             storage.clone(),
             resources.clone(),
             shutdown_rx.clone(),

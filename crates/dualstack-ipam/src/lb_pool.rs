@@ -4,10 +4,11 @@
 //! range `FIRST-LAST` (`192.0.2.10-192.0.2.20`, `2001:db8::10-2001:db8::1f`) or a single address.
 //! Families may be mixed in one pool; the two ends of a range must be of one family.
 //!
-//! * An IPv4 CIDR shorter than /31 leaves out its network and broadcast addresses. An IPv4 /31 or
-//!   /32 (RFC 3021 point-to-point and host routes) and every IPv6 CIDR use every address: IPv6
-//!   has no broadcast, and a LoadBalancer VIP is not a router, so the subnet-router anycast
-//!   address is not reserved. Ranges are taken as written.
+//! * Both families leave out the network address of a CIDR: the IPv4 network address, and the
+//!   IPv6 subnet-router anycast address (RFC 4291 2.6.1, the all-zero host address), which
+//!   routers of the link answer. An IPv4 CIDR also leaves out its broadcast address (IPv6 has
+//!   none). The point-to-point and host prefixes use every address: IPv4 /31 (RFC 3021) and /32,
+//!   IPv6 /127 (RFC 6164) and /128. Ranges and single addresses are taken as written.
 //! * Overlapping or adjacent entries are merged.
 //! * [`LbPool::allocate_next`] returns the **lowest** free address of the family. Deterministic
 //!   allocation makes pool behaviour easy to reason about and to test; there is no reason to
@@ -119,6 +120,10 @@ impl PoolRange {
                 IpNet::V4(v4) if v4.prefix_len() < 31 => {
                     let (n, b) = (u32::from(v4.network()), u32::from(v4.broadcast()));
                     (IpAddr::V4((n + 1).into()), IpAddr::V4((b - 1).into()))
+                }
+                IpNet::V6(v6) if v6.prefix_len() < 127 => {
+                    let n = u128::from(v6.network());
+                    (IpAddr::V6((n + 1).into()), IpAddr::V6(v6.broadcast()))
                 }
                 _ => (net.network(), net.broadcast()),
             };
@@ -360,19 +365,20 @@ mod tests {
 
     #[test]
     fn should_parse_entries_of_both_families() {
-        // (entry, first, last)
+        // (entry, first, last): IPv4 and IPv6 rows side by side.
         let cases = [
+            // A CIDR leaves out its network address in both families (and IPv4 its broadcast).
             ("192.0.2.0/29", "192.0.2.1", "192.0.2.6"),
-            ("2001:db8:1b::/125", "2001:db8:1b::", "2001:db8:1b::7"),
+            ("2001:db8:1b::/125", "2001:db8:1b::1", "2001:db8:1b::7"),
+            // Point-to-point prefixes use both addresses.
             ("192.0.2.8/31", "192.0.2.8", "192.0.2.9"),
+            ("2001:db8::8/127", "2001:db8::8", "2001:db8::9"),
+            // Host prefixes use their one address.
             ("192.0.2.9/32", "192.0.2.9", "192.0.2.9"),
             ("2001:db8::/128", "2001:db8::", "2001:db8::"),
-            ("192.0.2.10-192.0.2.20", "192.0.2.10", "192.0.2.20"),
-            (
-                " 2001:db8::10 - 2001:db8::1f ",
-                "2001:db8::10",
-                "2001:db8::1f",
-            ),
+            // Ranges are taken as written, network address included.
+            ("192.0.2.0-192.0.2.20", "192.0.2.0", "192.0.2.20"),
+            (" 2001:db8::0 - 2001:db8::1f ", "2001:db8::", "2001:db8::1f"),
             ("192.0.2.7", "192.0.2.7", "192.0.2.7"),
             ("2001:db8::7", "2001:db8::7", "2001:db8::7"),
         ];
@@ -380,7 +386,29 @@ mod tests {
             let r = PoolRange::parse(entry).unwrap();
             assert_eq!((r.first, r.last), (ip(first), ip(last)), "{entry}");
         }
-        assert_eq!(PoolRange::parse("2001:db8::/64").unwrap().len(), 1 << 64);
+        assert_eq!(
+            PoolRange::parse("2001:db8::/64").unwrap().len(),
+            (1 << 64) - 1
+        );
+    }
+
+    #[test]
+    fn should_never_hand_out_the_network_address_of_a_cidr_in_either_family() {
+        // (cidr, network address, first address handed out)
+        let cases = [
+            ("192.0.2.0/24", "192.0.2.0", "192.0.2.1"),
+            ("2001:db8:1b::/64", "2001:db8:1b::", "2001:db8:1b::1"),
+        ];
+        for (cidr, network, first) in cases {
+            let mut pool = LbPool::parse(&[cidr]).unwrap();
+            assert!(!pool.contains(ip(network)), "{cidr}");
+            assert_eq!(
+                pool.allocate(ip(network)).unwrap_err().to_string(),
+                format!("provided IP {network} is not in any load balancer pool range")
+            );
+            let family = IpFamily::of_addr(&ip(network));
+            assert_eq!(pool.allocate_next(family).unwrap(), ip(first), "{cidr}");
+        }
     }
 
     #[test]
@@ -457,7 +485,7 @@ mod tests {
         let mut pool = LbPool::parse(&["192.0.2.0/28", "2001:db8::/120"]).unwrap();
         let cases = [
             ("192.0.2.5", "192.0.2.0", "198.51.100.1"),
-            ("2001:db8::5", "2001:db9::", "2001:db8::100"),
+            ("2001:db8::5", "2001:db8::", "2001:db8::100"),
         ];
         for (good, outside1, outside2) in cases {
             pool.allocate(ip(good)).unwrap();
@@ -515,7 +543,7 @@ mod tests {
         assert_eq!(
             pool.ranges(IpFamily::IPv6),
             vec![PoolRange {
-                first: ip("2001:db8::"),
+                first: ip("2001:db8::1"),
                 last: ip("2001:db8::9")
             }]
         );
@@ -528,13 +556,13 @@ mod tests {
         for i in 0..3000u32 {
             assert_eq!(
                 pool.allocate_next(IpFamily::IPv6).unwrap(),
-                u128_to_addr(IpFamily::IPv6, u128::from(i))
+                u128_to_addr(IpFamily::IPv6, u128::from(i) + 1)
             );
         }
         pool.allocate(ip("ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff"))
             .unwrap();
         assert!(pool.release(ip("ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff")));
-        assert!(pool.release(ip("::")));
-        assert_eq!(pool.allocate_next(IpFamily::IPv6).unwrap(), ip("::"));
+        assert!(pool.release(ip("::1")));
+        assert_eq!(pool.allocate_next(IpFamily::IPv6).unwrap(), ip("::1"));
     }
 }

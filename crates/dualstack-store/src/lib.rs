@@ -9,6 +9,8 @@
 //! - [`embedded`]: the default backend. Durable (redb, fsync before a write is acknowledged),
 //!   with group commit: concurrent transactions are committed together in one redb write
 //!   transaction, so throughput does not stop at one fsync per write.
+//! - [`probe`]: a fault-injection point behind the embedded backend (counts writes and fsyncs,
+//!   fails fsyncs on demand), for the tests that prove an acknowledged write is on disk.
 //! - [`cache`]: the watch cache the API server reads from (lists, gets, watches with history and
 //!   `410 Gone` when the history is gone), fed by the backend's watch.
 
@@ -19,6 +21,7 @@ use futures::stream::BoxStream;
 
 pub mod cache;
 pub mod embedded;
+pub mod probe;
 
 /// The largest value a key may hold, in bytes: etcd's default `--max-request-bytes` (1.5 MiB).
 /// Every backend refuses a transaction that puts a larger value, so the embedded store keeps

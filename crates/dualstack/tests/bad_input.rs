@@ -305,6 +305,40 @@ fn invalid_names_labels_and_fields_are_422_invalid_with_upstream_field_paths() {
 }
 
 #[test]
+fn a_1_mb_label_value_is_a_422_whose_message_and_cause_print_the_value_truncated() {
+    let s = TestServer::start(&[]);
+    let long = "v".repeat(1 << 20);
+    let body = json!({"apiVersion": "v1", "kind": "ConfigMap",
+                      "metadata": {"name": "huge-label", "labels": {"k": long}}});
+    let r = post(&s, CM, &body.to_string(), "application/json");
+    assert!(
+        r.body.len() < 8 * 1024,
+        "a 422 for a 1 MB label echoes {} bytes",
+        r.body.len()
+    );
+    let st = assert_status(&r, 422, "Invalid");
+    let kept = "v".repeat(1024);
+    let printed = format!(
+        r#"Invalid value: "{kept}"...<{} bytes truncated>"#,
+        (1 << 20) - 1024
+    );
+    let cause = &st["details"]["causes"][0];
+    assert_eq!(cause["field"], "metadata.labels");
+    assert_eq!(cause["reason"], "FieldValueInvalid");
+    assert_eq!(
+        cause["message"],
+        format!("{printed}: must be no more than 63 characters")
+    );
+    assert_eq!(
+        st["message"],
+        format!(
+            r#"ConfigMap "huge-label" is invalid: metadata.labels: {printed}: must be no more than 63 characters"#
+        )
+    );
+    assert_not_found(&s, &format!("{CM}/huge-label"));
+}
+
+#[test]
 fn require_dual_stack_on_a_single_stack_cluster_is_422_on_spec_ip_family_policy() {
     let s = TestServer::start(&["--service-cluster-ip-range=10.0.0.0/16"]);
     let body = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "needs-two"},

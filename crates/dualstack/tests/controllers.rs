@@ -867,6 +867,68 @@ fn wait_ingress(s: &TestServer, name: &str, want: &[&str]) {
     );
 }
 
+/// The managedFields entries of an object as (manager, operation, subresource).
+fn managers(obj: &Value) -> Vec<(String, String, String)> {
+    obj["metadata"]["managedFields"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|e| {
+            let s = |k: &str| e[k].as_str().unwrap_or("").to_string();
+            (s("manager"), s("operation"), s("subresource"))
+        })
+        .collect()
+}
+
+#[test]
+fn status_writes_record_the_user_agent_product_with_subresource_status() {
+    let s = TestServer::start(&[SERVICES, "--loadbalancer-ip-pool=198.51.100.0/24"]);
+    let svcs = "/api/v1/namespaces/default/services";
+    create(&s, svcs, lb("web", "SingleStack", &["IPv4"]));
+    // The built-in LoadBalancer controller writes status.loadBalancer as kube-controller-manager.
+    wait_ingress(&s, "web", &["198.51.100.1"]);
+    let svc = get(&s, &format!("{svcs}/web")).expect("service");
+    let status_writers: Vec<_> = managers(&svc)
+        .into_iter()
+        .filter(|(_, _, sub)| sub == "status")
+        .collect();
+    assert_eq!(
+        status_writers,
+        [(
+            "kube-controller-manager".to_string(),
+            "Update".to_string(),
+            "status".to_string()
+        )],
+        "{svc}"
+    );
+    // A client's status write: the User-Agent product, else `unknown`.
+    let cases = [
+        (Some("python/3.12 kubernetes-client"), "python", "P1"),
+        (None, "unknown", "P2"),
+    ];
+    for (ua, manager, condition) in cases {
+        let body = json!({"status": {"conditions": [{"type": condition, "status": "True",
+            "reason": "Probe", "message": "m", "lastTransitionTime": "2026-01-01T00:00:00Z"}]}});
+        let mut headers = vec![("Content-Type", "application/merge-patch+json")];
+        // curl sends its own User-Agent unless the header is given empty.
+        headers.push(("User-Agent", ua.unwrap_or("")));
+        let r = s.call(
+            &s.token,
+            "PATCH",
+            &format!("{svcs}/web/status"),
+            Some(body.to_string().as_bytes()),
+            &headers,
+        );
+        assert_eq!(r.status, 200, "{}", r.body);
+        let got = managers(&r.json());
+        assert!(
+            got.contains(&(manager.to_string(), "Update".into(), "status".into())),
+            "{manager}: {got:?}"
+        );
+    }
+}
+
 #[test]
 fn load_balancer_services_get_one_address_per_family_in_family_order() {
     let mut s = TestServer::start(&[

@@ -3,6 +3,11 @@
 //! every create that was answered 201 must be there with the resourceVersion it was answered
 //! with, and new writes must get resourceVersions above everything seen before the crash.
 //! Three kill/restart cycles.
+//!
+//! SIGKILL keeps the page cache, so this proves "after the store's commit", not "after fsync".
+//! The fsync itself is proven below the process: `dualstack-apiserver/tests/durability.rs` (a
+//! 201 comes after an fsync; a failed fsync is a 500 and nothing is acknowledged) and the
+//! embedded store's unit tests, both through `dualstack_store::probe`.
 
 mod common;
 

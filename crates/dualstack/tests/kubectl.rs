@@ -7,7 +7,6 @@
 
 mod common;
 
-use std::io::Read;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -396,7 +395,20 @@ fn scenario(s: &TestServer, k: &Kubectl, sfx: &str, generators: bool) {
         "9999"
     );
 
-    // get -w sees a change.
+    // get -w sees a change made after its watch is established: the initial LIST must print a
+    // ConfigMap that exists before the watch starts; only then is `watched` created, so its row
+    // can come from the watch alone.
+    s.kubectl_ok(
+        k,
+        &[
+            "create",
+            "configmap",
+            "before-watch",
+            "-n",
+            &ns,
+            "--from-literal=k=v",
+        ],
+    );
     let mut w = Command::new(k_path(k))
         .args([
             "--kubeconfig",
@@ -409,7 +421,33 @@ fn scenario(s: &TestServer, k: &Kubectl, sfx: &str, generators: bool) {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(700));
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let stdout = w.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)).map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen = Vec::new();
+    let wait_row = |name: &str, seen: &mut Vec<String>| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !seen.iter().any(|l| l.contains("ADDED") && l.contains(name)) {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) => seen.push(line),
+                Err(_) => return false,
+            }
+        }
+        true
+    };
+    let listed = wait_row("before-watch", &mut seen);
+    assert!(listed, "get -w printed no initial row: {seen:?}");
+    assert!(
+        !seen.iter().any(|l| l.contains("watched")),
+        "watched exists before it was created: {seen:?}"
+    );
     s.kubectl_ok(
         k,
         &[
@@ -421,14 +459,12 @@ fn scenario(s: &TestServer, k: &Kubectl, sfx: &str, generators: bool) {
             "--from-literal=k=v",
         ],
     );
-    std::thread::sleep(Duration::from_millis(700));
+    let watched = wait_row("watched", &mut seen);
     let _ = w.kill();
-    let mut seen = String::new();
-    w.stdout.take().unwrap().read_to_string(&mut seen).unwrap();
     let _ = w.wait();
     assert!(
-        seen.contains("ADDED") && seen.contains("watched"),
-        "watch output: {seen}"
+        watched,
+        "get -w did not report a ConfigMap created after its LIST: {seen:?}"
     );
 
     if generators {
@@ -512,10 +548,12 @@ fn kubectl_1_28_to_1_32_work_end_to_end() {
 
 #[test]
 fn the_kubectl_version_dispatcher_works_end_to_end() {
-    let Some(k) = Kubectl::dispatcher() else {
-        eprintln!("skipped: /usr/bin/kubectl (the version dispatcher) is not installed");
-        return;
-    };
+    let k = Kubectl::dispatcher().unwrap_or_else(|| {
+        panic!(
+            "/usr/bin/kubectl (the kubectl version dispatcher) is not installed; install the \
+             Google Cloud SDK kubectl component (CI has it), this test does not skip"
+        )
+    });
     let s = TestServer::start(DUAL);
     scenario(&s, &k, "kdisp", false);
 }

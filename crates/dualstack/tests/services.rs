@@ -258,7 +258,7 @@ fn events_with_reason(s: &TestServer, reason: &str) -> Vec<Value> {
 }
 
 #[test]
-fn repair_recreates_missing_records_reports_them_and_cleans_leaks() {
+fn repair_recreates_missing_records_and_reports_them() {
     let s = TestServer::start(&[
         "--service-cluster-ip-range=10.0.0.0/16,fd00:10::/108",
         "--service-ip-repair-interval=500ms",
@@ -291,7 +291,28 @@ fn repair_recreates_missing_records_reports_them_and_cleans_leaks() {
     );
     assert_eq!(ev[0]["type"], "Warning");
     assert_eq!(ev[0]["involvedObject"]["name"], "web");
-    // A leaked record (owned by a Service that does not exist) is removed after a few runs.
+}
+
+/// How many repair runs have logged `phrase` for the record of `ip`.
+fn repair_log_count(s: &TestServer, phrase: &str, ip: &str) -> usize {
+    s.log()
+        .lines()
+        .filter(|l| {
+            l.contains(phrase) && l.contains(&format!("ipaddresses.networking.k8s.io/{ip}"))
+        })
+        .count()
+}
+
+#[test]
+fn a_leaked_ip_address_survives_two_repair_runs_goes_in_the_third_and_is_allocatable_again() {
+    // Runs 2 s apart: each check below lands well inside the gap after the run it follows.
+    let s = TestServer::start(&[
+        "--service-cluster-ip-range=10.0.0.0/16,fd00:10::/108",
+        "--service-ip-repair-interval=2s",
+    ]);
+    let flagged = "may have leaked: flagging for later clean up";
+    let cleaned = "appears to have leaked: cleaning up";
+    // A record owned by a Service that does not exist.
     let leaked = json!({
         "apiVersion": "networking.k8s.io/v1", "kind": "IPAddress",
         "metadata": {"name": "10.0.77.77", "labels": {"ipaddress.kubernetes.io/managed-by": "ipallocator.k8s.io"}},
@@ -306,10 +327,42 @@ fn repair_recreates_missing_records_reports_them_and_cleans_leaks() {
         )
         .unwrap();
     assert_eq!(code, 201, "{body}");
-    let cleaned = eventually(Duration::from_secs(15), || {
+    let mut pinned = svc("pinned", Some("SingleStack"), Some(&["IPv4"]));
+    pinned["spec"]["clusterIP"] = json!("10.0.77.77");
+    for run in 1..=2 {
+        let seen = eventually(Duration::from_secs(10), || {
+            (repair_log_count(&s, flagged, "10.0.77.77") >= run).then_some(())
+        });
+        assert!(
+            seen.is_some(),
+            "repair run {run} did not flag the leak\n{}",
+            s.log()
+        );
+        assert_eq!(repair_log_count(&s, cleaned, "10.0.77.77"), 0, "run {run}");
+        assert!(
+            ip_addresses(&s).contains("10.0.77.77"),
+            "the leaked record went in run {run}, before the third"
+        );
+        // Still held: the address cannot be given to a Service.
+        let (code, body) = create(&s, "default", &pinned);
+        assert_eq!(code, 422, "run {run}: {body}");
+    }
+    let gone = eventually(Duration::from_secs(10), || {
         (!ip_addresses(&s).contains("10.0.77.77")).then_some(())
     });
-    assert!(cleaned.is_some(), "leaked IPAddress not cleaned up");
+    assert!(
+        gone.is_some(),
+        "the leaked record survived the third run\n{}",
+        s.log()
+    );
+    assert_eq!(repair_log_count(&s, flagged, "10.0.77.77"), 2);
+    assert_eq!(repair_log_count(&s, cleaned, "10.0.77.77"), 1);
+    // Released: a Service may have it now, and its record names that Service.
+    let (code, body) = create(&s, "default", &pinned);
+    assert_eq!(code, 201, "{body}");
+    assert_eq!(body["spec"]["clusterIPs"], json!(["10.0.77.77"]));
+    let record = get_json(&s, "/apis/networking.k8s.io/v1/ipaddresses/10.0.77.77");
+    assert_eq!(record["spec"]["parentRef"]["name"], "pinned");
 }
 
 #[test]
@@ -494,4 +547,142 @@ fn node_ports_are_allocated_checked_and_released_with_upstream_errors() {
     assert_eq!(code, 201, "{again}");
     let (code, hc_again) = create(&s, "default", &np("hc-again", Some(hc), "NodePort", None));
     assert_eq!(code, 201, "{hc_again}");
+}
+
+#[test]
+fn every_request_to_v1_endpoints_carries_the_1_33_deprecation_warning_and_slices_do_not() {
+    let s = TestServer::start(&[]);
+    let version = get_json(&s, "/version");
+    assert_eq!(
+        (version["major"].as_str(), version["minor"].as_str()),
+        (Some("1"), Some("33")),
+        "the warning is for a server reporting 1.33"
+    );
+    let warning =
+        r#"299 - "v1 Endpoints is deprecated in v1.33+; use discovery.k8s.io/v1 EndpointSlice""#;
+    let ep = "/api/v1/namespaces/default/endpoints";
+    let body =
+        json!({"apiVersion": "v1", "kind": "Endpoints", "metadata": {"name": "e1"}}).to_string();
+    let json_ct = [("Content-Type", "application/json")];
+    let cases: [(&str, String, Option<&[u8]>, u16); 5] = [
+        ("GET", ep.to_string(), None, 200),
+        ("GET", format!("{ep}/kubernetes"), None, 200),
+        ("POST", ep.to_string(), Some(body.as_bytes()), 201),
+        ("GET", format!("{ep}/missing"), None, 404),
+        ("DELETE", format!("{ep}/e1"), None, 200),
+    ];
+    for (method, path, body, code) in cases {
+        let headers: &[(&str, &str)] = if body.is_some() { &json_ct } else { &[] };
+        let r = s.call(&s.token, method, &path, body, headers);
+        assert_eq!(r.status, code, "{method} {path}: {}", r.body);
+        assert_eq!(r.header_values("warning"), [warning], "{method} {path}");
+    }
+    let mut w = s.watch(&format!("{ep}?watch=true"));
+    assert_eq!(w.status(), 200);
+    assert_eq!(w.header("warning").as_deref(), Some(warning), "watch");
+    let r = s.call(
+        &s.token,
+        "GET",
+        "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices",
+        None,
+        &[],
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(
+        r.header_values("warning").is_empty(),
+        "{:?}",
+        r.header_values("warning")
+    );
+}
+
+fn ready_condition(v: &Value) -> (String, String, String) {
+    let c = v["status"]["conditions"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["type"] == "Ready"))
+        .cloned()
+        .unwrap_or(Value::Null);
+    let s = |k: &str| c[k].as_str().unwrap_or("<none>").to_string();
+    (s("status"), s("reason"), s("message"))
+}
+
+#[test]
+fn service_cidrs_carry_the_finalizer_and_ready_and_go_only_when_no_address_needs_them() {
+    let s = TestServer::start(&["--service-cluster-ip-range=10.0.0.0/16,fd00:10::/108"]);
+    let cidrs = "/apis/networking.k8s.io/v1/servicecidrs";
+    let finalizer = "networking.k8s.io/service-cidr-finalizer";
+    let ready = (
+        "True".to_string(),
+        String::new(),
+        "Kubernetes Service CIDR is ready".to_string(),
+    );
+    let blocked = (
+        "False".to_string(),
+        "Terminating".to_string(),
+        "There are still IPAddresses referencing the ServiceCIDR, please remove them or create a new ServiceCIDR".to_string(),
+    );
+    let settled = |name: &str, want: &(String, String, String)| {
+        let mut last = Value::Null;
+        let ok = eventually(Duration::from_secs(10), || {
+            last = get_json(&s, &format!("{cidrs}/{name}"));
+            let has = last["metadata"]["finalizers"]
+                .as_array()
+                .is_some_and(|f| f.iter().any(|f| f == finalizer));
+            (has && ready_condition(&last) == *want).then_some(())
+        });
+        assert!(ok.is_some(), "{name}: {last}");
+        last
+    };
+    // The bootstrap ServiceCIDR and one a user creates.
+    settled("kubernetes", &ready);
+    let extra = json!({"apiVersion": "networking.k8s.io/v1", "kind": "ServiceCIDR",
+        "metadata": {"name": "extra"}, "spec": {"cidrs": ["10.1.0.0/16", "fd00:11::/108"]}});
+    let (code, body) = s
+        .request(
+            "POST",
+            cidrs,
+            Some(&extra.to_string()),
+            Some("application/json"),
+        )
+        .unwrap();
+    assert_eq!(code, 201, "{body}");
+    settled("extra", &ready);
+    let held = json!({"apiVersion": "networking.k8s.io/v1", "kind": "IPAddress",
+        "metadata": {"name": "fd00:11::5", "labels": {
+            "ipaddress.kubernetes.io/managed-by": "ipallocator.k8s.io",
+            "ipaddress.kubernetes.io/ip-family": "IPv6"}},
+        "spec": {"parentRef": {"group": "", "resource": "services", "namespace": "default", "name": "held"}}});
+    let ips = "/apis/networking.k8s.io/v1/ipaddresses";
+    let (code, body) = s
+        .request(
+            "POST",
+            ips,
+            Some(&held.to_string()),
+            Some("application/json"),
+        )
+        .unwrap();
+    assert_eq!(code, 201, "{body}");
+
+    // Deleting either while an address lies only in it: it stays, Ready=False Terminating.
+    for name in ["kubernetes", "extra"] {
+        let (code, body) = s
+            .request("DELETE", &format!("{cidrs}/{name}"), None, None)
+            .unwrap();
+        assert_eq!(code, 200, "{body}");
+        let v = settled(name, &blocked);
+        assert!(v["metadata"]["deletionTimestamp"].is_string(), "{v}");
+    }
+    // The default/kubernetes Service keeps `kubernetes` alive; `extra` goes with its address.
+    let (code, body) = s
+        .request("DELETE", &format!("{ips}/fd00:11::5"), None, None)
+        .unwrap();
+    assert!(code == 200 || code == 404, "{code} {body}");
+    let gone = eventually(Duration::from_secs(10), || {
+        let (code, _) = s
+            .request("GET", &format!("{cidrs}/extra"), None, None)
+            .unwrap();
+        (code == 404).then_some(())
+    });
+    assert!(gone.is_some(), "an empty ServiceCIDR being deleted stays");
+    std::thread::sleep(Duration::from_millis(500));
+    settled("kubernetes", &blocked);
 }

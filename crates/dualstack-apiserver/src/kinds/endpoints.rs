@@ -116,3 +116,30 @@ impl Strategy for EndpointsStrategy {
         ]
     }
 }
+
+#[cfg(test)]
+mod deprecation_tests {
+    use super::*;
+
+    #[test]
+    fn v1_endpoints_are_deprecated_from_1_33_on_with_upstreams_warning() {
+        let warning = "v1 Endpoints is deprecated in v1.33+; use discovery.k8s.io/v1 EndpointSlice";
+        for (major, minor, want) in [
+            (1, 32, None),
+            (1, 33, Some(warning)),
+            (1, 34, Some(warning)),
+        ] {
+            assert_eq!(
+                DEF.deprecation_warning(major, minor).as_deref(),
+                want,
+                "1.{minor}"
+            );
+        }
+        // The server reports 1.33, so it warns.
+        let (major, minor) = crate::discovery::major_minor();
+        assert_eq!(
+            DEF.deprecation_warning(major, minor).as_deref(),
+            Some(warning)
+        );
+    }
+}

@@ -112,9 +112,27 @@ impl ControllerManagerArgs {
     }
 }
 
+/// The User-Agent of the controllers' requests, shaped as client-go's default
+/// (`<binary>/<version> (<os>/<arch>) kubernetes/<commit>`) with kube-controller-manager's name,
+/// so the API server records their writes (status ones included) under the field manager
+/// `kube-controller-manager`, as upstream does, rather than `unknown`.
+pub fn user_agent() -> String {
+    let arch = match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    };
+    format!(
+        "kube-controller-manager/{} ({}/{arch}) dualstack/{}",
+        dualstack_apiserver::discovery::GIT_VERSION,
+        std::env::consts::OS,
+        env!("CARGO_PKG_VERSION")
+    )
+}
+
 /// A client for the API server of a kubeconfig file (empty: in-cluster or $KUBECONFIG).
 pub async fn client(kubeconfig: &str) -> Result<kube::Client> {
-    let config = if kubeconfig.is_empty() {
+    let mut config = if kubeconfig.is_empty() {
         kube::Config::infer()
             .await
             .context("loading the client configuration")?
@@ -125,6 +143,10 @@ pub async fn client(kubeconfig: &str) -> Result<kube::Client> {
             .await
             .with_context(|| format!("loading kubeconfig {kubeconfig}"))?
     };
+    config.headers.push((
+        hyper::header::USER_AGENT,
+        hyper::header::HeaderValue::from_str(&user_agent()).context("the User-Agent header")?,
+    ));
     kube::Client::try_from(config).context("building the API client")
 }
 
