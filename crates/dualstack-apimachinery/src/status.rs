@@ -144,6 +144,9 @@ pub enum ApiError {
     /// 413 `RequestEntityTooLarge`.
     #[error("Request entity too large: limit is {0}")]
     TooLarge(usize),
+    /// 413 `RequestEntityTooLarge` with upstream's explanation (`NewRequestEntityTooLargeError`).
+    #[error("Request entity too large: {0}")]
+    EntityTooLarge(String),
     /// 415 `UnsupportedMediaType`.
     #[error("the body of the request was in an unknown format - accepted media types include: {0}")]
     UnsupportedMediaType(String),
@@ -195,7 +198,7 @@ impl ApiError {
             ApiError::Forbidden(_) => 403,
             ApiError::MethodNotAllowed => 405,
             ApiError::NotAcceptable(_) => 406,
-            ApiError::TooLarge(_) => 413,
+            ApiError::TooLarge(_) | ApiError::EntityTooLarge(_) => 413,
             ApiError::UnsupportedMediaType(_) => 415,
             ApiError::Expired(_) | ApiError::Gone(_) => 410,
             ApiError::ResourceVersionTooLarge { .. } => 504,
@@ -219,7 +222,7 @@ impl ApiError {
             ApiError::Forbidden(_) => "Forbidden",
             ApiError::MethodNotAllowed => "MethodNotAllowed",
             ApiError::NotAcceptable(_) => "NotAcceptable",
-            ApiError::TooLarge(_) => "RequestEntityTooLarge",
+            ApiError::TooLarge(_) | ApiError::EntityTooLarge(_) => "RequestEntityTooLarge",
             ApiError::UnsupportedMediaType(_) => "UnsupportedMediaType",
             ApiError::Expired(_) => "Expired",
             ApiError::Gone(_) => "Gone",
