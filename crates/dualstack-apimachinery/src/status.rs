@@ -363,4 +363,19 @@ mod tests {
         assert_eq!(v["code"], 404);
         assert_eq!(v["details"], serde_json::json!({}));
     }
+
+    #[test]
+    fn a_json_patch_over_the_operation_limit_is_a_413_request_entity_too_large() {
+        let e = ApiError::EntityTooLarge(
+            "The allowed maximum operations in a JSON patch is 10000, got 10001".into(),
+        );
+        assert_eq!(
+            (e.code(), e.reason(), e.to_string().as_str()),
+            (
+                413,
+                "RequestEntityTooLarge",
+                "Request entity too large: The allowed maximum operations in a JSON patch is 10000, got 10001"
+            )
+        );
+    }
 }
