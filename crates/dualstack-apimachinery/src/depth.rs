@@ -53,6 +53,7 @@ pub fn check_yaml_depth(text: &str, limit: usize) -> Result<(), TooDeep> {
         flow: 0,
         quote: Quote::None,
         block_scalar_parent: None,
+        plain_continuation: None,
         limit,
     };
     for (i, line) in text.split('\n').enumerate() {
@@ -72,6 +73,9 @@ struct Scanner {
     quote: Quote,
     /// Inside a block scalar whose parent line is indented this much.
     block_scalar_parent: Option<usize>,
+    /// A plain scalar of block context is open: lines indented at least this much continue it
+    /// (`[` in them is text, not a flow collection).
+    plain_continuation: Option<usize>,
     limit: usize,
 }
 
@@ -102,6 +106,12 @@ impl Scanner {
             if rest.is_empty() || rest[0] == b'#' {
                 return Ok(());
             }
+            if let Some(min) = self.plain_continuation {
+                if indent >= min {
+                    return Ok(());
+                }
+                self.plain_continuation = None;
+            }
             if rest.starts_with(b"---") || rest.starts_with(b"...") {
                 self.indents.clear();
                 return Ok(());
@@ -122,6 +132,10 @@ impl Scanner {
         let mut value_start = self.flow == 0 && self.quote == Quote::None;
         // In flow context: a token starts here.
         let mut token_start = true;
+        // In block context: a plain scalar is open, and the column of the node it belongs to
+        // (the key or entry), once a `: ` or `- ` on this line has named one.
+        let mut plain = false;
+        let mut node_col = None;
         while i < bytes.len() {
             let b = bytes[i];
             match self.quote {
@@ -153,7 +167,11 @@ impl Scanner {
             let opens = if in_flow { token_start } else { value_start };
             match b {
                 b' ' | b'\t' => {}
-                b'#' if prev_is_space => return Ok(()),
+                b'#' if prev_is_space => {
+                    // A comment ends a plain scalar: the next line starts afresh.
+                    plain = false;
+                    break;
+                }
                 b'"' if opens => {
                     self.quote = Quote::Double;
                     value_start = false;
@@ -183,9 +201,14 @@ impl Scanner {
                     // A block sequence entry or complex key: one more level at its column.
                     self.indents.push(i);
                     self.check()?;
+                    node_col = Some(i);
                 }
                 b':' if next_is_space || (in_flow && token_start) => {
                     value_start = !in_flow;
+                    plain = false;
+                    if !in_flow && node_col.is_none() {
+                        node_col = Some(start);
+                    }
                     token_start = true;
                     i += 1;
                     continue;
@@ -215,12 +238,32 @@ impl Scanner {
                     }
                     value_start = false;
                 }
-                _ => value_start = false,
+                _ => {
+                    if !in_flow && value_start {
+                        plain = true;
+                    }
+                    value_start = false;
+                }
             }
             if b != b' ' && b != b'\t' {
                 token_start = false;
             }
             i += 1;
+        }
+        if plain && self.flow == 0 && self.quote == Quote::None {
+            // `key: text` continues on lines deeper than the key; a bare scalar on lines deeper
+            // than the level holding it (any line, at the top of a document).
+            self.plain_continuation = Some(match node_col {
+                Some(col) => col + 1,
+                None => {
+                    let levels = self.indents.len();
+                    if levels >= 2 {
+                        self.indents[levels - 2] + 1
+                    } else {
+                        0
+                    }
+                }
+            });
         }
         Ok(())
     }
@@ -267,6 +310,21 @@ mod tests {
             "a: \"{brackets}\"\nb: '{brackets}'\nc: x{brackets}\n# {brackets}\nd: |\n  {brackets}\n   {brackets}\ne: >-\n  {brackets}\nf: [1, [2], {{g: \"]\"}}]\n"
         );
         assert!(depth_ok(&text, 5), "{:?}", check_yaml_depth(&text, 5));
+    }
+
+    #[test]
+    fn brackets_that_continue_a_multi_line_plain_scalar_do_not_count() {
+        // Found by the yaml_depth fuzz target: line 2 continues the scalar of line 1.
+        let text = format!("apiVesn ior:v2\n{}x\n", "[".repeat(200));
+        assert!(depth_ok(&text, 5), "{:?}", check_yaml_depth(&text, 5));
+        let text = format!("a: some text\n  {}x\nb: 1\n", "[".repeat(200));
+        assert!(depth_ok(&text, 5), "{:?}", check_yaml_depth(&text, 5));
+        // A new key at the key's column is not a continuation.
+        let text = format!("a: some text\nb: {}{}\n", "[".repeat(200), "]".repeat(200));
+        assert!(!depth_ok(&text, 5));
+        // Nor is a line after a comment, which ends the scalar.
+        let text = format!("a: text # c\n  {}\n", "[".repeat(200));
+        assert!(!depth_ok(&text, 5));
     }
 
     #[test]
