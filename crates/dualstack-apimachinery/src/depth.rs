@@ -52,7 +52,7 @@ pub fn check_yaml_depth(text: &str, limit: usize) -> Result<(), TooDeep> {
         indents: Vec::new(),
         flow: 0,
         quote: Quote::None,
-        block_scalar_parent: None,
+        block_scalar_min: None,
         plain_continuation: None,
         limit,
     };
@@ -71,8 +71,9 @@ struct Scanner {
     flow: usize,
     /// A quoted scalar continues from an earlier line.
     quote: Quote,
-    /// Inside a block scalar whose parent line is indented this much.
-    block_scalar_parent: Option<usize>,
+    /// Inside a block scalar: lines indented at least this much (or empty) are its body; the
+    /// bool says the first body line has fixed the indentation.
+    block_scalar_min: Option<(usize, bool)>,
     /// A plain scalar of block context is open: lines indented at least this much continue it
     /// (`[` in them is text, not a flow collection).
     plain_continuation: Option<usize>,
@@ -96,11 +97,17 @@ impl Scanner {
         let bytes = line.as_bytes();
         let indent = bytes.iter().take_while(|&&b| b == b' ').count();
         let rest = &bytes[indent..];
-        if let Some(parent) = self.block_scalar_parent {
-            if rest.is_empty() || indent > parent {
+        if let Some((min, fixed)) = self.block_scalar_min {
+            if rest.is_empty() {
                 return Ok(());
             }
-            self.block_scalar_parent = None;
+            if indent >= min {
+                if !fixed {
+                    self.block_scalar_min = Some((indent, true));
+                }
+                return Ok(());
+            }
+            self.block_scalar_min = None;
         }
         if self.quote == Quote::None && self.flow == 0 {
             if rest.is_empty() || rest[0] == b'#' {
@@ -222,7 +229,8 @@ impl Scanner {
                 }
                 b'|' | b'>' if !in_flow && value_start => {
                     // A block scalar: its header is the rest of the line; its body is every
-                    // following line indented deeper than this one's first column.
+                    // following line indented deeper than the node it is the value of (the key
+                    // or entry on this line, else the level above this line).
                     let header = &bytes[i + 1..];
                     let header = header
                         .iter()
@@ -232,8 +240,7 @@ impl Scanner {
                         .iter()
                         .all(|c| matches!(c, b'-' | b'+' | b'0'..=b'9' | b' ' | b'\t'))
                     {
-                        let first = bytes.iter().take_while(|&&c| c == b' ').count();
-                        self.block_scalar_parent = Some(first);
+                        self.block_scalar_min = Some((self.parent_min(node_col), false));
                         return Ok(());
                     }
                     value_start = false;
@@ -253,19 +260,26 @@ impl Scanner {
         if plain && self.flow == 0 && self.quote == Quote::None {
             // `key: text` continues on lines deeper than the key; a bare scalar on lines deeper
             // than the level holding it (any line, at the top of a document).
-            self.plain_continuation = Some(match node_col {
-                Some(col) => col + 1,
-                None => {
-                    let levels = self.indents.len();
-                    if levels >= 2 {
-                        self.indents[levels - 2] + 1
-                    } else {
-                        0
-                    }
-                }
-            });
+            self.plain_continuation = Some(self.parent_min(node_col));
         }
         Ok(())
+    }
+
+    /// The least indentation of a line that continues a value: deeper than its node's column
+    /// (`node_col`, a key or entry on the current line), else deeper than the level above the
+    /// current line; any line at the top of a document.
+    fn parent_min(&self, node_col: Option<usize>) -> usize {
+        match node_col {
+            Some(col) => col + 1,
+            None => {
+                let levels = self.indents.len();
+                if levels >= 2 {
+                    self.indents[levels - 2] + 1
+                } else {
+                    0
+                }
+            }
+        }
     }
 }
 
@@ -324,6 +338,18 @@ mod tests {
         assert!(!depth_ok(&text, 5));
         // Nor is a line after a comment, which ends the scalar.
         let text = format!("a: text # c\n  {}\n", "[".repeat(200));
+        assert!(!depth_ok(&text, 5));
+    }
+
+    #[test]
+    fn a_block_scalar_on_its_own_line_belongs_to_the_key_above() {
+        // Found by the yaml_depth fuzz target: the body is indented like the `|` line.
+        let text = format!("a:\n  |\n  x:\n  {}\nb: 1\n", "[".repeat(200));
+        assert!(depth_ok(&text, 5), "{:?}", check_yaml_depth(&text, 5));
+        let text = format!("a: |\n  x\n  {}\nb: 1\n", "{".repeat(200));
+        assert!(depth_ok(&text, 5), "{:?}", check_yaml_depth(&text, 5));
+        // The first body line fixes the indentation: a shallower line ends the scalar.
+        let text = format!("a: |\n  x\n {}\n", "{".repeat(200));
         assert!(!depth_ok(&text, 5));
     }
 
