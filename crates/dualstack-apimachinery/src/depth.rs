@@ -220,8 +220,27 @@ impl Scanner {
                     i += 1;
                     continue;
                 }
-                b'&' | b'!' | b'*' if opens => {
-                    // Anchor, tag or alias: skip the token; a value may still follow.
+                b'&' | b'*' if opens => {
+                    // Anchor or alias: its name is letters, digits, `-` and `_` (libyaml); a
+                    // value may follow the anchor, and whatever touches the name is a plain
+                    // scalar's text.
+                    i += 1;
+                    while i < bytes.len()
+                        && (bytes[i].is_ascii_alphanumeric() || matches!(bytes[i], b'-' | b'_'))
+                    {
+                        i += 1;
+                    }
+                    if bytes.get(i).is_some_and(|&c| c != b' ' && c != b'\t') {
+                        if !in_flow {
+                            plain = true;
+                        }
+                        value_start = false;
+                        token_start = false;
+                    }
+                    continue;
+                }
+                b'!' if opens => {
+                    // A tag: everything to the next blank; a value may still follow.
                     while i < bytes.len() && bytes[i] != b' ' && bytes[i] != b'\t' {
                         i += 1;
                     }
@@ -350,6 +369,15 @@ mod tests {
         assert!(depth_ok(&text, 5), "{:?}", check_yaml_depth(&text, 5));
         // The first body line fixes the indentation: a shallower line ends the scalar.
         let text = format!("a: |\n  x\n {}\n", "{".repeat(200));
+        assert!(!depth_ok(&text, 5));
+    }
+
+    #[test]
+    fn anchors_end_at_their_last_name_character() {
+        // Found by the yaml_depth fuzz target: `&d:x [[[` is an anchor and a plain scalar.
+        let text = format!("&d:!!n:1 !q&o {}\n", "[".repeat(200));
+        assert!(depth_ok(&text, 5), "{:?}", check_yaml_depth(&text, 5));
+        let text = format!("a: &x {}{}\n", "[".repeat(200), "]".repeat(200));
         assert!(!depth_ok(&text, 5));
     }
 
