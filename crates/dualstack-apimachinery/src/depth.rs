@@ -119,9 +119,14 @@ impl Scanner {
                 }
                 self.plain_continuation = None;
             }
-            if rest.starts_with(b"---") || rest.starts_with(b"...") {
+            let marker = indent == 0
+                && (rest.starts_with(b"---") || rest.starts_with(b"..."))
+                && rest.get(3).is_none_or(|&c| c == b' ' || c == b'\t');
+            if marker {
+                // A document marker (`---###` is a plain scalar instead).
                 self.indents.clear();
-                return Ok(());
+                self.plain_continuation = None;
+                return self.scan(bytes, 3);
             }
             while self.indents.last().is_some_and(|&top| top >= indent) {
                 self.indents.pop();
@@ -379,6 +384,16 @@ mod tests {
         assert!(depth_ok(&text, 5), "{:?}", check_yaml_depth(&text, 5));
         let text = format!("a: &x {}{}\n", "[".repeat(200), "]".repeat(200));
         assert!(!depth_ok(&text, 5));
+    }
+
+    #[test]
+    fn document_markers_need_a_blank_after_them() {
+        // Found by the yaml_depth fuzz target: `---###` is a scalar that the next line continues.
+        let text = format!("---###\n{}\n", "{".repeat(200));
+        assert!(depth_ok(&text, 5), "{:?}", check_yaml_depth(&text, 5));
+        let text = format!("--- {}{}\n", "[".repeat(200), "]".repeat(200));
+        assert!(!depth_ok(&text, 5));
+        assert!(depth_ok("a: 1\n---\nb: 2\n...\n", 2));
     }
 
     #[test]
