@@ -57,9 +57,12 @@ pub fn check_yaml_depth(text: &str, limit: usize) -> Result<(), TooDeep> {
         limit,
     };
     for (i, line) in text.split('\n').enumerate() {
-        scanner
-            .line(line.trim_end_matches('\r'))
-            .map_err(|()| TooDeep { line: i + 1, limit })?;
+        // A lone `\r` breaks a line too (YAML's line breaks are LF, CR and CRLF).
+        for part in line.split('\r') {
+            scanner
+                .line(part)
+                .map_err(|()| TooDeep { line: i + 1, limit })?;
+        }
     }
     Ok(())
 }
@@ -394,6 +397,14 @@ mod tests {
         let text = format!("--- {}{}\n", "[".repeat(200), "]".repeat(200));
         assert!(!depth_ok(&text, 5));
         assert!(depth_ok("a: 1\n---\nb: 2\n...\n", 2));
+    }
+
+    #[test]
+    fn a_carriage_return_alone_breaks_a_line() {
+        // Found by the yaml_depth fuzz target: the quote after `\r` opens a scalar.
+        let text = format!("#\r'a:\n  {}'\n", "[".repeat(200));
+        assert!(depth_ok(&text, 5), "{:?}", check_yaml_depth(&text, 5));
+        assert!(depth_ok("a:\r\n  b: 1\r\n", 2));
     }
 
     #[test]
