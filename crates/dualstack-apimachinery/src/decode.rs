@@ -61,6 +61,7 @@ pub fn decode_text(format: BodyFormat, body: &[u8]) -> Result<Value, ApiError> {
         BodyFormat::Yaml => {
             let text = std::str::from_utf8(body)
                 .map_err(|e| ApiError::BadRequest(format!("error decoding YAML: {e}")))?;
+            check_yaml_depth(text)?;
             serde_norway::from_str(text)
                 .map_err(|e| ApiError::BadRequest(format!("error converting YAML to JSON: {e}")))?
         }
@@ -77,6 +78,23 @@ pub fn decode_text(format: BodyFormat, body: &[u8]) -> Result<Value, ApiError> {
         )));
     }
     Ok(value)
+}
+
+/// Refuses YAML nested deeper than the decoder accepts before the decoder sees it: deeper than
+/// upstream's limit with upstream's text, deeper than `serde_norway`'s recursion limit with the
+/// decoder's own words (the answer such a document always got, only sooner).
+fn check_yaml_depth(text: &str) -> Result<(), ApiError> {
+    use crate::depth::{DECODER_DEPTH, MAX_DEPTH, check_yaml_depth};
+    let Err(e) = check_yaml_depth(text, DECODER_DEPTH) else {
+        return Ok(());
+    };
+    let msg = match check_yaml_depth(text, MAX_DEPTH) {
+        Err(deep) => deep.to_string(),
+        Ok(()) => format!("recursion limit exceeded at line {}", e.line),
+    };
+    Err(ApiError::BadRequest(format!(
+        "error converting YAML to JSON: {msg}"
+    )))
 }
 
 fn truncate(s: &str, n: usize) -> &str {
@@ -344,5 +362,63 @@ mod tests {
             err.to_string()
                 .starts_with(r#"Service in version "v1" cannot be handled as a Service: "#)
         );
+    }
+}
+
+#[cfg(test)]
+mod depth_tests {
+    use super::*;
+
+    #[test]
+    fn yaml_nested_past_ten_thousand_levels_is_a_400_before_parsing() {
+        for body in [
+            format!("a: {}{}", "[".repeat(100_000), "]".repeat(100_000)),
+            format!("a:\n{}x\n", "- ".repeat(100_000)),
+            format!("{}\n", "{a: ".repeat(50_000)),
+        ] {
+            let started = std::time::Instant::now();
+            let err = decode_text(BodyFormat::Yaml, body.as_bytes()).unwrap_err();
+            assert_eq!(err.code(), 400);
+            assert!(
+                err.to_string()
+                    .starts_with("error converting YAML to JSON: yaml: line "),
+                "{err}"
+            );
+            assert!(
+                err.to_string().ends_with("exceeded max depth of 10000"),
+                "{err}"
+            );
+            // The quadratic parse of this body took 16 s; the pre-scan is linear.
+            assert!(started.elapsed() < std::time::Duration::from_secs(5));
+        }
+    }
+
+    #[test]
+    fn deeply_nested_json_is_a_400() {
+        let body = format!("{{\"a\": {}{}}}", "[".repeat(100_000), "]".repeat(100_000));
+        let err = decode_text(BodyFormat::Json, body.as_bytes()).unwrap_err();
+        assert_eq!(err.code(), 400);
+    }
+
+    #[test]
+    fn yaml_deeper_than_the_decoder_accepts_is_refused_before_libyaml_scans_it() {
+        // 9,000 levels and 100,000 tokens inside: libyaml's scan took 15 s (debug build).
+        let body = format!(
+            "a: {}{}{}",
+            "[".repeat(9_000),
+            "1,".repeat(100_000),
+            "]".repeat(9_000)
+        );
+        let started = std::time::Instant::now();
+        let err = decode_text(BodyFormat::Yaml, body.as_bytes()).unwrap_err();
+        assert_eq!(err.code(), 400);
+        assert_eq!(
+            err.to_string(),
+            "error converting YAML to JSON: recursion limit exceeded at line 1"
+        );
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+        // 100 levels still decode.
+        let body = format!("a: {}{}", "[".repeat(100), "]".repeat(100));
+        assert!(decode_text(BodyFormat::Yaml, body.as_bytes()).is_ok());
     }
 }

@@ -5,6 +5,7 @@
 //! - [`validation`]: names, labels, annotations, object meta.
 //! - [`selector`]: label and field selectors.
 //! - [`decode`]: request bodies (JSON, YAML) into values and typed objects, strict field checks.
+//! - [`depth`]: a linear pre-scan that refuses YAML nested deeper than upstream's 10,000 levels.
 //! - [`protobuf`]: the Kubernetes protobuf envelope for the kinds kubectl 1.32+ sends that way.
 //! - [`schema`]: list and map merge semantics of our kinds (patch strategies, list-map keys).
 //! - [`patch`]: JSON merge patch, JSON patch and strategic merge patch.
@@ -12,6 +13,7 @@
 
 pub mod apply;
 pub mod decode;
+pub mod depth;
 pub mod field;
 pub mod patch;
 pub mod protobuf;

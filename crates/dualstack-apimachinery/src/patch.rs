@@ -27,6 +27,8 @@
 //!
 //! Directive keys never reach the result, not even inside values added wholesale.
 
+use std::collections::{HashMap, HashSet};
+
 use serde_json::{Map, Value};
 
 use crate::schema::{self, FieldSchema, ListStrategy};
@@ -106,6 +108,9 @@ pub enum PatchError {
     /// cause).
     #[error("{0}")]
     Unprocessable(String),
+    /// The patch has more operations than upstream allows (HTTP 413 `RequestEntityTooLarge`).
+    #[error("{0}")]
+    TooLarge(String),
 }
 
 impl PatchError {
@@ -114,6 +119,7 @@ impl PatchError {
         match self {
             PatchError::Malformed(_) => 400,
             PatchError::Unprocessable(_) => 422,
+            PatchError::TooLarge(_) => 413,
         }
     }
 }
@@ -125,15 +131,80 @@ pub fn merge_patch(target: &Value, patch: &Value) -> Value {
     doc
 }
 
+/// Most operations a JSON patch may have (the apiserver's `maxJSONPatchOperations`).
+pub const MAX_JSON_PATCH_OPERATIONS: usize = 10_000;
+
+/// Most bytes the `copy` operations of one JSON patch may add together (the apiserver's
+/// `JSONPatchMaxCopyBytes`, the 3 MiB request limit, given to json-patch as
+/// `AccumulatedCopySizeLimit`).
+pub const MAX_JSON_PATCH_COPY_BYTES: usize = 3 * 1024 * 1024;
+
 /// RFC 6902 JSON patch, all six operations including `test`. A body that is not a list of
-/// operations is [`PatchError::Malformed`]; an operation that fails is
-/// [`PatchError::Unprocessable`] and nothing is applied.
+/// operations is [`PatchError::Malformed`]; more than [`MAX_JSON_PATCH_OPERATIONS`] operations is
+/// [`PatchError::TooLarge`]; an operation that fails is [`PatchError::Unprocessable`] and
+/// nothing is applied.
+///
+/// Operations are applied one at a time and every `copy` adds the encoded size of what it copies
+/// to a running total: once the total passes [`MAX_JSON_PATCH_COPY_BYTES`] the patch stops with
+/// upstream's error, so copies of a growing value into itself cannot double the memory again and
+/// again before any check (the total is counted before the copy is made).
 pub fn json_patch(target: &Value, patch: &Value) -> Result<Value, PatchError> {
+    json_patch_limited(target, patch, MAX_JSON_PATCH_COPY_BYTES)
+}
+
+/// [`json_patch`] with a chosen copy limit (tests).
+fn json_patch_limited(
+    target: &Value,
+    patch: &Value,
+    copy_limit: usize,
+) -> Result<Value, PatchError> {
     let ops: json_patch::Patch = serde_json::from_value(patch.clone())
         .map_err(|e| PatchError::Malformed(format!("invalid JSON patch: {e}")))?;
+    if ops.0.len() > MAX_JSON_PATCH_OPERATIONS {
+        return Err(PatchError::TooLarge(format!(
+            "The allowed maximum operations in a JSON patch is {MAX_JSON_PATCH_OPERATIONS}, got {}",
+            ops.0.len()
+        )));
+    }
     let mut doc = target.clone();
-    json_patch::patch(&mut doc, &ops).map_err(|e| PatchError::Unprocessable(e.to_string()))?;
+    let mut copied: usize = 0;
+    for (i, op) in ops.0.iter().enumerate() {
+        if let json_patch::PatchOperation::Copy(copy) = op {
+            // A missing source is left to json-patch, which reports it.
+            if let Some(source) = doc.pointer(copy.from.as_str()) {
+                copied = copied.saturating_add(encoded_len(source));
+                if copied > copy_limit {
+                    return Err(PatchError::Unprocessable(format!(
+                        "Unable to complete the copy, the accumulated size increase of copy is {copied}, exceeding the limit {copy_limit}"
+                    )));
+                }
+            }
+        }
+        json_patch::patch_unsafe(&mut doc, std::slice::from_ref(op)).map_err(|e| {
+            PatchError::Unprocessable(format!(
+                "operation '/{i}' failed at path '{}': {}",
+                e.path, e.kind
+            ))
+        })?;
+    }
     Ok(doc)
+}
+
+/// The length of `value` encoded as compact JSON, counted without building the text.
+fn encoded_len(value: &Value) -> usize {
+    struct Counter(usize);
+    impl std::io::Write for Counter {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut counter = Counter(0);
+    let _ = serde_json::to_writer(&mut counter, value);
+    counter.0
 }
 
 /// Strategic merge patch of an object of (`api_version`, `kind`), list semantics from
@@ -212,7 +283,8 @@ fn merge_map(
                 ));
             };
             if let Some(Value::Array(list)) = original.get_mut(name) {
-                list.retain(|v| !remove.iter().any(|r| same(v, r)));
+                let remove: HashSet<String> = remove.iter().map(canonical).collect();
+                list.retain(|v| !remove.contains(&canonical(v)));
             }
             continue;
         }
@@ -274,19 +346,84 @@ impl Identity {
         }
     }
 
-    fn matches(self, a: &Value, b: &Value) -> bool {
+    /// The hashable identity of an element (`None`: an element without its merge key, which
+    /// matches nothing).
+    fn id(self, v: &Value) -> Option<String> {
         match self {
-            Identity::Key(key) => match (a.get(key), b.get(key)) {
-                (Some(a), Some(b)) => same(a, b),
-                _ => false,
-            },
-            Identity::Value => same(a, b),
+            Identity::Key(key) => v.get(key).map(canonical),
+            Identity::Value => Some(canonical(v)),
         }
     }
 
-    fn position(self, list: &[Value], item: &Value) -> Option<usize> {
-        list.iter().position(|v| self.matches(v, item))
+    /// Position of each identity in `list` (the first one, as a linear search finds it), so
+    /// that ordering and merging are `n log n` rather than quadratic.
+    fn index(self, list: &[Value]) -> Positions {
+        let mut map = HashMap::with_capacity(list.len());
+        for (i, v) in list.iter().enumerate() {
+            if let Some(id) = self.id(v) {
+                map.entry(id).or_insert(i);
+            }
+        }
+        Positions {
+            identity: self,
+            map,
+        }
     }
+}
+
+/// First positions of the elements of a list by [`Identity`].
+struct Positions {
+    identity: Identity,
+    map: HashMap<String, usize>,
+}
+
+impl Positions {
+    fn of(&self, item: &Value) -> Option<usize> {
+        self.identity
+            .id(item)
+            .and_then(|id| self.map.get(&id).copied())
+    }
+}
+
+/// A string equal for values [`same`] calls equal: numbers by their `f64` value, object keys
+/// sorted.
+fn canonical(v: &Value) -> String {
+    fn write(v: &Value, out: &mut String) {
+        match v {
+            Value::Number(n) => match n.as_f64() {
+                Some(f) => out.push_str(&format!("n{f:e}")),
+                None => out.push_str(&format!("n{n}")),
+            },
+            Value::String(s) => {
+                out.push('s');
+                out.push_str(&Value::from(s.as_str()).to_string());
+            }
+            Value::Array(items) => {
+                out.push('[');
+                for item in items {
+                    write(item, out);
+                    out.push(',');
+                }
+                out.push(']');
+            }
+            Value::Object(map) => {
+                let mut keys: Vec<&String> = map.keys().collect();
+                keys.sort();
+                out.push('{');
+                for k in keys {
+                    out.push_str(&Value::from(k.as_str()).to_string());
+                    out.push(':');
+                    write(&map[k], out);
+                    out.push(',');
+                }
+                out.push('}');
+            }
+            other => out.push_str(&other.to_string()),
+        }
+    }
+    let mut out = String::new();
+    write(v, &mut out);
+    out
 }
 
 /// Merges a patch list into a live list. Returns the merged list and the order server-only
@@ -329,8 +466,9 @@ fn merge_primitives(original: Vec<Value>, patch: Vec<Value>) -> (Vec<Value>, Vec
     }
     let original = dedup(original);
     let mut merged = original.clone();
+    let mut seen: HashSet<String> = merged.iter().map(canonical).collect();
     for v in &patch {
-        if !merged.iter().any(|m| same(m, v)) {
+        if seen.insert(canonical(v)) {
             merged.push(v.clone());
         }
     }
@@ -338,12 +476,24 @@ fn merge_primitives(original: Vec<Value>, patch: Vec<Value>) -> (Vec<Value>, Vec
     (ordered, merged)
 }
 
+/// Merges a list by merge key. Elements are found through a hash index of the live list (slots
+/// emptied by deletions), so a patch of `n` elements into a list of `m` costs `n + m`, not
+/// `n · m`.
 fn merge_keyed(
-    mut original: Vec<Value>,
+    original: Vec<Value>,
     patch: Vec<Value>,
     key: &'static str,
     element: Option<&'static str>,
 ) -> Result<(Vec<Value>, Vec<Value>), PatchError> {
+    let identity = Identity::Key(key);
+    let mut slots: Vec<Option<Value>> = original.into_iter().map(Some).collect();
+    // Every slot holding an element with a given merge key, in list order.
+    let mut by_key: HashMap<String, Vec<usize>> = HashMap::new();
+    for (i, v) in slots.iter().enumerate() {
+        if let Some(id) = v.as_ref().and_then(|v| identity.id(v)) {
+            by_key.entry(id).or_default().push(i);
+        }
+    }
     let mut replace = false;
     let mut rest = Vec::with_capacity(patch.len());
     for item in patch {
@@ -356,7 +506,9 @@ fn merge_keyed(
                 let Some(value) = map.get(key) else {
                     return Err(no_merge_key(&map, key));
                 };
-                original.retain(|o| !o.get(key).is_some_and(|v| same(v, value)));
+                for i in by_key.remove(&canonical(value)).unwrap_or_default() {
+                    slots[i] = None;
+                }
             }
             Some(Value::String(d)) if d == "replace" => replace = true,
             Some(Value::String(d)) if d == "merge" => {
@@ -375,36 +527,36 @@ fn merge_keyed(
         return Ok((list.clone(), list));
     }
 
-    let live = original.clone();
+    let live: Vec<Value> = slots.iter().flatten().cloned().collect();
     let mut patch_order = Vec::with_capacity(rest.len());
     for map in rest {
         let Some(value) = map.get(key).cloned() else {
             return Err(no_merge_key(&map, key));
         };
-        patch_order.push(Value::Object(Map::from_iter([(
-            key.to_string(),
-            value.clone(),
-        )])));
-        let found = original
-            .iter()
-            .position(|o| o.get(key).is_some_and(|v| same(v, &value)));
+        let id = canonical(&value);
+        patch_order.push(Value::Object(Map::from_iter([(key.to_string(), value)])));
+        let found = by_key
+            .get(&id)
+            .and_then(|at| at.iter().copied().find(|&i| slots[i].is_some()));
         match found {
             Some(i) => {
-                let live = match std::mem::take(&mut original[i]) {
-                    Value::Object(live) => live,
-                    other => return Err(expected("map", &other)),
+                let live = match slots[i].take() {
+                    Some(Value::Object(live)) => live,
+                    Some(other) => return Err(expected("map", &other)),
+                    None => Map::new(),
                 };
-                match merge_map(live, map, element)? {
-                    Some(m) => original[i] = Value::Object(m),
-                    None => {
-                        original.remove(i);
-                    }
+                slots[i] = merge_map(live, map, element)?.map(Value::Object);
+            }
+            None => {
+                if let Some(m) = merge_map(Map::new(), map, element)? {
+                    by_key.entry(id).or_default().push(slots.len());
+                    slots.push(Some(Value::Object(m)));
                 }
             }
-            None => original.extend(merge_map(Map::new(), map, element)?.map(Value::Object)),
         }
     }
-    let ordered = normalize_order(original.clone(), &patch_order, &live, Identity::Key(key));
+    let original: Vec<Value> = slots.into_iter().flatten().collect();
+    let ordered = normalize_order(original.clone(), &patch_order, &live, identity);
     Ok((ordered, original))
 }
 
@@ -416,12 +568,7 @@ fn normalize_order(
     live: &[Value],
     identity: Identity,
 ) -> Vec<Value> {
-    let (mut in_patch, mut server_only): (Vec<Value>, Vec<Value>) = merged
-        .into_iter()
-        .partition(|v| identity.position(patch, v).is_some());
-    sort_by_order(&mut in_patch, patch, identity);
-    sort_by_order(&mut server_only, live, identity);
-    merge_sorted(server_only, in_patch, live, identity)
+    order_by_set_element_order(merged, patch, live, identity)
 }
 
 /// `$setElementOrder`: the listed elements in that order, server-only ones interleaved.
@@ -431,26 +578,27 @@ fn order_by_set_element_order(
     server_order: &[Value],
     identity: Identity,
 ) -> Vec<Value> {
-    let (mut listed, mut server_only): (Vec<Value>, Vec<Value>) = merged
-        .into_iter()
-        .partition(|v| identity.position(order, v).is_some());
-    sort_by_order(&mut listed, order, identity);
-    sort_by_order(&mut server_only, server_order, identity);
-    merge_sorted(server_only, listed, server_order, identity)
+    let order = identity.index(order);
+    let server_order = identity.index(server_order);
+    let (mut listed, mut server_only): (Vec<Value>, Vec<Value>) =
+        merged.into_iter().partition(|v| order.of(v).is_some());
+    sort_by_order(&mut listed, &order);
+    sort_by_order(&mut server_only, &server_order);
+    merge_sorted(server_only, listed, &server_order)
 }
 
-fn sort_by_order(items: &mut [Value], order: &[Value], identity: Identity) {
-    items.sort_by_key(|v| identity.position(order, v).unwrap_or(usize::MAX));
+fn sort_by_order(items: &mut Vec<Value>, order: &Positions) {
+    let mut keyed: Vec<(usize, Value)> = items
+        .drain(..)
+        .map(|v| (order.of(&v).unwrap_or(usize::MAX), v))
+        .collect();
+    keyed.sort_by_key(|(at, _)| *at);
+    items.extend(keyed.into_iter().map(|(_, v)| v));
 }
 
 /// Upstream's `mergeSortedSlice`: takes from `left` (server-only) only when both elements are in
 /// `server_order` and the left one comes first there.
-fn merge_sorted(
-    left: Vec<Value>,
-    right: Vec<Value>,
-    server_order: &[Value],
-    identity: Identity,
-) -> Vec<Value> {
+fn merge_sorted(left: Vec<Value>, right: Vec<Value>, server_order: &Positions) -> Vec<Value> {
     let mut out = Vec::with_capacity(left.len() + right.len());
     let mut left = left.into_iter().peekable();
     let mut right = right.into_iter().peekable();
@@ -460,7 +608,7 @@ fn merge_sorted(
             (Some(_), None) => true,
             (None, Some(_)) => false,
             (Some(l), Some(r)) => matches!(
-                (identity.position(server_order, l), identity.position(server_order, r)),
+                (server_order.of(l), server_order.of(r)),
                 (Some(li), Some(ri)) if li < ri
             ),
         };
@@ -496,21 +644,10 @@ fn retain_keys(
 }
 
 fn dedup(list: Vec<Value>) -> Vec<Value> {
-    let mut out: Vec<Value> = Vec::with_capacity(list.len());
-    for v in list {
-        if !out.iter().any(|o| same(o, &v)) {
-            out.push(v);
-        }
-    }
-    out
-}
-
-/// JSON equality where `80` and `80.0` are the same number (Go decodes both to float64).
-fn same(a: &Value, b: &Value) -> bool {
-    match (a, b) {
-        (Value::Number(x), Value::Number(y)) => x == y || x.as_f64() == y.as_f64(),
-        _ => a == b,
-    }
+    let mut seen = HashSet::with_capacity(list.len());
+    list.into_iter()
+        .filter(|v| seen.insert(canonical(v)))
+        .collect()
 }
 
 fn no_merge_key(map: &Map<String, Value>, key: &str) -> PatchError {
@@ -1013,5 +1150,112 @@ mod tests {
              application/strategic-merge-patch+json, application/apply-patch+yaml"
         );
         assert!(PatchType::from_content_type("application/apply-patch+cbor").is_err());
+    }
+
+    #[test]
+    fn a_json_patch_with_more_than_ten_thousand_operations_is_413_with_upstreams_text() {
+        let live = json!({"metadata": {"name": "a"}});
+        let ops: Vec<Value> = (0..10_001)
+            .map(|_| json!({"op": "test", "path": "/metadata/name", "value": "a"}))
+            .collect();
+        let err = json_patch(&live, &Value::Array(ops)).unwrap_err();
+        assert_eq!(err.code(), 413);
+        assert_eq!(
+            err.to_string(),
+            "The allowed maximum operations in a JSON patch is 10000, got 10001"
+        );
+        let ops: Vec<Value> = (0..10_000)
+            .map(|_| json!({"op": "test", "path": "/metadata/name", "value": "a"}))
+            .collect();
+        assert!(json_patch(&live, &Value::Array(ops)).is_ok());
+    }
+
+    #[test]
+    fn copies_of_a_growing_value_into_itself_stop_at_the_copy_limit_before_doubling_again() {
+        // 40 doublings of 1 KiB would need 1 TiB; the running total stops the patch after about
+        // 12 copies, before the copy that would pass 3 MiB is made.
+        let live = json!({"metadata": {"annotations": {"a": "x".repeat(1024)}}});
+        let ops: Vec<Value> = (0..40)
+            .map(|i| {
+                json!({"op": "copy", "from": "/metadata/annotations", "path": format!("/metadata/annotations/c{i}")})
+            })
+            .collect();
+        let err = json_patch(&live, &Value::Array(ops)).unwrap_err();
+        assert_eq!(err.code(), 422);
+        let msg = err.to_string();
+        assert!(
+            msg.starts_with(
+                "Unable to complete the copy, the accumulated size increase of copy is "
+            ) && msg.ends_with(", exceeding the limit 3145728"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn copies_are_counted_across_operations_against_the_limit() {
+        let live = json!({"a": "x".repeat(100)});
+        let copy = |to: &str| json!({"op": "copy", "from": "/a", "path": to});
+        // Each copy adds 102 bytes ("x" * 100 with its quotes).
+        assert!(json_patch_limited(&live, &json!([copy("/b"), copy("/c")]), 204).is_ok());
+        let err = json_patch_limited(&live, &json!([copy("/b"), copy("/c"), copy("/d")]), 204)
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "Unable to complete the copy, the accumulated size increase of copy is 306, exceeding the limit 204"
+        );
+    }
+
+    #[test]
+    fn a_failed_operation_names_its_index_and_changes_nothing() {
+        let live = json!({"a": 1});
+        let err = json_patch(
+            &live,
+            &json!([{"op": "add", "path": "/b", "value": 2}, {"op": "remove", "path": "/zz"}]),
+        )
+        .unwrap_err();
+        assert_eq!(err.code(), 422);
+        assert!(
+            err.to_string()
+                .starts_with("operation '/1' failed at path '/zz'"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn smp_of_twenty_thousand_pod_conditions_merges_by_type_without_quadratic_work() {
+        let conditions = |n: usize, status: &str| -> Vec<Value> {
+            (0..n)
+                .map(|i| json!({"type": format!("C{i}"), "status": status}))
+                .collect()
+        };
+        let live = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"},
+            "status": {"conditions": conditions(20_000, "False")}});
+        let mut patch_list = conditions(20_000, "True");
+        patch_list.remove(5);
+        patch_list.reverse();
+        patch_list.push(json!({"type": "C5", "$patch": "delete"}));
+        let patch = json!({"status": {"conditions": patch_list}});
+        let started = std::time::Instant::now();
+        let out = smp(&live, patch);
+        let merged = out["status"]["conditions"].as_array().unwrap();
+        assert_eq!(merged.len(), 19_999);
+        assert!(merged.iter().all(|c| c["status"] == "True"));
+        // Patch order: C19999 first.
+        assert_eq!(merged[0]["type"], "C19999");
+        assert!(!merged.iter().any(|c| c["type"] == "C5"));
+        // Not a timing assertion of the fix (the quadratic merge took 20 s in a release build);
+        // a generous bound that only a quadratic algorithm misses.
+        assert!(started.elapsed() < std::time::Duration::from_secs(30));
+    }
+
+    #[test]
+    fn element_identity_treats_80_and_80_0_as_the_same_port() {
+        let live = service(json!([{"port": 80, "protocol": "TCP"}]));
+        let out = smp(
+            &live,
+            json!({"spec": {"ports": [{"port": 80.0, "name": "http"}]}}),
+        );
+        assert_eq!(out["spec"]["ports"].as_array().unwrap().len(), 1);
+        assert_eq!(out["spec"]["ports"][0]["name"], "http");
     }
 }

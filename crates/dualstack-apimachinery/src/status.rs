@@ -144,6 +144,9 @@ pub enum ApiError {
     /// 413 `RequestEntityTooLarge`.
     #[error("Request entity too large: limit is {0}")]
     TooLarge(usize),
+    /// 413 `RequestEntityTooLarge` with upstream's explanation (`NewRequestEntityTooLargeError`).
+    #[error("Request entity too large: {0}")]
+    EntityTooLarge(String),
     /// 415 `UnsupportedMediaType`.
     #[error("the body of the request was in an unknown format - accepted media types include: {0}")]
     UnsupportedMediaType(String),
@@ -195,7 +198,7 @@ impl ApiError {
             ApiError::Forbidden(_) => 403,
             ApiError::MethodNotAllowed => 405,
             ApiError::NotAcceptable(_) => 406,
-            ApiError::TooLarge(_) => 413,
+            ApiError::TooLarge(_) | ApiError::EntityTooLarge(_) => 413,
             ApiError::UnsupportedMediaType(_) => 415,
             ApiError::Expired(_) | ApiError::Gone(_) => 410,
             ApiError::ResourceVersionTooLarge { .. } => 504,
@@ -219,7 +222,7 @@ impl ApiError {
             ApiError::Forbidden(_) => "Forbidden",
             ApiError::MethodNotAllowed => "MethodNotAllowed",
             ApiError::NotAcceptable(_) => "NotAcceptable",
-            ApiError::TooLarge(_) => "RequestEntityTooLarge",
+            ApiError::TooLarge(_) | ApiError::EntityTooLarge(_) => "RequestEntityTooLarge",
             ApiError::UnsupportedMediaType(_) => "UnsupportedMediaType",
             ApiError::Expired(_) => "Expired",
             ApiError::Gone(_) => "Gone",
@@ -359,5 +362,20 @@ mod tests {
         assert_eq!(v["apiVersion"], "v1");
         assert_eq!(v["code"], 404);
         assert_eq!(v["details"], serde_json::json!({}));
+    }
+
+    #[test]
+    fn a_json_patch_over_the_operation_limit_is_a_413_request_entity_too_large() {
+        let e = ApiError::EntityTooLarge(
+            "The allowed maximum operations in a JSON patch is 10000, got 10001".into(),
+        );
+        assert_eq!(
+            (e.code(), e.reason(), e.to_string().as_str()),
+            (
+                413,
+                "RequestEntityTooLarge",
+                "Request entity too large: The allowed maximum operations in a JSON patch is 10000, got 10001"
+            )
+        );
     }
 }

@@ -491,6 +491,7 @@ fn patch_error(_def: &ResourceDef, _name: &str, e: patch::PatchError) -> ApiErro
     match e {
         patch::PatchError::Malformed(m) => ApiError::BadRequest(m),
         patch::PatchError::Unprocessable(m) => ApiError::Unprocessable(m),
+        patch::PatchError::TooLarge(m) => ApiError::EntityTooLarge(m),
     }
 }
 

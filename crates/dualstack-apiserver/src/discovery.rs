@@ -117,6 +117,7 @@ fn verbs(def: &ResourceDef) -> Vec<&'static str> {
 fn sub_verbs(sub: &str) -> Vec<&'static str> {
     match sub {
         "finalize" => vec!["update"],
+        "eviction" => vec!["create"],
         _ => vec!["get", "patch", "update"],
     }
 }
@@ -132,6 +133,14 @@ fn defs(res: &Resources) -> impl Iterator<Item = &ResourceDef> {
 /// Whether `/apis/{group}` is served.
 pub fn serves_group(res: &Resources, group: &str) -> bool {
     !group.is_empty() && defs(res).any(|d| d.group == group)
+}
+
+/// The group, version and kind of a subresource whose kind is not its resource's.
+fn sub_kind(sub: &str) -> Option<(&'static str, &'static str, &'static str)> {
+    match sub {
+        "eviction" => Some(("policy", "v1", "Eviction")),
+        _ => None,
+    }
 }
 
 /// Groups in discovery order: core first, then named groups.
@@ -202,13 +211,20 @@ pub fn resource_list(res: &Resources, group: &str, version: &str) -> Option<Valu
         }
         resources.push(r);
         for sub in d.subresources {
-            resources.push(json!({
+            let mut r = json!({
                 "name": format!("{}/{}", d.plural, sub),
                 "singularName": "",
                 "namespaced": d.namespaced,
                 "kind": d.kind,
                 "verbs": sub_verbs(sub),
-            }));
+            });
+            if let Some((group, version, kind)) = sub_kind(sub) {
+                // kubectl drain finds the Eviction API by this entry's group and version.
+                r["group"] = group.into();
+                r["version"] = version.into();
+                r["kind"] = kind.into();
+            }
+            resources.push(r);
         }
     }
     let gv = if group.is_empty() {
@@ -239,7 +255,10 @@ fn aggregated_resource(d: &ResourceDef) -> Value {
         r["subresources"] = d
             .subresources
             .iter()
-            .map(|s| json!({"subresource": s, "responseKind": {"group": d.group, "version": d.version, "kind": d.kind}, "verbs": sub_verbs(s)}))
+            .map(|s| {
+                let (group, version, kind) = sub_kind(s).unwrap_or((d.group, d.version, d.kind));
+                json!({"subresource": s, "responseKind": {"group": group, "version": version, "kind": kind}, "verbs": sub_verbs(s)})
+            })
             .collect();
     }
     r

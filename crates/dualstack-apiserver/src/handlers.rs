@@ -132,6 +132,8 @@ fn verb_of(method: &Method, info: &RequestInfo, watch: bool) -> &'static str {
         ("GET" | "HEAD", false) if watch => "watch",
         ("GET" | "HEAD", false) => "list",
         ("POST", false) => "create",
+        // A named subresource that is created (`pods/NAME/eviction`).
+        ("POST", true) if info.subresource.is_some() => "create",
         ("PUT", true) => "update",
         ("PATCH", true) => "patch",
         ("DELETE", true) => "delete",
@@ -264,8 +266,10 @@ async fn handle_inner(
         };
     let watch = params.as_ref().is_some_and(|p| p.watch);
     let verb = verb_of(&method, &info, watch);
+    let eviction = info.subresource.as_deref() == Some(EVICTION);
     if verb == "unknown"
-        || (info.subresource.is_some() && !matches!(verb, "get" | "update" | "patch"))
+        || (eviction && verb != "create")
+        || (info.subresource.is_some() && !eviction && !matches!(verb, "get" | "update" | "patch"))
     {
         return Err(ApiError::MethodNotAllowed);
     }
@@ -345,6 +349,11 @@ async fn handle_inner(
             let p = params.expect("watch params");
             check_fields(&def, &p)?;
             Ok(watch::serve(rc, api.clone(), ns, p, render, include).await)
+        }
+        "create" if eviction => {
+            let ctx = build_ctx(user, &q, &headers)?;
+            let name = info.name.as_deref().expect("named");
+            evict(&api, ctx, ns, name, &headers, &body).await
         }
         "create" => {
             let mut ctx = build_ctx(user, &q, &headers)?;
@@ -427,7 +436,7 @@ async fn handle_inner(
             if node_restricted {
                 check_pod_owner(&api, user, &attrs, ns, name).await?;
             }
-            let opts = delete_options(&q, &body)?;
+            let opts = delete_options(&q, &headers, &body)?;
             let ctx = Ctx {
                 dry_run: ctx.dry_run || opts.1,
                 ..ctx
@@ -454,7 +463,7 @@ async fn handle_inner(
                     },
                 )
                 .map_err(|e| watch_error(&e))?;
-            let opts = delete_options(&q, &body)?;
+            let opts = delete_options(&q, &headers, &body)?;
             let ctx = Ctx {
                 dry_run: ctx.dry_run || opts.1,
                 ..ctx
@@ -537,40 +546,137 @@ fn decode_body(
     }
 }
 
-/// Parses `DeleteOptions` from the query and body; the bool is `dryRun`.
-fn delete_options(q: &Query, body: &[u8]) -> Result<(DeleteOpts, bool), ApiError> {
+/// Parses `DeleteOptions` from the query and body (JSON, YAML or protobuf, as kubectl 1.32+
+/// sends it); the bool is `dryRun`.
+fn delete_options(
+    q: &Query,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<(DeleteOpts, bool), ApiError> {
     let mut opts = DeleteOpts::default();
-    let mut dry = false;
     if let Some(g) = q.get("gracePeriodSeconds") {
         opts.grace_period_seconds = Some(
             g.parse()
                 .map_err(|_| ApiError::BadRequest(format!("invalid gracePeriodSeconds: {g}")))?,
         );
     }
+    let mut dry = false;
     if !body.is_empty() {
-        let v: Value = serde_json::from_slice(body)
-            .or_else(|_| serde_norway::from_slice(body))
-            .map_err(|e| ApiError::BadRequest(format!("error decoding DeleteOptions: {e}")))?;
-        if let Some(g) = v.get("gracePeriodSeconds").and_then(Value::as_i64) {
-            opts.grace_period_seconds = Some(g);
-        }
-        if let Some(p) = v.get("preconditions") {
-            opts.precondition_uid = p.get("uid").and_then(Value::as_str).map(str::to_string);
-            opts.precondition_rv = p
-                .get("resourceVersion")
-                .and_then(Value::as_str)
-                .map(str::to_string);
-        }
-        if let Some(d) = v.get("dryRun").and_then(Value::as_array) {
-            dry = d.iter().any(|x| x == "All");
-        }
+        let v = decode_delete_options_body(headers, body)?;
+        dry = apply_delete_options(&mut opts, &v);
     }
+    clamp_grace_period(&mut opts);
+    Ok((opts, dry))
+}
+
+/// The JSON of a `DeleteOptions` body.
+fn decode_delete_options_body(headers: &HeaderMap, body: &[u8]) -> Result<Value, ApiError> {
+    if body.len() > MAX_BODY_BYTES {
+        return Err(ApiError::TooLarge(MAX_BODY_BYTES));
+    }
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok());
+    let format = BodyFormat::from_content_type(ct).unwrap_or(BodyFormat::Json);
+    if format == BodyFormat::Protobuf || body.starts_with(dualstack_apimachinery::protobuf::MAGIC) {
+        return dualstack_apimachinery::protobuf::decode_delete_options(body);
+    }
+    serde_json::from_slice(body)
+        .or_else(|_| decode_text(BodyFormat::Yaml, body))
+        .map_err(|e| ApiError::BadRequest(format!("error decoding DeleteOptions: {e}")))
+}
+
+/// Copies the options of a `DeleteOptions` JSON value into `opts`; returns `dryRun`.
+fn apply_delete_options(opts: &mut DeleteOpts, v: &Value) -> bool {
+    if let Some(g) = v.get("gracePeriodSeconds").and_then(Value::as_i64) {
+        opts.grace_period_seconds = Some(g);
+    }
+    if let Some(p) = v.get("preconditions") {
+        opts.precondition_uid = p.get("uid").and_then(Value::as_str).map(str::to_string);
+        opts.precondition_rv = p
+            .get("resourceVersion")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+    }
+    v.get("dryRun")
+        .and_then(Value::as_array)
+        .is_some_and(|d| d.iter().any(|x| x == "All"))
+}
+
+fn clamp_grace_period(opts: &mut DeleteOpts) {
     if let Some(g) = opts.grace_period_seconds
         && g < 0
     {
         opts.grace_period_seconds = Some(1);
     }
-    Ok((opts, dry))
+}
+
+/// The `pods/eviction` subresource.
+const EVICTION: &str = "eviction";
+
+/// `POST pods/NAME/eviction` with a `policy/v1` Eviction (JSON, YAML or protobuf): as upstream's
+/// `EvictionREST` with no PodDisruptionBudget in the way, the pod is deleted with the eviction's
+/// `deleteOptions` and the answer is a `Success` Status with code 201.
+async fn evict(
+    api: &Arc<dyn ResourceApi>,
+    ctx: Ctx,
+    ns: Option<&str>,
+    name: &str,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Response, ApiError> {
+    if body.len() > MAX_BODY_BYTES {
+        return Err(ApiError::TooLarge(MAX_BODY_BYTES));
+    }
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok());
+    let eviction = match BodyFormat::from_content_type(ct)? {
+        BodyFormat::Protobuf => {
+            dualstack_apimachinery::protobuf::decode(body, "policy/v1", "Eviction")?
+        }
+        format => decode_text(format, body)?,
+    };
+    let kind = eviction["kind"].as_str().unwrap_or("");
+    let av = eviction["apiVersion"].as_str().unwrap_or("");
+    if !matches!(av, "policy/v1" | "policy/v1beta1") || kind != "Eviction" {
+        return Err(ApiError::BadRequest(format!(
+            "the object provided is unrecognized (must be of type Eviction): {av}, Kind={kind}"
+        )));
+    }
+    if eviction["metadata"]["name"].as_str() != Some(name) {
+        return Err(ApiError::BadRequest(
+            "name in URL does not match name in Eviction object".into(),
+        ));
+    }
+    if let Some(body_ns) = eviction["metadata"]["namespace"].as_str()
+        && !body_ns.is_empty()
+        && Some(body_ns) != ns
+    {
+        return Err(ApiError::BadRequest(
+            "the namespace of the provided object does not match the namespace sent on the request"
+                .into(),
+        ));
+    }
+    let mut opts = DeleteOpts::default();
+    let dry = eviction
+        .get("deleteOptions")
+        .is_some_and(|d| apply_delete_options(&mut opts, d));
+    clamp_grace_period(&mut opts);
+    let ctx = Ctx {
+        dry_run: ctx.dry_run || dry,
+        ..ctx
+    };
+    api.delete(&ctx, ns, name, &opts).await?;
+    let status = k8s_openapi::apimachinery::pkg::apis::meta::v1::Status {
+        code: Some(201),
+        ..success_status(None)
+    };
+    Ok(json_response(
+        StatusCode::CREATED,
+        serde_json::to_vec(&status).unwrap_or_default(),
+        &ctx.warnings,
+    ))
 }
 
 fn check_fields(def: &ResourceDef, p: &ListParams) -> Result<(), ApiError> {

@@ -17,7 +17,7 @@ static DEF: ResourceDef = ResourceDef {
     namespaced: true,
     short_names: &["po"],
     categories: &["all"],
-    subresources: &["status"],
+    subresources: &["status", "eviction"],
     name_rule: NameRule::Subdomain,
     field_labels: &[
         "spec.nodeName",
