@@ -137,6 +137,16 @@ impl<S: Strategy> std::fmt::Debug for TypedApi<S> {
     }
 }
 
+/// Runs CPU-bound work (patch application) on the blocking pool, so a large or amplifying
+/// patch never holds one of the async workers that health checks, accepts and watches share.
+async fn on_blocking_thread<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::Internal(format!("patch failed: {e}")))?
+}
+
 fn internal(e: impl std::fmt::Display) -> ApiError {
     ApiError::Internal(e.to_string())
 }
@@ -349,22 +359,32 @@ impl<S: Strategy> ResourceApi for TypedApi<S> {
             .and_then(|m| m.get("resourceVersion"))
             .and_then(Value::as_str)
             .map(str::to_string);
+        let patch_body = Arc::new(patch_body);
         for _ in 0..16 {
             let (_, entry) = self.registry.get(ns, name).await?;
             let current: Value = serde_json::from_slice(&entry.output).map_err(internal)?;
-            let patched = match patch_type {
-                PatchType::Merge => patch::merge_patch(&current, &patch_body),
-                PatchType::Json => patch::json_patch(&current, &patch_body)
-                    .map_err(|e| patch_error(&def, name, e))?,
-                PatchType::Strategic => patch::strategic_merge_patch(
-                    &current,
-                    &patch_body,
-                    &def.api_version(),
-                    def.kind,
-                )
-                .map_err(|e| patch_error(&def, name, e))?,
-                PatchType::Apply => unreachable!("handled above"),
-            };
+            // Applying a patch is CPU work bounded by size, not time: never on an async worker.
+            let (pb, d, n) = (patch_body.clone(), def.clone(), name.to_string());
+            let patched = on_blocking_thread(move || {
+                let patched = match patch_type {
+                    PatchType::Merge => Ok(patch::merge_patch(&current, &pb)),
+                    PatchType::Json => {
+                        patch::json_patch(&current, &pb).map_err(|e| patch_error(&d, &n, e))
+                    }
+                    PatchType::Strategic => {
+                        patch::strategic_merge_patch(&current, &pb, &d.api_version(), d.kind)
+                            .map_err(|e| patch_error(&d, &n, e))
+                    }
+                    PatchType::Apply => unreachable!("handled above"),
+                }?;
+                // An object the store must refuse is refused here, before decoding it.
+                let size = serde_json::to_vec(&patched).map_or(0, |b| b.len());
+                if size > dualstack_store::MAX_VALUE_BYTES {
+                    return Err(ApiError::TooLarge(dualstack_store::MAX_VALUE_BYTES));
+                }
+                Ok(patched)
+            })
+            .await?;
             if let Some(rv) = patched
                 .get("metadata")
                 .and_then(|m| m.get("resourceVersion"))

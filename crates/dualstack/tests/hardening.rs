@@ -29,14 +29,33 @@ fn node_token(s: &TestServer, node: &str) -> String {
     String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
-/// One `/healthz` with curl: (status, seconds taken).
+/// One `/healthz` with curl: (status, seconds taken). Slow answers print curl's phases.
 fn healthz(s: &TestServer) -> (u16, f64) {
     let t = Instant::now();
-    let r = s.call("", "GET", "/healthz", None, &[]);
-    if r.status != 200 {
-        eprintln!("/healthz: {} {} {}", r.status, r.body, r.curl_error);
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "10", "-o", "/dev/null", "--cacert"])
+        .arg(s.ca())
+        .args([
+            "-w",
+            "%{http_code} connect=%{time_connect} tls=%{time_appconnect} first-byte=%{time_starttransfer} total=%{time_total}",
+        ])
+        .arg(format!("{}/healthz", s.url))
+        .output()
+        .expect("run curl");
+    let secs = t.elapsed().as_secs_f64();
+    let w = String::from_utf8_lossy(&out.stdout).to_string();
+    let code = w
+        .split_whitespace()
+        .next()
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    if code != 200 || secs > 0.5 {
+        eprintln!(
+            "/healthz: {w} (process {secs:.3}s) {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
-    (r.status, t.elapsed().as_secs_f64())
+    (code, secs)
 }
 
 fn rss_mib(pid: u32) -> f64 {
