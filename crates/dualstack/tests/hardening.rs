@@ -532,3 +532,82 @@ fn health_answers_within_a_second_while_every_attack_runs_at_once() {
     );
     assert_eq!(r.status, 200);
 }
+
+/// Starts the server under `sh -c 'ulimit -n LIMIT; exec dualstack server ...'` with stderr in
+/// `log`; returns the child and its URL.
+fn start_with_fd_limit(
+    data: &std::path::Path,
+    log: &std::path::Path,
+    limit: u32,
+) -> (std::process::Child, String) {
+    let child = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "ulimit -n {limit} && exec \"$0\" server --data-dir \"$1\" --secure-port 0 2>\"$2\""
+        ))
+        .arg(common::binary())
+        .arg(data)
+        .arg(log)
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .spawn()
+        .expect("spawn the server under sh");
+    let url = common::eventually(Duration::from_secs(60), || {
+        let text = std::fs::read_to_string(log).ok()?;
+        let i = text.find("url=https://")?;
+        Some(
+            common::strip_ansi(&text[i + 4..])
+                .split_whitespace()
+                .next()?
+                .to_string(),
+        )
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "no URL in {}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        )
+    });
+    (child, url)
+}
+
+#[test]
+fn at_a_low_open_file_limit_the_server_keeps_answering_and_logs_a_bounded_amount() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let log = dir.path().join("server.log");
+    let (mut child, url) = start_with_fd_limit(&data, &log, 64);
+    let port: u16 = url.rsplit(':').next().unwrap().parse().unwrap();
+    let health = |what: &str| {
+        let t = Instant::now();
+        let out = Command::new("curl")
+            .args(["-sS", "--max-time", "5", "--cacert"])
+            .arg(data.join("pki/ca.crt"))
+            .arg(format!("{url}/healthz"))
+            .output()
+            .unwrap();
+        let secs = t.elapsed().as_secs_f64();
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "ok",
+            "{what}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(secs < 1.0, "{what}: /healthz took {secs:.2}s");
+    };
+    health("before the flood");
+    let mut flood = Vec::new();
+    for round in 0..5 {
+        flood.extend(idle_flood(port, 200));
+        health(&format!("flood round {round}"));
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let log_bytes = std::fs::metadata(&log).map_or(0, |m| m.len());
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        log_bytes < 256 * 1024,
+        "{log_bytes} bytes of log in 3 s at the open-file limit"
+    );
+    drop(flood);
+}
