@@ -187,15 +187,36 @@ fn list(res: &Resources, plural: &str) -> Vec<Value> {
         .collect()
 }
 
+/// The addresses of the ClusterIP allocator's `IPAddress` objects (names are addresses).
+fn allocated_addresses(res: &Resources) -> Vec<IpAddr> {
+    let Some(api) = res.by_plural("ipaddresses") else {
+        return Vec::new();
+    };
+    let Ok(page) = api.list(None, &Default::default()) else {
+        return Vec::new();
+    };
+    page.items
+        .iter()
+        .filter_map(|e| serde_json::from_slice::<Value>(&e.output).ok())
+        .filter(|ip| ip["metadata"]["labels"][MANAGED_BY_LABEL] == MANAGED_BY)
+        .filter_map(|ip| ip["metadata"]["name"].as_str()?.parse().ok())
+        .collect()
+}
+
 /// One pass over every ServiceCIDR. The server runs one before it reports ready, so the
 /// bootstrap ServiceCIDR is protected and `Ready` from the first request on.
 pub async fn sync(res: &Resources) {
     let cidrs = list(res, "servicecidrs");
-    let addresses: Vec<IpAddr> = list(res, "ipaddresses")
+    // The allocated addresses matter only to a ServiceCIDR being deleted: read them (every
+    // IPAddress) only then, not on every change of the store.
+    let any_deleting = cidrs
         .iter()
-        .filter(|ip| ip["metadata"]["labels"][MANAGED_BY_LABEL] == MANAGED_BY)
-        .filter_map(|ip| ip["metadata"]["name"].as_str()?.parse().ok())
-        .collect();
+        .any(|v| v["metadata"]["deletionTimestamp"].is_string());
+    let addresses: Vec<IpAddr> = if any_deleting {
+        allocated_addresses(res)
+    } else {
+        Vec::new()
+    };
     for v in &cidrs {
         let name = v["metadata"]["name"].as_str().unwrap_or("").to_string();
         match sync_one(res, v.clone(), &cidrs, &addresses).await {
