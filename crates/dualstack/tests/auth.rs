@@ -6,7 +6,6 @@
 mod common;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
-use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -14,23 +13,6 @@ use common::{Kubectl, Response, TestServer, write_temp};
 use serde_json::{Value, json};
 
 const DUAL: &[&str] = &["--service-cluster-ip-range=10.0.0.0/16,fd00:10::/108"];
-
-/// `dualstack token create --node NAME` for this server's data directory.
-fn node_token(s: &TestServer, node: &str, kubeconfig_out: Option<&Path>) -> String {
-    let mut cmd = Command::new(common::binary());
-    cmd.args(["token", "create", "--node", node, "--data-dir"])
-        .arg(&s.data_dir);
-    if let Some(out) = kubeconfig_out {
-        cmd.arg("--kubeconfig-out").arg(out);
-    }
-    let out = cmd.output().expect("run dualstack token create");
-    assert!(
-        out.status.success(),
-        "token create failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
-}
 
 fn send(s: &TestServer, token: &str, method: &str, path: &str, body: Option<Value>) -> Response {
     let ct = if method == "PATCH" {
@@ -161,7 +143,7 @@ fn requests_without_a_valid_token_are_401_while_health_and_version_are_anonymous
 #[test]
 fn a_node_token_may_register_and_update_its_own_node_and_its_status() {
     let s = TestServer::start(DUAL);
-    let t = node_token(&s, "n1", None);
+    let t = common::node_token(&s, "n1", None);
     let created = assert_ok(&send(&s, &t, "POST", "/api/v1/nodes", Some(node("n1"))));
     assert_eq!(created["metadata"]["name"], "n1");
     let mut obj = created.clone();
@@ -197,7 +179,7 @@ fn a_node_token_may_register_and_update_its_own_node_and_its_status() {
 #[test]
 fn a_node_token_gets_403_with_upstreams_message_for_other_nodes() {
     let s = TestServer::start(DUAL);
-    let t = node_token(&s, "n1", None);
+    let t = common::node_token(&s, "n1", None);
     admin(
         &s,
         "POST",
@@ -270,7 +252,7 @@ fn a_node_token_gets_403_with_upstreams_message_for_other_nodes() {
 #[test]
 fn a_node_token_sees_and_updates_only_the_pods_bound_to_it() {
     let s = TestServer::start(DUAL);
-    let t = node_token(&s, "n1", None);
+    let t = common::node_token(&s, "n1", None);
     let pods = "/api/v1/namespaces/default/pods";
     admin(&s, "POST", pods, Some(pod("p1", "n1")));
     admin(&s, "POST", pods, Some(pod("p2", "n2")));
@@ -367,7 +349,7 @@ fn a_node_token_sees_and_updates_only_the_pods_bound_to_it() {
 #[test]
 fn a_node_token_may_not_change_the_spec_or_labels_of_its_own_pods() {
     let s = TestServer::start(&[]);
-    let t = node_token(&s, "n1", None);
+    let t = common::node_token(&s, "n1", None);
     let pods = "/api/v1/namespaces/default/pods";
     let p1 = admin(&s, "POST", pods, Some(pod("p1", "n1")));
     let r = send(
@@ -394,7 +376,7 @@ fn a_node_token_may_not_change_the_spec_or_labels_of_its_own_pods() {
 #[test]
 fn a_node_token_reads_cluster_objects_but_may_not_write_them() {
     let s = TestServer::start(DUAL);
-    let t = node_token(&s, "n1", None);
+    let t = common::node_token(&s, "n1", None);
     admin(
         &s,
         "POST",
@@ -503,7 +485,7 @@ fn the_node_kubeconfig_works_with_kubectl_for_its_own_node_only() {
     let s = TestServer::start(DUAL);
     let dir = tempfile::tempdir().unwrap();
     let kc = dir.path().join("n1.kubeconfig");
-    let token = node_token(&s, "n1", Some(&kc));
+    let token = common::node_token(&s, "n1", Some(&kc));
     let text = std::fs::read_to_string(&kc).unwrap();
     assert!(text.contains(&token), "the kubeconfig holds the token");
     assert!(text.contains(&s.url), "the kubeconfig holds the server URL");

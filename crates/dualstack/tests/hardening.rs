@@ -15,20 +15,6 @@ use std::time::{Duration, Instant};
 use common::TestServer;
 use serde_json::{Value, json};
 
-fn node_token(s: &TestServer, node: &str) -> String {
-    let out = Command::new(common::binary())
-        .args(["token", "create", "--node", node, "--data-dir"])
-        .arg(&s.data_dir)
-        .output()
-        .expect("run dualstack token create");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
-}
-
 /// One `/healthz` with curl: (status, seconds taken). Slow answers print curl's phases.
 fn healthz(s: &TestServer) -> (u16, f64) {
     let t = Instant::now();
@@ -208,7 +194,7 @@ fn an_object_over_the_storage_limit_is_refused_with_413_and_not_stored() {
     assert_eq!(r.status, 404);
 
     // A node growing its own status past the limit with patches is refused the same way.
-    let token = node_token(&s, "n1");
+    let token = common::node_token(&s, "n1", None);
     let node = json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n1"}});
     let r = s.call(
         &token,
@@ -290,7 +276,7 @@ fn made_up_resource_paths_create_no_metric_series_and_nodes_may_not_read_metrics
         series < 20,
         "{series} request series after 900 made-up paths"
     );
-    let token = node_token(&s, "n1");
+    let token = common::node_token(&s, "n1", None);
     let r = s.call(&token, "GET", "/metrics", None, &[]);
     assert_eq!(r.status, 403, "{}", r.body);
     assert_eq!(
@@ -419,38 +405,29 @@ fn health_answers_within_a_second_while_every_attack_runs_at_once() {
             Vec::<u16>::new()
         }));
     }
-    // 2. The amplifying JSON patch, again and again.
-    {
+    // 2. The amplifying JSON patch, and 3. deep YAML apply patches, again and again.
+    for (path, body, content_type) in [
+        (
+            "/api/v1/namespaces/default/configmaps/target",
+            amplifying_patch(),
+            "application/json-patch+json",
+        ),
+        (
+            "/api/v1/namespaces/default/configmaps/deep?fieldManager=x",
+            deep_yaml(100_000),
+            "application/apply-patch+yaml",
+        ),
+    ] {
         let (s, stop) = (s.clone(), stop.clone());
         attacks.push(std::thread::spawn(move || {
-            let body = amplifying_patch();
             let mut codes = Vec::new();
             while !stop.load(Ordering::Relaxed) {
                 let r = s.call(
                     &s.token,
                     "PATCH",
-                    "/api/v1/namespaces/default/configmaps/target",
+                    path,
                     Some(&body),
-                    &[("Content-Type", "application/json-patch+json")],
-                );
-                codes.push(r.status);
-            }
-            codes
-        }));
-    }
-    // 3. Deep YAML apply patches.
-    {
-        let (s, stop) = (s.clone(), stop.clone());
-        attacks.push(std::thread::spawn(move || {
-            let body = deep_yaml(100_000);
-            let mut codes = Vec::new();
-            while !stop.load(Ordering::Relaxed) {
-                let r = s.call(
-                    &s.token,
-                    "PATCH",
-                    "/api/v1/namespaces/default/configmaps/deep?fieldManager=x",
-                    Some(&body),
-                    &[("Content-Type", "application/apply-patch+yaml")],
+                    &[("Content-Type", content_type)],
                 );
                 codes.push(r.status);
             }

@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{Kubectl, Response, TestServer, eventually};
@@ -13,21 +12,6 @@ use serde_json::{Value, json};
 
 const DUAL: &[&str] = &["--service-cluster-ip-range=10.0.0.0/16,fd00:10::/108"];
 const LEASES: &str = "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases";
-
-/// `dualstack token create --node NAME` for this server's data directory.
-fn node_token(s: &TestServer, node: &str) -> String {
-    let out = Command::new(common::binary())
-        .args(["token", "create", "--node", node, "--data-dir"])
-        .arg(&s.data_dir)
-        .output()
-        .expect("run dualstack token create");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
-}
 
 fn send(s: &TestServer, token: &str, method: &str, path: &str, body: Option<Value>) -> Response {
     send_h(s, token, method, path, body, &[])
@@ -86,7 +70,10 @@ fn stderr(out: &std::process::Output) -> String {
 #[test]
 fn a_node_may_touch_only_its_own_lease_and_no_lease_collection() {
     let s = TestServer::start(DUAL);
-    let (a, b) = (node_token(&s, "node-a"), node_token(&s, "node-b"));
+    let (a, b) = (
+        common::node_token(&s, "node-a", None),
+        common::node_token(&s, "node-b", None),
+    );
     ok(&send(&s, &b, "POST", LEASES, Some(lease("node-b"))));
     // The name in the body counts.
     let msg = failure(
@@ -164,7 +151,7 @@ fn a_node_may_touch_only_its_own_lease_and_no_lease_collection() {
 #[test]
 fn a_node_may_not_set_restricted_labels_taints_or_pod_cidrs_on_its_own_node() {
     let s = TestServer::start(DUAL);
-    let t = node_token(&s, "n1");
+    let t = common::node_token(&s, "n1", None);
     let node = |extra: Value| {
         let mut n = json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n1",
             "labels": {"kubernetes.io/hostname": "n1", "kubernetes.io/os": "linux"}}});
@@ -288,7 +275,10 @@ fn json_merge(a: &mut Value, b: &Value) {
 #[test]
 fn a_node_reads_only_the_configmaps_of_pods_bound_to_it() {
     let s = TestServer::start(DUAL);
-    let (t1, t2) = (node_token(&s, "n1"), node_token(&s, "n2"));
+    let (t1, t2) = (
+        common::node_token(&s, "n1", None),
+        common::node_token(&s, "n2", None),
+    );
     let cms = "/api/v1/namespaces/default/configmaps";
     for name in ["vol", "env", "other"] {
         ok(&send(
@@ -359,7 +349,7 @@ fn a_node_reads_only_the_configmaps_of_pods_bound_to_it() {
 #[test]
 fn impersonation_is_for_the_admin_only_and_runs_the_request_as_the_impersonated_user() {
     let s = TestServer::start(DUAL);
-    let t = node_token(&s, "n1");
+    let t = common::node_token(&s, "n1", None);
     ok(&send(
         &s,
         &s.token,
@@ -644,7 +634,7 @@ fn kubectl_1_33_auth_can_i_and_whoami_send_protobuf_reviews() {
 #[test]
 fn the_reviews_are_in_discovery_and_create_only() {
     let s = TestServer::start(DUAL);
-    let t = node_token(&s, "n1");
+    let t = common::node_token(&s, "n1", None);
     let d = ok(&send(
         &s,
         &s.token,

@@ -32,6 +32,24 @@ pub struct TestServer {
     log: PathBuf,
 }
 
+/// `dualstack token create --node NAME` for this server's data directory (with
+/// `--kubeconfig-out FILE` when given): the node's bearer token.
+pub fn node_token(s: &TestServer, node: &str, kubeconfig_out: Option<&Path>) -> String {
+    let mut cmd = Command::new(binary());
+    cmd.args(["token", "create", "--node", node, "--data-dir"])
+        .arg(&s.data_dir);
+    if let Some(out) = kubeconfig_out {
+        cmd.arg("--kubeconfig-out").arg(out);
+    }
+    let out = cmd.output().expect("run dualstack token create");
+    assert!(
+        out.status.success(),
+        "token create failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
 /// Path of the built binary.
 pub fn binary() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_dualstack"))
