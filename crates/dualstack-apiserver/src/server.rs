@@ -126,8 +126,7 @@ impl Server {
 
         let (shutdown, shutdown_rx) = watch::channel(false);
         let (ready_tx, ready_rx) = watch::channel(false);
-        let listener = TcpListener::bind(SocketAddr::new(config.bind_address, config.secure_port))
-            .await
+        let listener = listen(SocketAddr::new(config.bind_address, config.secure_port))
             .with_context(|| {
                 format!(
                     "listening on {}:{}",
@@ -297,6 +296,10 @@ async fn accept_loop(
             }
             governor.closed(id);
         });
+        // Let the new connection's task run before the next accept: a client's ClientHello is
+        // usually in the socket already, so it reaches the protected "hello" state before a
+        // burst of newer connections could evict it (see `conn`).
+        tokio::task::yield_now().await;
     }
 }
 
@@ -446,6 +449,25 @@ async fn reap_loop(governor: Governor, mut shutdown: watch::Receiver<bool>) {
             _ = shutdown.changed() => return,
         }
     }
+}
+
+/// Binds the listening socket with the kernel's largest accept backlog (`somaxconn`, as Go's
+/// listener does), not the 128 of a plain bind: a burst of connections must wait in the queue,
+/// not have its SYNs dropped (a dropped SYN costs a client a one-second retransmission).
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let backlog = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok())
+        .unwrap_or(4096)
+        .clamp(128, 65535);
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(backlog)
 }
 
 /// Sets the permission bits of `path`.
