@@ -361,6 +361,37 @@ fn openapi_v2_is_json_when_json_is_asked_for_and_protobuf_otherwise() {
     assert!(r.header_values("content-type")[0].contains("protobuf"));
 }
 
+/// A child process killed (and reaped) when dropped.
+struct KillOnDrop(std::process::Child);
+
+impl KillOnDrop {
+    fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Stops the attack threads and SIGKILLs the server when dropped.
+struct StopAndKill {
+    stop: Arc<AtomicBool>,
+    pid: u32,
+}
+
+impl Drop for StopAndKill {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = Command::new("kill")
+            .args(["-9", &self.pid.to_string()])
+            .status();
+    }
+}
+
 /// A deeply nested YAML document (an apply patch), `depth` levels of one-key maps.
 fn deep_yaml(depth: usize) -> Vec<u8> {
     let mut y =
@@ -400,6 +431,12 @@ fn health_answers_within_a_second_while_every_attack_runs_at_once() {
     assert_eq!(r.status, 201, "{}", r.body);
 
     let stop = Arc::new(AtomicBool::new(false));
+    // However the test ends (a failed assertion included), the attack threads stop and the
+    // server process is killed, even if a thread still holds the server.
+    let _cleanup = StopAndKill {
+        stop: stop.clone(),
+        pid,
+    };
     let peak = Arc::new(std::sync::Mutex::new(0.0f64));
     let mut attacks: Vec<std::thread::JoinHandle<Vec<u16>>> = Vec::new();
     // 1. An idle-connection flood, renewed every second.
@@ -541,19 +578,21 @@ fn start_with_fd_limit(
     data: &std::path::Path,
     log: &std::path::Path,
     limit: u32,
-) -> (std::process::Child, String) {
-    let child = Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "ulimit -n {limit} && exec \"$0\" server --data-dir \"$1\" --secure-port 0 2>\"$2\""
-        ))
-        .arg(common::binary())
-        .arg(data)
-        .arg(log)
-        .env("RUST_LOG", "info")
-        .env("NO_COLOR", "1")
-        .spawn()
-        .expect("spawn the server under sh");
+) -> (KillOnDrop, String) {
+    let child = KillOnDrop(
+        Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "ulimit -n {limit} && exec \"$0\" server --data-dir \"$1\" --secure-port 0 2>\"$2\""
+            ))
+            .arg(common::binary())
+            .arg(data)
+            .arg(log)
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .spawn()
+            .expect("spawn the server under sh"),
+    );
     let url = common::eventually(Duration::from_secs(60), || {
         let text = std::fs::read_to_string(log).ok()?;
         let i = text.find("url=https://")?;
@@ -578,6 +617,7 @@ fn at_a_low_open_file_limit_the_server_keeps_answering_and_logs_a_bounded_amount
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let log = dir.path().join("server.log");
+    // The server is killed however the test ends.
     let (mut child, url) = start_with_fd_limit(&data, &log, 64);
     let port: u16 = url.rsplit(':').next().unwrap().parse().unwrap();
     let health = |what: &str| {
@@ -605,8 +645,7 @@ fn at_a_low_open_file_limit_the_server_keeps_answering_and_logs_a_bounded_amount
         std::thread::sleep(Duration::from_millis(500));
     }
     let log_bytes = std::fs::metadata(&log).map_or(0, |m| m.len());
-    let _ = child.kill();
-    let _ = child.wait();
+    child.kill();
     assert!(
         log_bytes < 256 * 1024,
         "{log_bytes} bytes of log in 3 s at the open-file limit"
