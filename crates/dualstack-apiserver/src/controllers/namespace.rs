@@ -2,8 +2,6 @@
 //! deleted (pods on nodes that do not exist are removed at once, as the pod GC would), and when
 //! none remain the `kubernetes` finalizer is removed through `/finalize`, which deletes it.
 
-use std::time::Duration;
-
 use dualstack_apimachinery::status::ApiError;
 use serde_json::Value;
 use tokio::sync::watch;
@@ -111,19 +109,10 @@ async fn sync(res: &Resources) {
 pub fn start(
     storage: Storage,
     res: Resources,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut rev = storage.cache.subscribe();
-        loop {
-            sync(&res).await;
-            tokio::select! {
-                _ = rev.changed() => {}
-                _ = tokio::time::sleep(Duration::from_secs(10)) => {}
-                _ = shutdown.changed() => return,
-            }
-            // Let bursts of changes settle.
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+    super::resync_on_changes(storage, shutdown, move || {
+        let res = res.clone();
+        async move { sync(&res).await }
     })
 }

@@ -15,7 +15,6 @@
 //! them whenever the store changes (and every 10 s).
 
 use std::net::IpAddr;
-use std::time::Duration;
 
 use dualstack_apimachinery::status::ApiError;
 use ipnet::IpNet;
@@ -230,20 +229,11 @@ pub async fn sync(res: &Resources) {
 pub fn start(
     storage: Storage,
     res: Resources,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut rev = storage.cache.subscribe();
-        loop {
-            sync(&res).await;
-            tokio::select! {
-                _ = rev.changed() => {}
-                _ = tokio::time::sleep(Duration::from_secs(10)) => {}
-                _ = shutdown.changed() => return,
-            }
-            // Let bursts of changes settle.
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+    super::resync_on_changes(storage, shutdown, move || {
+        let res = res.clone();
+        async move { sync(&res).await }
     })
 }
 
