@@ -1,0 +1,11 @@
+//! The kernel edge of the node side: everything that touches namespaces, links, routes,
+//! processes and mounts lives here, behind small functions that the agent, the CNI plugin and
+//! the lab call. Start with [`netns`]: named network namespaces as bind-mounted nsfs files at
+//! any path (not only `/run/netns`), so several labs and test runs never share names.
+//!
+//! Everything here needs root (CAP_SYS_ADMIN, CAP_NET_ADMIN); tests that need it are marked
+//! `#[ignore = "needs root"]` where they cannot run otherwise and run as root in CI.
+
+pub mod netns;
+
+pub use netns::NetnsError;
