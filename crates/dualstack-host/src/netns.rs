@@ -67,7 +67,7 @@ fn sys_err(op: &'static str, path: &Path) -> impl FnOnce(nix::Error) -> NetnsErr
 
 /// Whether `path` is a mounted network namespace file.
 pub fn exists(path: &Path) -> bool {
-    statfs(path).is_ok_and(|s| s.filesystem_type().0 as i64 == NSFS_MAGIC)
+    statfs(path).is_ok_and(|s| s.filesystem_type().0 == NSFS_MAGIC)
 }
 
 /// Creates a new, empty network namespace (only `lo`, down) kept at `path`. Idempotent: an
