@@ -1,6 +1,7 @@
 //! One file per subcommand.
 
 pub mod bench;
+pub mod cni;
 pub mod controller_manager;
 pub mod down;
 pub mod exec;
