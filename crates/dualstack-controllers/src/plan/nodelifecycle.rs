@@ -548,13 +548,15 @@ mod tests {
             effect: "NoSchedule".into(),
             ..Default::default()
         };
-        let cases: Vec<(
-            &str,
+        // (name, conditions, cordoned, taints before, taints after)
+        type Case = (
+            &'static str,
             Vec<NodeCondition>,
             bool,
             Vec<Taint>,
             Option<Vec<Taint>>,
-        )> = vec![
+        );
+        let cases: Vec<Case> = vec![
             (
                 "ready, clean",
                 vec![cond("Ready", "True")],
