@@ -1,18 +1,20 @@
 //! The node lifecycle controller at the edge: watches Nodes and the Leases of
 //! `kube-node-lease`, runs [`NodeLifecycle`] every `--node-monitor-period` (5 s) and on every
-//! node change, and writes its plans: conditions through `nodes/NAME/status` (a replace with the
-//! cached `resourceVersion`, as upstream's `UpdateStatus`), taints with a merge patch guarded by
-//! the `resourceVersion`, and, when a node stops being ready, `Ready=False` on each of its pods
-//! through `pods/NAME/status` with a `NodeNotReady` event (upstream's `MarkPodsNotReady`). A
-//! write that fails is retried on the next pass (pods of a node that is still not ready
-//! included, as upstream's `needsRetry`).
+//! node change, and writes its plans: conditions through `nodes/NAME/status`, taints with a
+//! merge patch, and, when a node stops being ready, `Ready=False` on each of its pods through
+//! `pods/NAME/status` with a `NodeNotReady` event (upstream's `MarkPodsNotReady`). Every write
+//! carries the `resourceVersion` it was planned from, so it fails rather than overwrite a newer
+//! object, as upstream's `UpdateStatus` does; status writes are strategic merge patches of
+//! `status.conditions` (keyed by `type`), not replaces, since the cached objects lack what the
+//! cache strips. A write that fails is retried on the next pass (pods of a node that is still
+//! not ready included, as upstream's `needsRetry`).
 
 use std::collections::HashSet;
 use std::sync::Arc;
 
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, Pod};
-use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use kube::api::{ListParams, Patch, PatchParams};
 use kube::{Api, Client};
 use tokio::task::JoinSet;
 
@@ -46,8 +48,18 @@ async fn mark_pods(client: &Client, node: &str, recorder: &Recorder) -> bool {
         let ns = pod.metadata.namespace.clone().unwrap_or_default();
         let name = pod.metadata.name.clone().unwrap_or_default();
         let api: Api<Pod> = Api::namespaced(client.clone(), &ns);
+        let ready: Vec<_> = marked
+            .status
+            .iter()
+            .flat_map(|s| s.conditions.iter().flatten())
+            .filter(|c| c.type_ == "Ready")
+            .collect();
+        let body = serde_json::json!({
+            "metadata": {"resourceVersion": pod.metadata.resource_version},
+            "status": {"conditions": ready},
+        });
         match api
-            .replace_status(&name, &PostParams::default(), &marked)
+            .patch_status(&name, &PatchParams::default(), &Patch::Strategic(&body))
             .await
         {
             Ok(_) => {
@@ -76,12 +88,14 @@ async fn apply(api: &Api<Node>, node: &Node, plan: &NodePlan) -> bool {
     let name = node.metadata.name.clone().unwrap_or_default();
     let mut current = node.clone();
     if let Some(conds) = &plan.conditions {
-        current
-            .status
-            .get_or_insert_with(Default::default)
-            .conditions = Some(conds.clone());
+        // A patch, not a replace: the cached node lacks what the cache strips (managed fields,
+        // the last-applied annotation), which a replace through `status` would drop.
+        let body = serde_json::json!({
+            "metadata": {"resourceVersion": node.metadata.resource_version},
+            "status": {"conditions": conds},
+        });
         match api
-            .replace_status(&name, &PostParams::default(), &current)
+            .patch_status(&name, &PatchParams::default(), &Patch::Strategic(&body))
             .await
         {
             Ok(written) => {
