@@ -1,8 +1,10 @@
 //! One file per subcommand.
 
+pub mod agent;
 pub mod bench;
 pub mod controller_manager;
 pub mod server;
+pub mod shim;
 pub mod token;
 
 /// Logs to stderr; `RUST_LOG` overrides the default `info` level.
