@@ -3,7 +3,7 @@
 //!
 //! [`LocalNetwork`] is the stand-in used until the CNI runtime (`dualstack-cni`) is wired in:
 //! host-local-style allocation from the node's podCIDRs (one file per address under the root
-//! dir) and the addresses on a dummy `eth0` inside the pod's namespace: enough for the pod's
+//! dir) and the addresses on `eth0` (one end of a veth pair whose peer stays inside) in the pod's namespace: enough for the pod's
 //! own view (addresses, hosts file, probes from inside), not reachable from outside.
 
 use std::collections::BTreeSet;
@@ -102,7 +102,9 @@ impl LocalNetwork {
 
     fn pick(&self, net: &IpNet, taken: &BTreeSet<IpAddr>) -> Option<IpAddr> {
         // host-local's default range: network + 2 (the gateway is network + 1) up to the end.
-        net.hosts().skip(2).find(|ip| !taken.contains(ip))
+        // (`hosts()` leaves out the IPv4 network address, not the IPv6 one.)
+        let skip = if net.addr().is_ipv4() { 1 } else { 2 };
+        net.hosts().skip(skip).find(|ip| !taken.contains(ip))
     }
 }
 
@@ -139,8 +141,8 @@ impl PodNetwork for LocalNetwork {
         }
         let mut script = String::from("link set lo up\n");
         script.push_str(&format!(
-            "link add {} type dummy\nlink set {} up\n",
-            a.ifname, a.ifname
+            "link add {0} type veth peer name {0}p\nlink set {0}p up\nlink set {0} up\n",
+            a.ifname
         ));
         for (ip, len) in &ips {
             let extra = if ip.is_ipv6() { " nodad" } else { "" };
