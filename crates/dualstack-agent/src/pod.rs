@@ -487,9 +487,7 @@ impl Worker {
 
     /// Starts, restarts or holds each container; returns when to look again.
     fn sync(&mut self) -> Option<Timestamp> {
-        let Some(sandbox) = self.sandbox.clone() else {
-            return None;
-        };
+        let sandbox = self.sandbox.clone()?;
         let t = now();
         let policy = self.restart_policy();
         let terminal = self.terminal();
