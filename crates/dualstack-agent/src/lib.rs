@@ -27,7 +27,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use thiserror::Error;
 use tokio::sync::{mpsc, watch};
 
-pub use network::{Attachment, LocalNetwork, NetworkError, PodNetwork};
+pub use network::{Attachment, CniNetwork, LocalNetwork, NetworkError, PodNetwork};
 
 /// The agent's settings (flags of `dualstack agent`).
 #[derive(Debug, Clone)]
@@ -40,8 +40,8 @@ pub struct Config {
     pub root_dir: PathBuf,
     /// `--cni-conf-dir`.
     pub cni_conf_dir: PathBuf,
-    /// `--cni-bin-dir`.
-    pub cni_bin_dir: PathBuf,
+    /// `--cni-bin-dir` (comma-separated list).
+    pub cni_bin_dirs: Vec<PathBuf>,
     /// `--cluster-dns` and `--cluster-domain`.
     pub cluster_dns: ClusterDns,
     /// `--max-pods`.

@@ -192,3 +192,67 @@ impl PodNetwork for LocalNetwork {
         Ok(())
     }
 }
+
+/// The pod network through CNI (`dualstack-cni`'s runtime): once the node has podCIDRs, the
+/// agent writes its `10-dualstack.conflist` (IPAM data under the root dir); the runtime uses
+/// the first configuration in the conf dir, so a conflist that sorts earlier (a user's
+/// `00-bridge.conflist` for the reference plugins) wins — the interop path.
+#[derive(Debug)]
+pub struct CniNetwork {
+    runtime: dualstack_cni::runtime::Runtime,
+    conf_dir: PathBuf,
+    data_dir: PathBuf,
+}
+
+impl CniNetwork {
+    /// A CNI network reading `conf_dir`, running plugins from `bin_dirs` (the type `dualstack`
+    /// falls back to `self_exe cni`), caching results and IPAM data under `root`.
+    pub fn new(conf_dir: PathBuf, bin_dirs: Vec<PathBuf>, root: &Path, self_exe: PathBuf) -> Self {
+        CniNetwork {
+            runtime: dualstack_cni::runtime::Runtime::new(
+                conf_dir.clone(),
+                bin_dirs,
+                root.join("cni-cache"),
+            )
+            .with_self_plugin(self_exe),
+            conf_dir,
+            data_dir: root.join("cni-ipam"),
+        }
+    }
+}
+
+fn cni_attachment(a: &Attachment) -> dualstack_cni::runtime::Attachment {
+    dualstack_cni::runtime::Attachment {
+        container_id: a.container_id.clone(),
+        netns: a.netns.clone(),
+        ifname: a.ifname.clone(),
+        pod_namespace: a.pod_namespace.clone(),
+        pod_name: a.pod_name.clone(),
+        pod_uid: a.pod_uid.clone(),
+    }
+}
+
+#[async_trait]
+impl PodNetwork for CniNetwork {
+    async fn configure(&self, pod_cidrs: &[IpNet]) -> Result<(), NetworkError> {
+        dualstack_cni::conf::write_dualstack_conflist(&self.conf_dir, pod_cidrs, &self.data_dir)
+            .map(|_| ())
+            .map_err(io(&self.conf_dir))
+    }
+
+    async fn setup(&self, a: &Attachment) -> Result<Vec<IpAddr>, NetworkError> {
+        let r = self
+            .runtime
+            .add(&cni_attachment(a))
+            .await
+            .map_err(|e| NetworkError::Plugin(e.to_string()))?;
+        Ok(r.pod_ips())
+    }
+
+    async fn teardown(&self, a: &Attachment) -> Result<(), NetworkError> {
+        self.runtime
+            .del(&cni_attachment(a))
+            .await
+            .map_err(|e| NetworkError::Plugin(e.to_string()))
+    }
+}

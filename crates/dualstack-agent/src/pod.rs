@@ -891,6 +891,10 @@ impl Worker {
     }
 
     async fn finish_deletion(&mut self) {
+        // Files first: once the pod is gone from the API nothing of it is left on the node
+        // (the network was torn down before; a crash here leaves a pod being deleted with no
+        // records, which the next agent deletes without running anything).
+        let _ = std::fs::remove_dir_all(&self.dir);
         if !self.gone {
             let dp = DeleteParams {
                 grace_period_seconds: Some(0),
@@ -906,7 +910,6 @@ impl Worker {
                 Err(e) => tracing::warn!(pod = %self.name(), error = %e, "deleting the pod failed"),
             }
         }
-        let _ = std::fs::remove_dir_all(&self.dir);
         self.backoff.forget_prefix(&self.uid);
         tracing::info!(pod = %self.name(), "pod deleted");
     }

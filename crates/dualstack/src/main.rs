@@ -3,6 +3,10 @@
 //! This file is the table of contents: one subcommand per component, one file each under
 //! `cmd/`. Flags keep upstream's names; a bad flag value exits non-zero with upstream's message
 //! before anything starts.
+//!
+//! One exception to "flags first": run with no arguments and `CNI_COMMAND` in the environment,
+//! the binary is a CNI plugin (installed or symlinked as `/opt/cni/bin/dualstack`, runtimes call
+//! it that way) and goes straight to `dualstack cni`.
 
 use std::process::ExitCode;
 
@@ -34,11 +38,24 @@ enum Command {
     Shim(cmd::shim::ShimArgs),
     /// Issue bearer tokens (admin or node) for a server's data directory.
     Token(cmd::token::TokenArgs),
+    /// The CNI plugin `dualstack` (bridge, veth, one address per family): `CNI_*` environment
+    /// and network config on stdin, as container runtimes call plugins.
+    Cni(cmd::cni::CniArgs),
     /// Performance measurements that print a table (see BENCHMARKS.md).
     Bench(cmd::bench::BenchArgs),
+    /// A local dual-stack cluster: server, nodes and an outside host in network namespaces
+    /// (root); returns once every node is Ready and leaves the cluster running.
+    Up(cmd::up::UpArgs),
+    /// Run a command on a lab host (node-1 ... node-N, outside).
+    Exec(cmd::exec::ExecArgs),
+    /// Remove a lab made by `up`: processes, namespaces, mounts, files. Safe to run twice.
+    Down(cmd::down::DownArgs),
 }
 
 fn main() -> ExitCode {
+    if std::env::args_os().len() == 1 && std::env::var_os("CNI_COMMAND").is_some() {
+        return cmd::cni::run();
+    }
     let cli = Cli::parse();
     let result = match cli.command {
         // First: the shim must stay single-threaded (mount namespaces), so nothing may start
@@ -49,6 +66,10 @@ fn main() -> ExitCode {
         Command::ControllerManager(args) => cmd::controller_manager::run(args),
         Command::Token(args) => cmd::token::run(args),
         Command::Bench(args) => cmd::bench::run(args),
+        Command::Up(args) => cmd::up::run(args),
+        Command::Exec(args) => cmd::exec::run(args),
+        Command::Down(args) => cmd::down::run(args),
+        Command::Cni(_) => return cmd::cni::run(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

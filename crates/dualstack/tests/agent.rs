@@ -6,8 +6,9 @@
 //!
 //! Address plan (see `common/mod.rs`): nodes `192.0.2.0/24` + `2001:db8:1::/64` on a veth
 //! inside the namespace; pods from `--cluster-cidr=10.244.0.0/16,fd00:10:244::/56`.
-//! Needs root (network and mount namespaces); the pod network is the agent's `local` stand-in
-//! until the CNI runtime is wired in.
+//! Needs root (network and mount namespaces). The pod network is the real one: the agent's
+//! conflist in a per-test `--cni-conf-dir`, run through the CNI runtime with the `dualstack`
+//! plugin (this binary), bridge and veths inside the test namespace.
 
 mod common;
 
@@ -170,6 +171,8 @@ impl Lab {
             ])
             .arg("--root-dir")
             .arg(self.root())
+            .arg("--cni-conf-dir")
+            .arg(self.dir.path().join("net.d"))
             .env("NO_COLOR", "1")
             .stdout(Stdio::null())
             .stderr(log)
@@ -342,6 +345,24 @@ impl Drop for Lab {
     }
 }
 
+/// Files under `dir` whose content mentions `id` (IPAM reservations of a sandbox).
+fn held_by(dir: &Path, id: &str) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+    {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(held_by(&p, id));
+        } else if std::fs::read_to_string(&p).is_ok_and(|t| t.contains(id)) {
+            out.push(p);
+        }
+    }
+    out
+}
+
 fn ips(v: &Value) -> Vec<IpAddr> {
     v.as_array()
         .into_iter()
@@ -497,7 +518,12 @@ fn a_pod_runs_with_both_families_primary_first_sees_its_hosts_file_and_is_delete
     let (code, _) = lab.call("DELETE", "/api/v1/namespaces/default/pods/web", None);
     assert_eq!(code, 200);
     assert!(
-        eventually(WAIT, || lab.pod("web").is_none().then_some(())).is_some(),
+        eventually(WAIT, || (lab
+            .call("GET", "/api/v1/namespaces/default/pods/web", None)
+            .0
+            == 404)
+            .then_some(()))
+        .is_some(),
         "pod not deleted: {}",
         lab.agent_log()
     );
@@ -506,23 +532,30 @@ fn a_pod_runs_with_both_families_primary_first_sees_its_hosts_file_and_is_delete
         "got-term\n",
         "the SIGTERM trap ran"
     );
+    let uid = p["metadata"]["uid"].as_str().unwrap();
     assert!(
         lab.log_of(&p, "c", 0).is_empty(),
-        "the pod's files are removed after deletion"
+        "the pod's files are removed after deletion: {:?}\n{}",
+        held_by(&lab.root().join("pods").join(uid), ""),
+        lab.agent_log()
     );
     let uid = p["metadata"]["uid"].as_str().unwrap();
     assert!(!lab.root().join("pods").join(uid).exists());
-    // The addresses were freed: the next pod gets the lowest one again.
-    lab.create_pod(
-        "again",
-        json!({"containers": [{"name": "c", "command": ["sleep", "1000"]}]}),
+    // The addresses were freed: the CNI IPAM holds nothing for the sandbox.
+    assert!(
+        lab.root().join("cni-ipam").is_dir(),
+        "the pod network is the CNI one: root has {:?}, conf dir {:?}",
+        std::fs::read_dir(lab.root()).map(|d| d
+            .filter_map(Result::ok)
+            .map(|e| e.file_name())
+            .collect::<Vec<_>>()),
+        std::fs::read_dir(lab.dir.path().join("net.d")).map(|d| d
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .collect::<Vec<_>>())
     );
-    let again = lab.wait_pod("again", "Running", running);
-    assert_eq!(
-        ips(&again["status"]["podIPs"]),
-        pod_ips,
-        "freed addresses are reused"
-    );
+    let held = held_by(&lab.root().join("cni-ipam"), &format!("dualstack-{uid}"));
+    assert!(held.is_empty(), "addresses still held: {held:?}");
 }
 
 #[test]
@@ -612,7 +645,7 @@ fn a_restarted_agent_adopts_its_pods_with_the_same_addresses_and_processes() {
     let before = lab.wait_pod("keep", "Running", running);
     let uid = before["metadata"]["uid"].as_str().unwrap().to_string();
     let pid_file = lab.root().join(format!("pods/{uid}/c/0.pid"));
-    let pid = std::fs::read_to_string(&pid_file).unwrap();
+    let pid = eventually(WAIT, || std::fs::read_to_string(&pid_file).ok()).expect("pid file");
     lab.kill_agent();
     lab.start_agent();
     assert!(

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
 use clap::Args;
-use dualstack_agent::{Config, LocalNetwork, PodNetwork};
+use dualstack_agent::{CniNetwork, Config, LocalNetwork, PodNetwork};
 use dualstack_node::files::ClusterDns;
 
 /// Flags of `dualstack agent`.
@@ -69,12 +69,13 @@ pub struct AgentArgs {
     #[arg(long = "max-pods", value_name = "int32", default_value_t = 110)]
     pub max_pods: u32,
 
-    /// The pod network: `local` (addresses from the node's podCIDRs on a dummy interface in
-    /// the pod's namespace; until the CNI runtime is wired in).
+    /// The pod network: `cni` (the first configuration in --cni-conf-dir; the agent writes
+    /// its own once the node has podCIDRs), or `local` (addresses from the podCIDRs on a veth
+    /// inside the pod's namespace only, no connectivity: for tests of the agent alone).
     #[arg(
         long = "pod-network",
         value_name = "string",
-        default_value = "local",
+        default_value = "cni",
         hide = true
     )]
     pub pod_network: String,
@@ -112,12 +113,13 @@ impl AgentArgs {
             node_ips,
             root_dir: self.root_dir.clone(),
             cni_conf_dir: self.cni_conf_dir.clone(),
-            cni_bin_dir: self
+            cni_bin_dirs: self
                 .cni_bin_dir
                 .split(',')
-                .next()
-                .unwrap_or("/opt/cni/bin")
-                .into(),
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(PathBuf::from)
+                .collect(),
             cluster_dns: ClusterDns {
                 servers,
                 domain: self.cluster_domain.clone(),
@@ -136,6 +138,12 @@ pub fn run(args: AgentArgs) -> Result<()> {
     let config = args.resolve()?;
     let network: Arc<dyn PodNetwork> = match args.pod_network.as_str() {
         "local" => Arc::new(LocalNetwork::new(config.root_dir.join("local-ipam"))),
+        "cni" => Arc::new(CniNetwork::new(
+            config.cni_conf_dir.clone(),
+            config.cni_bin_dirs.clone(),
+            &config.root_dir,
+            config.shim_exe.clone(),
+        )),
         other => bail!("unknown --pod-network {other:?}"),
     };
     let rt = tokio::runtime::Builder::new_multi_thread()

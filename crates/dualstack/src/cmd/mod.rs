@@ -2,10 +2,14 @@
 
 pub mod agent;
 pub mod bench;
+pub mod cni;
 pub mod controller_manager;
+pub mod down;
+pub mod exec;
 pub mod server;
 pub mod shim;
 pub mod token;
+pub mod up;
 
 /// Logs to stderr; `RUST_LOG` overrides the default `info` level.
 pub fn init_tracing() {
