@@ -8,9 +8,12 @@
 //! Everything here needs root (CAP_SYS_ADMIN, CAP_NET_ADMIN); tests that need it are marked
 //! `#[ignore = "needs root"]` where they cannot run otherwise and run as root in CI.
 
+pub mod mount;
 pub mod netlink;
 pub mod netns;
+pub mod process;
 pub mod sysctl;
 
+pub use mount::MountError;
 pub use netlink::NetlinkError;
 pub use netns::NetnsError;

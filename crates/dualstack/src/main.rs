@@ -30,6 +30,12 @@ enum Command {
     /// The dual-stack controllers of kube-controller-manager (node IPAM, EndpointSlices,
     /// Endpoints, LoadBalancer pools) against any API server, with leader election.
     ControllerManager(cmd::controller_manager::ControllerManagerArgs),
+    /// The node agent (kubelet's side): registers the Node, renews its Lease, runs the pods
+    /// bound to it as host processes in their own network namespaces.
+    Agent(cmd::agent::AgentArgs),
+    /// The supervisor of one container process (started by the agent).
+    #[command(hide = true)]
+    Shim(cmd::shim::ShimArgs),
     /// Issue bearer tokens (admin or node) for a server's data directory.
     Token(cmd::token::TokenArgs),
     /// The CNI plugin `dualstack` (bridge, veth, one address per family): `CNI_*` environment
@@ -52,6 +58,10 @@ fn main() -> ExitCode {
     }
     let cli = Cli::parse();
     let result = match cli.command {
+        // First: the shim must stay single-threaded (mount namespaces), so nothing may start
+        // a runtime or a thread before it runs.
+        Command::Shim(args) => cmd::shim::run(args),
+        Command::Agent(args) => cmd::agent::run(args),
         Command::Server(args) => cmd::server::run(args),
         Command::ControllerManager(args) => cmd::controller_manager::run(args),
         Command::Token(args) => cmd::token::run(args),

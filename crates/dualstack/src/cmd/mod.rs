@@ -1,11 +1,13 @@
 //! One file per subcommand.
 
+pub mod agent;
 pub mod bench;
 pub mod cni;
 pub mod controller_manager;
 pub mod down;
 pub mod exec;
 pub mod server;
+pub mod shim;
 pub mod token;
 pub mod up;
 

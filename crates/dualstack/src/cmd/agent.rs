@@ -1,0 +1,193 @@
+//! `dualstack agent --kubeconfig FILE --node-name NAME --node-ip IP[,IP]`: the node agent
+//! (kubelet's dual-stack side). Flags keep kubelet's names and `--node-ip` its rules and
+//! messages; the work is `dualstack_agent::run`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+use clap::Args;
+use dualstack_agent::{CniNetwork, Config, LocalNetwork, PodNetwork};
+use dualstack_node::files::ClusterDns;
+
+/// Flags of `dualstack agent`.
+#[derive(Debug, Clone, Args)]
+pub struct AgentArgs {
+    /// Path to a kubeconfig file with the node's credentials (`dualstack token create --node
+    /// NAME --kubeconfig-out FILE`). Empty: the in-cluster configuration or $KUBECONFIG.
+    #[arg(long = "kubeconfig", value_name = "string", default_value = "")]
+    pub kubeconfig: String,
+
+    /// The name of this node (default: the hostname).
+    #[arg(long = "node-name", value_name = "string")]
+    pub node_name: Option<String>,
+
+    /// IP address (or comma-separated dual-stack IP addresses) of the node. The first one's
+    /// family is the node's primary family: it orders every pod's podIPs and hostIPs.
+    #[arg(long = "node-ip", value_name = "string", default_value = "")]
+    pub node_ip: String,
+
+    /// Directory path for managing agent files (pod sandboxes, container logs).
+    #[arg(
+        long = "root-dir",
+        value_name = "string",
+        default_value = "/var/lib/dualstack/agent"
+    )]
+    pub root_dir: PathBuf,
+
+    /// The full path of the directory in which to search for CNI config files.
+    #[arg(
+        long = "cni-conf-dir",
+        value_name = "string",
+        default_value = "/etc/cni/net.d"
+    )]
+    pub cni_conf_dir: PathBuf,
+
+    /// A comma-separated list of full paths of directories in which to search for CNI plugin
+    /// binaries.
+    #[arg(
+        long = "cni-bin-dir",
+        value_name = "string",
+        default_value = "/opt/cni/bin"
+    )]
+    pub cni_bin_dir: String,
+
+    /// Comma-separated list of DNS server IP addresses for pods with dnsPolicy=ClusterFirst.
+    #[arg(long = "cluster-dns", value_name = "strings", default_value = "")]
+    pub cluster_dns: String,
+
+    /// Domain for this cluster: pods' search domains.
+    #[arg(
+        long = "cluster-domain",
+        value_name = "string",
+        default_value = "cluster.local"
+    )]
+    pub cluster_domain: String,
+
+    /// Number of pods that can run on this node.
+    #[arg(long = "max-pods", value_name = "int32", default_value_t = 110)]
+    pub max_pods: u32,
+
+    /// The pod network: `cni` (the first configuration in --cni-conf-dir; the agent writes
+    /// its own once the node has podCIDRs), or `local` (addresses from the podCIDRs on a veth
+    /// inside the pod's namespace only, no connectivity: for tests of the agent alone).
+    #[arg(
+        long = "pod-network",
+        value_name = "string",
+        default_value = "cni",
+        hide = true
+    )]
+    pub pod_network: String,
+}
+
+impl AgentArgs {
+    /// Validates the flags into the agent's configuration.
+    pub fn resolve(&self) -> Result<Config> {
+        let (node_ips, skipped) = dualstack_api::config::parse_node_ips(&self.node_ip, "")
+            .map_err(|e| anyhow!("bad --node-ip {:?}: {e}", self.node_ip))?;
+        if !skipped.is_empty() {
+            tracing::info!(ips = ?skipped, "Could not parse some node IP(s), ignoring them");
+        }
+        if node_ips.is_empty() || node_ips.iter().any(|ip| ip.is_unspecified()) {
+            bail!("--node-ip must name the node's address(es): this agent does not detect them");
+        }
+        let mut servers = Vec::new();
+        for s in self
+            .cluster_dns
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+        {
+            servers.push(s.parse().map_err(|_| {
+                anyhow!("invalid argument {s:?} for \"--cluster-dns\" flag: invalid IP")
+            })?);
+        }
+        let node_name = self
+            .node_name
+            .clone()
+            .unwrap_or_else(crate::flags::hostname)
+            .to_lowercase();
+        Ok(Config {
+            node_name,
+            node_ips,
+            root_dir: self.root_dir.clone(),
+            cni_conf_dir: self.cni_conf_dir.clone(),
+            cni_bin_dirs: self
+                .cni_bin_dir
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(PathBuf::from)
+                .collect(),
+            cluster_dns: ClusterDns {
+                servers,
+                domain: self.cluster_domain.clone(),
+            },
+            max_pods: self.max_pods,
+            shim_exe: std::env::current_exe().context("locating the dualstack binary")?,
+            lease_interval: Duration::from_secs(10),
+            status_report_interval: Duration::from_secs(300),
+        })
+    }
+}
+
+/// Runs the agent.
+pub fn run(args: AgentArgs) -> Result<()> {
+    crate::cmd::init_tracing();
+    let config = args.resolve()?;
+    let network: Arc<dyn PodNetwork> = match args.pod_network.as_str() {
+        "local" => Arc::new(LocalNetwork::new(config.root_dir.join("local-ipam"))),
+        "cni" => Arc::new(CniNetwork::new(
+            config.cni_conf_dir.clone(),
+            config.cni_bin_dirs.clone(),
+            &config.root_dir,
+            config.shim_exe.clone(),
+        )),
+        other => bail!("unknown --pod-network {other:?}"),
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let client = client(&args.kubeconfig).await?;
+        tracing::info!(node = %config.node_name, ips = ?config.node_ips, "starting the node agent");
+        tokio::select! {
+            r = dualstack_agent::run(client, config, network) => r.map_err(anyhow::Error::from),
+            _ = crate::cmd::controller_manager::shutdown_signal() => Ok(()),
+        }
+    })
+}
+
+/// The API client of the kubeconfig, with kubelet's User-Agent shape (so its writes are
+/// recorded under the field manager `kubelet`, as upstream's).
+async fn client(kubeconfig: &str) -> Result<kube::Client> {
+    let mut config = if kubeconfig.is_empty() {
+        kube::Config::infer()
+            .await
+            .context("loading the client configuration")?
+    } else {
+        let file = kube::config::Kubeconfig::read_from(kubeconfig)
+            .with_context(|| format!("reading kubeconfig {kubeconfig}"))?;
+        kube::Config::from_custom_kubeconfig(file, &kube::config::KubeConfigOptions::default())
+            .await
+            .with_context(|| format!("loading kubeconfig {kubeconfig}"))?
+    };
+    let ua = format!(
+        "kubelet/{} ({}/{}) dualstack/{}",
+        dualstack_apiserver::discovery::GIT_VERSION,
+        std::env::consts::OS,
+        if std::env::consts::ARCH == "x86_64" {
+            "amd64"
+        } else {
+            std::env::consts::ARCH
+        },
+        env!("CARGO_PKG_VERSION")
+    );
+    config.headers.push((
+        hyper::header::USER_AGENT,
+        hyper::header::HeaderValue::from_str(&ua).context("the User-Agent header")?,
+    ));
+    kube::Client::try_from(config).context("building the API client")
+}

@@ -1,0 +1,181 @@
+//! `dualstack shim` (hidden): the small supervisor of one container process, so containers
+//! outlive the agent and keep their exit codes. Dispatched from `main` before any runtime or
+//! thread starts: joining a mount namespace needs a single-threaded process.
+//!
+//! `shim run SPEC`: becomes a session leader, joins the pod's network namespace, enters a
+//! mount namespace of its own (`/` recursively slave) with the pod's hosts and resolv.conf
+//! bound over `/etc/hosts` and `/etc/resolv.conf`, starts the container process in its own
+//! process group with stdout and stderr appended to the log, records its pid and start time,
+//! waits, and records the exit (code or signal) atomically.
+//!
+//! `shim exec --pid PID --spec SPEC -- CMD...`: runs CMD in the network and mount namespaces
+//! of the container process PID with the container's environment (exec probes).
+
+use std::fs::OpenOptions;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Subcommand};
+use dualstack_agent::runtime::{ExitRecord, PidRecord, ShimSpec};
+use dualstack_host::process::{ProcessRef, write_atomic};
+
+/// `dualstack shim ...`
+#[derive(Debug, Clone, Args)]
+pub struct ShimArgs {
+    #[command(subcommand)]
+    command: ShimCommand,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+enum ShimCommand {
+    /// Supervise the container described by a spec file.
+    Run {
+        /// The spec file the agent wrote.
+        spec: PathBuf,
+    },
+    /// Run a command inside a running container's namespaces.
+    Exec {
+        /// The container process.
+        #[arg(long)]
+        pid: i32,
+        /// The container's spec file (environment and working directory).
+        #[arg(long)]
+        spec: PathBuf,
+        /// The command.
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+}
+
+/// Runs the subcommand (never returns for `exec` on success).
+pub fn run(args: ShimArgs) -> Result<()> {
+    match args.command {
+        ShimCommand::Run { spec } => supervise(&spec),
+        ShimCommand::Exec { pid, spec, command } => exec(pid, &spec, &command),
+    }
+}
+
+fn read_spec(path: &Path) -> Result<ShimSpec> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    serde_json::from_slice(&bytes).with_context(|| format!("parsing {}", path.display()))
+}
+
+fn now() -> String {
+    jiff::Timestamp::now().to_string()
+}
+
+fn write_json<T: serde::Serialize>(path: &Path, v: &T) -> Result<()> {
+    write_atomic(path, &serde_json::to_vec(v)?)
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+/// Namespaces and mounts of the container; errors are start errors.
+fn prepare(spec: &ShimSpec) -> Result<()> {
+    if let Some(ns) = &spec.netns {
+        dualstack_host::netns::enter(ns)?;
+    }
+    dualstack_host::mount::private_namespace()?;
+    if let Some(h) = &spec.hosts {
+        dualstack_host::mount::bind_file(h, Path::new("/etc/hosts"))?;
+    }
+    if let Some(r) = &spec.resolv {
+        dualstack_host::mount::bind_file(r, Path::new("/etc/resolv.conf"))?;
+    }
+    if let Some(name) = &spec.hostname {
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWUTS).context("unshare uts")?;
+        nix::unistd::sethostname(name).context("sethostname")?;
+    }
+    Ok(())
+}
+
+fn supervise(spec_path: &Path) -> Result<()> {
+    // Own session: the agent's terminal and process group signals never reach us.
+    let _ = nix::unistd::setsid();
+    let spec = read_spec(spec_path)?;
+    let started = now();
+    let fail = |e: String| -> Result<()> {
+        write_json(
+            &spec.exit_file,
+            &ExitRecord {
+                code: None,
+                signal: None,
+                started_at: None,
+                finished_at: now(),
+                error: Some(e),
+            },
+        )
+    };
+    if let Err(e) = prepare(&spec) {
+        return fail(format!("{e:#}"));
+    }
+    let log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&spec.log)
+        .with_context(|| format!("opening {}", spec.log.display()))?;
+    let mut cmd = Command::new(&spec.argv[0]);
+    cmd.args(&spec.argv[1..])
+        .env_clear()
+        .envs(spec.env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .process_group(0);
+    if let Some(d) = &spec.cwd {
+        cmd.current_dir(d);
+    }
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            return fail(format!(
+                "failed to start container process: exec: {:?}: {e}",
+                spec.argv[0]
+            ));
+        }
+    };
+    let pid = i32::try_from(child.id())?;
+    let start_time = ProcessRef::of(pid).map_or(0, |r| r.start_time);
+    write_json(
+        &spec.pid_file,
+        &PidRecord {
+            pid,
+            start_time,
+            started_at: started.clone(),
+        },
+    )?;
+    let status = child.wait()?;
+    write_json(
+        &spec.exit_file,
+        &ExitRecord {
+            code: status.code(),
+            signal: status.signal(),
+            started_at: Some(started),
+            finished_at: now(),
+            error: None,
+        },
+    )
+}
+
+fn exec(pid: i32, spec_path: &Path, command: &[String]) -> Result<()> {
+    let spec = read_spec(spec_path)?;
+    let join = |kind: &str, flag: nix::sched::CloneFlags| -> Result<()> {
+        let f = std::fs::File::open(format!("/proc/{pid}/ns/{kind}"))
+            .with_context(|| format!("container {pid} is gone"))?;
+        nix::sched::setns(&f, flag).with_context(|| format!("setns {kind}"))
+    };
+    join("net", nix::sched::CloneFlags::CLONE_NEWNET)?;
+    join("uts", nix::sched::CloneFlags::CLONE_NEWUTS)?;
+    join("mnt", nix::sched::CloneFlags::CLONE_NEWNS)?;
+    let Some((prog, args)) = command.split_first() else {
+        bail!("no command")
+    };
+    let mut cmd = Command::new(prog);
+    cmd.args(args)
+        .env_clear()
+        .envs(spec.env.iter().map(|(k, v)| (k, v)));
+    cmd.current_dir(spec.cwd.as_deref().unwrap_or("/"));
+    let e = cmd.exec();
+    bail!("exec {prog:?}: {e}")
+}
