@@ -54,7 +54,11 @@ impl Lab {
     fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let node = dir.path().join("netns/node");
-        let lab = Lab { dir, node: node.clone(), pods: Vec::new() };
+        let lab = Lab {
+            dir,
+            node: node.clone(),
+            pods: Vec::new(),
+        };
         netns::create(&node).unwrap();
         // The node's own lo, as on a real host.
         lab.in_node_cmd("ip", &["link", "set", "lo", "up"]);
@@ -78,11 +82,21 @@ impl Lab {
 
     /// Runs `dualstack cni` in the node namespace with `env` and `stdin`.
     fn plugin(&self, env: &[(&str, &str)], stdin: &str) -> Output {
-        let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         let mut child = netns::run_in(&self.node, move || {
             let mut c = Command::new(BIN);
             c.arg("cni");
-            for k in ["CNI_COMMAND", "CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME", "CNI_ARGS", "CNI_PATH"] {
+            for k in [
+                "CNI_COMMAND",
+                "CNI_CONTAINERID",
+                "CNI_NETNS",
+                "CNI_IFNAME",
+                "CNI_ARGS",
+                "CNI_PATH",
+            ] {
                 c.env_remove(k);
             }
             c.envs(env)
@@ -93,7 +107,12 @@ impl Lab {
         })
         .unwrap()
         .unwrap();
-        child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.as_bytes())
+            .unwrap();
         child.wait_with_output().unwrap()
     }
 
@@ -171,7 +190,10 @@ fn env<'a>(cmd: &'a str, id: &'a str, netns: &'a Path) -> Vec<(&'a str, &'a str)
         ("CNI_NETNS", netns.to_str().unwrap()),
         ("CNI_IFNAME", "eth0"),
         ("CNI_PATH", "/opt/cni/bin"),
-        ("CNI_ARGS", "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=p"),
+        (
+            "CNI_ARGS",
+            "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=p",
+        ),
     ]
 }
 
@@ -186,9 +208,17 @@ fn ok_json(out: &Output) -> Value {
 }
 
 fn err_json(out: &Output) -> CniErrorResult {
-    assert!(!out.status.success(), "expected failure: {}", String::from_utf8_lossy(&out.stdout));
-    serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("not an error object ({e}): {}", String::from_utf8_lossy(&out.stdout)))
+    assert!(
+        !out.status.success(),
+        "expected failure: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "not an error object ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
 }
 
 fn net(s: &str) -> IpNet {
@@ -257,17 +287,23 @@ fn add_gives_each_pod_one_address_per_family_that_works_at_once() {
     );
     let res1: CniResult = serde_json::from_value(r1.clone()).unwrap();
 
-    let r2: CniResult = serde_json::from_value(ok_json(&lab.plugin(&env("ADD", "c2", &p2), &conf))).unwrap();
+    let r2: CniResult =
+        serde_json::from_value(ok_json(&lab.plugin(&env("ADD", "c2", &p2), &conf))).unwrap();
     let ips1 = res1.pod_ips();
     let ips2 = r2.pod_ips();
     assert_eq!(ips2.len(), 2);
-    assert!(ips1.iter().all(|ip| !ips2.contains(ip)), "{ips1:?} {ips2:?}");
+    assert!(
+        ips1.iter().all(|ip| !ips2.contains(ip)),
+        "{ips1:?} {ips2:?}"
+    );
     for ip in ips1.iter().chain(&ips2) {
         assert!(net(V4).contains(ip) || net(V6).contains(ip), "{ip}");
     }
 
     // IPv6 without waiting for DAD: not tentative, and the very first packets get through.
-    let addrs = String::from_utf8(nsenter(&p2, "ip", &["-6", "addr", "show", "dev", "eth0"]).stdout).unwrap();
+    let addrs =
+        String::from_utf8(nsenter(&p2, "ip", &["-6", "addr", "show", "dev", "eth0"]).stdout)
+            .unwrap();
     assert!(addrs.contains("fd00:10:244:1::3/64"), "{addrs}");
     assert!(!addrs.contains("tentative"), "{addrs}");
     for (from, to) in [(&p1, &ips2), (&p2, &ips1)] {
@@ -290,7 +326,11 @@ fn add_gives_each_pod_one_address_per_family_that_works_at_once() {
     let mut check_conf: Value = serde_json::from_str(&conf).unwrap();
     check_conf["prevResult"] = r1.clone();
     let out = lab.plugin(&env("CHECK", "c1", &p1), &check_conf.to_string());
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     assert!(out.stdout.is_empty());
 
     // A repeated ADD of the same attachment returns the same result.
@@ -300,8 +340,15 @@ fn add_gives_each_pod_one_address_per_family_that_works_at_once() {
     // DEL frees the addresses and removes the interfaces; a second DEL succeeds.
     assert_eq!(allocated_files(&data).len(), 4);
     let out = lab.plugin(&env("DEL", "c1", &p1), &check_conf.to_string());
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
-    assert_eq!(allocated_files(&data), vec!["10.244.1.3", "fd00:10:244:1::3"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_eq!(
+        allocated_files(&data),
+        vec!["10.244.1.3", "fd00:10:244:1::3"]
+    );
     let links = String::from_utf8(nsenter(&p1, "ip", &["-o", "link"]).stdout).unwrap();
     assert!(!links.contains("eth0"), "{links}");
     assert!(lab.plugin(&env("DEL", "c1", &p1), &conf).status.success());
@@ -324,12 +371,19 @@ fn check_reports_a_missing_address_and_route() {
 
     nsenter(&p, "ip", &["-6", "route", "del", "default"]);
     let e = err_json(&lab.plugin(&env("CHECK", "c", &p), &check));
-    assert!(e.details.contains("route ::/0 via fd00:10:244:1::1 missing"), "{e:?}");
+    assert!(
+        e.details
+            .contains("route ::/0 via fd00:10:244:1::1 missing"),
+        "{e:?}"
+    );
 
     nsenter(&p, "ip", &["addr", "del", "10.244.1.2/24", "dev", "eth0"]);
     let e = err_json(&lab.plugin(&env("CHECK", "c", &p), &check));
     assert_eq!(e.code, 999);
-    assert!(e.details.contains("address 10.244.1.2/24 missing on eth0"), "{e:?}");
+    assert!(
+        e.details.contains("address 10.244.1.2/24 missing on eth0"),
+        "{e:?}"
+    );
 
     // CHECK without prevResult is an invalid configuration.
     let e = err_json(&lab.plugin(&env("CHECK", "c", &p), &conf));
@@ -347,14 +401,26 @@ fn del_succeeds_when_the_netns_is_already_gone() {
     assert_eq!(allocated_files(&data).len(), 2);
     netns::remove(&p).unwrap();
     let out = lab.plugin(&env("DEL", "c", &p), &conf);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     assert!(allocated_files(&data).is_empty());
     // Without CNI_NETNS at all (it is optional for DEL).
     let out = lab.plugin(
-        &[("CNI_COMMAND", "DEL"), ("CNI_CONTAINERID", "c"), ("CNI_IFNAME", "eth0")],
+        &[
+            ("CNI_COMMAND", "DEL"),
+            ("CNI_CONTAINERID", "c"),
+            ("CNI_IFNAME", "eth0"),
+        ],
         &conf,
     );
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     // Nothing ever allocated: also fine.
     assert!(lab.plugin(&env("DEL", "never", &p), &conf).status.success());
 }
@@ -370,7 +436,10 @@ fn failures_print_the_spec_error_json_and_exit_non_zero() {
     // No CNI_COMMAND.
     let out = lab.plugin(&[("CNI_CONTAINERID", "c")], "{}");
     let e = err_json(&out);
-    assert_eq!((e.code, e.msg.as_str()), (4, "required env variables [CNI_COMMAND] missing"));
+    assert_eq!(
+        (e.code, e.msg.as_str()),
+        (4, "required env variables [CNI_COMMAND] missing")
+    );
     assert_eq!(out.status.code(), Some(1));
 
     // Not JSON.
@@ -382,12 +451,19 @@ fn failures_print_the_spec_error_json_and_exit_non_zero() {
     ok_json(&lab.plugin(&env("ADD", "c1", &p), &small));
     let e = err_json(&lab.plugin(&env("ADD", "c2", &q), &small));
     assert_eq!(e.code, 11, "{e:?}");
-    assert_eq!(e.msg, "no IP addresses available in range set: 10.244.1.1-10.244.1.2");
+    assert_eq!(
+        e.msg,
+        "no IP addresses available in range set: 10.244.1.1-10.244.1.2"
+    );
     // Nothing of the failed ADD is left behind, and the IPv6 address it took is back.
-    assert_eq!(allocated_files(&data), vec!["10.244.1.2", "fd00:10:244:1::2"]);
+    assert_eq!(
+        allocated_files(&data),
+        vec!["10.244.1.2", "fd00:10:244:1::2"]
+    );
     // Once the first pod is gone, its address serves the next.
     assert!(lab.plugin(&env("DEL", "c1", &p), &small).status.success());
-    let r: CniResult = serde_json::from_value(ok_json(&lab.plugin(&env("ADD", "c2", &q), &small))).unwrap();
+    let r: CniResult =
+        serde_json::from_value(ok_json(&lab.plugin(&env("ADD", "c2", &q), &small))).unwrap();
     assert_eq!(r.pod_ips()[0], "10.244.1.2".parse::<IpAddr>().unwrap());
 }
 
@@ -407,7 +483,8 @@ fn concurrent_adds_never_share_an_address() {
                 let conf = conf.clone();
                 s.spawn(move || {
                     let id = format!("c{i}");
-                    serde_json::from_value(ok_json(&lab.plugin(&env("ADD", &id, p), &conf))).unwrap()
+                    serde_json::from_value(ok_json(&lab.plugin(&env("ADD", &id, p), &conf)))
+                        .unwrap()
                 })
             })
             .collect();
@@ -436,9 +513,22 @@ fn a_hundred_sequential_adds_take_a_few_milliseconds_each() {
     }
     times.sort();
     let median = times[times.len() / 2];
+    // What the process start alone costs (same binary, VERSION does no work).
+    let mut start = Vec::new();
+    for _ in 0..100 {
+        let t = Instant::now();
+        assert!(
+            lab.plugin(&[("CNI_COMMAND", "VERSION")], "")
+                .status
+                .success()
+        );
+        start.push(t.elapsed());
+    }
+    start.sort();
     eprintln!(
-        "ADD latency over 100 pods (process start to exit): median {median:?}, p90 {:?}, max {:?}",
-        times[90], times[99]
+        "ADD latency over 100 pods (process start to exit): median {median:?}, p90 {:?}, max {:?}; \
+         VERSION (process start only): median {:?}",
+        times[90], times[99], start[50]
     );
     // Generous for a loaded CI machine; typically a few milliseconds.
     assert!(median.as_millis() < 100, "median ADD {median:?}");
@@ -477,14 +567,24 @@ fn attachment(id: &str, netns: &Path) -> Attachment {
 fn the_runtime_with_debian_bridge_and_host_local_gives_pods_both_families() {
     require_root!();
     if !Path::new("/usr/lib/cni/bridge").exists() {
-        panic!("needs Debian's containernetworking-plugins in /usr/lib/cni (scripts/test installs it)");
+        panic!(
+            "needs Debian's containernetworking-plugins in /usr/lib/cni (scripts/test installs it)"
+        );
     }
     let mut lab = Lab::new();
     let conf_dir = lab.path("net.d");
     let hl = lab.path("host-local");
     std::fs::create_dir_all(&conf_dir).unwrap();
-    std::fs::write(conf_dir.join("10-debnet.conflist"), debian_conflist(&hl).to_string()).unwrap();
-    let rt = Runtime::new(conf_dir, vec![PathBuf::from("/usr/lib/cni")], lab.path("cache"));
+    std::fs::write(
+        conf_dir.join("10-debnet.conflist"),
+        debian_conflist(&hl).to_string(),
+    )
+    .unwrap();
+    let rt = Runtime::new(
+        conf_dir,
+        vec![PathBuf::from("/usr/lib/cni")],
+        lab.path("cache"),
+    );
     let p = lab.pod("p");
     let att = attachment("deb1", &p);
 
@@ -505,7 +605,15 @@ fn the_runtime_with_debian_bridge_and_host_local_gives_pods_both_families() {
 
     let held = |dir: &Path| -> usize {
         std::fs::read_dir(dir.join("debnet"))
-            .map(|d| d.flatten().filter(|e| e.file_name().to_str().is_some_and(|n| n.parse::<IpAddr>().is_ok())).count())
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| {
+                        e.file_name()
+                            .to_str()
+                            .is_some_and(|n| n.parse::<IpAddr>().is_ok())
+                    })
+                    .count()
+            })
             .unwrap_or(0)
     };
     assert_eq!(held(&hl), 2);
@@ -523,14 +631,20 @@ fn the_runtime_with_our_conflist_runs_the_dualstack_binary() {
     let mut lab = Lab::new();
     let conf_dir = lab.path("net.d");
     let data = lab.path("ipam");
-    let rt = Runtime::new(conf_dir.clone(), vec![lab.path("no-bin")], lab.path("cache"))
-        .with_self_plugin(PathBuf::from(BIN));
+    let rt = Runtime::new(
+        conf_dir.clone(),
+        vec![lab.path("no-bin")],
+        lab.path("cache"),
+    )
+    .with_self_plugin(PathBuf::from(BIN));
     let p = lab.pod("p");
     let att = attachment("ours1", &p);
 
     // No configuration yet.
     let (r, a) = (rt.clone(), att.clone());
-    let err = lab.block_in_node(async move { r.add(&a).await }).unwrap_err();
+    let err = lab
+        .block_in_node(async move { r.add(&a).await })
+        .unwrap_err();
     assert!(matches!(err, CniError::NoConfig(_)), "{err}");
 
     // Dropped in later: picked up by the next call.
@@ -541,7 +655,10 @@ fn the_runtime_with_our_conflist_runs_the_dualstack_binary() {
     // Node order: IPv6 first here.
     assert_eq!(
         result.pod_ips(),
-        vec!["fd00:10:244:1::2".parse::<IpAddr>().unwrap(), "10.244.1.2".parse().unwrap()]
+        vec![
+            "fd00:10:244:1::2".parse::<IpAddr>().unwrap(),
+            "10.244.1.2".parse().unwrap()
+        ]
     );
     assert!(ping(&p, "10.244.1.1".parse().unwrap()));
     assert!(ping(&p, "fd00:10:244:1::1".parse().unwrap()));
@@ -554,7 +671,9 @@ fn the_runtime_with_our_conflist_runs_the_dualstack_binary() {
     bad.container_id = "ours2".into();
     bad.netns = lab.path("netns/missing");
     let (r, a) = (rt.clone(), bad);
-    let err = lab.block_in_node(async move { r.add(&a).await }).unwrap_err();
+    let err = lab
+        .block_in_node(async move { r.add(&a).await })
+        .unwrap_err();
     assert_eq!(err.code(), Some(3), "{err}");
 
     for _ in 0..2 {
@@ -571,6 +690,8 @@ fn the_runtime_with_our_conflist_runs_the_dualstack_binary() {
     )
     .unwrap();
     let (r, a) = (rt.clone(), att.clone());
-    let err = lab.block_in_node(async move { r.add(&a).await }).unwrap_err();
+    let err = lab
+        .block_in_node(async move { r.add(&a).await })
+        .unwrap_err();
     assert!(matches!(err, CniError::PluginNotFound { .. }), "{err}");
 }

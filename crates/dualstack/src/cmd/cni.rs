@@ -33,5 +33,9 @@ pub fn run() -> ExitCode {
     if !outcome.stdout.is_empty() {
         println!("{}", outcome.stdout);
     }
-    if outcome.success { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+    if outcome.success {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
 }
