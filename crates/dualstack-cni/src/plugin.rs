@@ -758,7 +758,8 @@ mod tests {
             ("CNI_IFNAME", "eth0"),
         ];
         // (environment, stdin, code, msg)
-        let rows: Vec<(Vec<(&str, &str)>, &[u8], u32, &str)> = vec![
+        type Row<'a> = (Vec<(&'a str, &'a str)>, &'a [u8], u32, &'a str);
+        let rows: Vec<Row> = vec![
             (vec![], conf, 4, "required env variables [CNI_COMMAND] missing"),
             (vec![("CNI_COMMAND", "FLY")], conf, 4, "unknown CNI_COMMAND: FLY"),
             (vec![("CNI_COMMAND", "ADD"), ("CNI_IFNAME", "eth0")], conf, 4, "required env variables [CNI_CONTAINERID,CNI_NETNS] missing"),
