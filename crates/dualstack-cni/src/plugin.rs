@@ -31,6 +31,7 @@ use std::path::{Path, PathBuf};
 
 use dualstack_host::netlink::{Netlink, NetlinkError, VethSpec};
 use dualstack_host::{netns, sysctl};
+use futures::future::try_join_all;
 use ipnet::IpNet;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -400,11 +401,14 @@ async fn setup(
         .ensure_bridge(&conf.bridge, bridge_mac, conf.mtu)
         .await
         .map_err(netlink_error)?;
-    for r in &req.ranges {
-        nl.add_address(br, r.with_prefix(r.gateway), true)
-            .await
-            .map_err(netlink_error)?;
-    }
+    // Requests of one step go out together: the kernel handles them in order, we wait once.
+    try_join_all(
+        req.ranges
+            .iter()
+            .map(|r| nl.add_address(br, r.with_prefix(r.gateway), true)),
+    )
+    .await
+    .map_err(netlink_error)?;
     enable_forwarding(&req.ranges)?;
 
     let host_name = host_veth_name(&req.container_id, &req.ifname);
@@ -459,18 +463,16 @@ async fn setup(
             e,
         )
     })?;
-    pnl.set_up(1).await.map_err(netlink_error)?; // lo is always index 1
-    let pod = pnl
-        .link_by_name(&req.ifname)
-        .await
-        .map_err(netlink_error)?
-        .ok_or_else(|| {
-            error(
-                ErrorCode::Internal,
-                format!("{} missing in the container after creation", req.ifname),
-                "",
-            )
-        })?;
+    // lo is always index 1.
+    let (_, pod) =
+        futures::try_join!(pnl.set_up(1), pnl.link_by_name(&req.ifname)).map_err(netlink_error)?;
+    let pod = pod.ok_or_else(|| {
+        error(
+            ErrorCode::Internal,
+            format!("{} missing in the container after creation", req.ifname),
+            "",
+        )
+    })?;
     if !pod.up {
         pnl.set_up(pod.index).await.map_err(netlink_error)?;
     }
@@ -497,26 +499,33 @@ async fn setup(
         ..CniResult::default()
     };
     for (r, ip) in req.ranges.iter().zip(ips) {
-        let addr = r.with_prefix(*ip);
-        pnl.add_address(pod.index, addr, true)
-            .await
-            .map_err(netlink_error)?;
         result.ips.push(IpConfig {
-            address: addr,
+            address: r.with_prefix(*ip),
             gateway: Some(r.gateway),
             interface: Some(2),
         });
-    }
-    for r in &req.ranges {
-        let dst = default_route(r.is_ipv4());
-        pnl.add_route(dst, r.gateway, Some(pod.index))
-            .await
-            .map_err(netlink_error)?;
         result.routes.push(RouteConfig {
-            dst,
+            dst: default_route(r.is_ipv4()),
             gw: Some(r.gateway),
         });
     }
+    // Addresses first: a route's gateway must be on a connected subnet.
+    try_join_all(
+        result
+            .ips
+            .iter()
+            .map(|ip| pnl.add_address(pod.index, ip.address, true)),
+    )
+    .await
+    .map_err(netlink_error)?;
+    try_join_all(
+        req.ranges
+            .iter()
+            .zip(&result.routes)
+            .map(|(r, route)| pnl.add_route(route.dst, r.gateway, Some(pod.index))),
+    )
+    .await
+    .map_err(netlink_error)?;
     if let Some(dns) = &req.net.dns {
         result.dns = dns.clone();
     }
@@ -776,6 +785,48 @@ mod tests {
             let e = err_of(&run(&env_of(&env), stdin));
             assert_eq!((e.code, e.msg.as_str()), (code, msg), "{env:?}: {e:?}");
         }
+    }
+
+    #[test]
+    fn gc_frees_stale_attachments_and_status_reports_exhaustion() {
+        let dir = tempfile::tempdir().unwrap();
+        let conf = serde_json::json!({
+            "cniVersion": "1.1.0", "name": "n", "type": "dualstack",
+            "ranges": ["10.0.0.0/30"], "dataDir": dir.path()
+        });
+        let store = Store::new(dir.path(), "n");
+        let ranges = ipam::ranges(&["10.0.0.0/30".parse().unwrap()]).unwrap();
+        store.allocate(&ranges, "old", "eth0").unwrap();
+
+        let status = run(
+            &env_of(&[("CNI_COMMAND", "STATUS")]),
+            conf.to_string().as_bytes(),
+        );
+        let e = err_of(&status);
+        assert_eq!((e.code, e.cni_version.as_str()), (50, "1.1.0"));
+
+        let mut gc = conf.clone();
+        gc["cni.dev/valid-attachments"] =
+            serde_json::json!([{"containerID": "live", "ifname": "eth0"}]);
+        let o = run(
+            &env_of(&[("CNI_COMMAND", "GC"), ("CNI_PATH", "/x")]),
+            gc.to_string().as_bytes(),
+        );
+        assert_eq!(
+            o,
+            Outcome {
+                stdout: String::new(),
+                success: true
+            }
+        );
+        assert!(store.allocations().unwrap().is_empty());
+        assert!(
+            run(
+                &env_of(&[("CNI_COMMAND", "STATUS")]),
+                conf.to_string().as_bytes()
+            )
+            .success
+        );
     }
 
     #[test]
