@@ -1,4 +1,5 @@
-//! Node dual-stack rules: `spec.podCIDRs` (`ValidateNode`, `ValidateNodeUpdate`, v1 conversion).
+//! Node dual-stack rules: `spec.podCIDRs` (`ValidateNode`, `ValidateNodeUpdate`, v1 conversion),
+//! and the routes between nodes' pod networks ([`pod_cidr_routes`]).
 
 use dualstack_apimachinery::field::{ErrorList, FieldError, Path};
 use dualstack_ipam::IpFamily;
@@ -71,6 +72,56 @@ pub fn validate_pod_cidrs_update(new: &Node, old: &Node) -> ErrorList {
     Vec::new()
 }
 
+/// One route to another node's pods: `dst` (a podCIDR) via `gateway` (that node's InternalIP
+/// of the same family).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PodCidrRoute {
+    /// The other node's podCIDR.
+    pub dst: ipnet::IpNet,
+    /// The other node's InternalIP of the podCIDR's family.
+    pub gateway: std::net::IpAddr,
+}
+
+/// The routes node `me` needs so that every pod reaches every other node's pods with its own
+/// address (no NAT): each other node's podCIDRs, each via that node's first InternalIP of the
+/// same family. A podCIDR whose family the node has no InternalIP of is skipped (there is no
+/// gateway to send it to); unparsable entries are skipped too. Sorted, so equal inputs give
+/// equal plans.
+pub fn pod_cidr_routes(me: &str, nodes: &[Node]) -> Vec<PodCidrRoute> {
+    let mut out = Vec::new();
+    for n in nodes {
+        if n.metadata.name.as_deref() == Some(me) || n.metadata.deletion_timestamp.is_some() {
+            continue;
+        }
+        let internal: Vec<std::net::IpAddr> = n
+            .status
+            .as_ref()
+            .and_then(|s| s.addresses.as_ref())
+            .into_iter()
+            .flatten()
+            .filter(|a| a.type_ == "InternalIP")
+            .filter_map(|a| a.address.parse().ok())
+            .collect();
+        let cidrs = n.spec.as_ref().and_then(|s| s.pod_cidrs.as_ref());
+        for c in cidrs.into_iter().flatten() {
+            let Ok(dst) = c.parse::<ipnet::IpNet>() else {
+                continue;
+            };
+            let dst = dst.trunc();
+            let family = IpFamily::of_addr(&dst.addr());
+            if let Some(gateway) = internal.iter().find(|ip| IpFamily::of_addr(ip) == family) {
+                out.push(PodCidrRoute {
+                    dst,
+                    gateway: *gateway,
+                });
+            }
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -139,5 +190,72 @@ mod tests {
             validate_pod_cidrs_update(&changed, &set)[0].to_string(),
             "spec.podCIDRs: Forbidden: node updates may not change podCIDR except from \"\" to valid"
         );
+    }
+
+    fn routed_node(name: &str, cidrs: &[&str], ips: &[&str]) -> Node {
+        use k8s_openapi::api::core::v1::{NodeAddress, NodeSpec, NodeStatus};
+        Node {
+            metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+                name: Some(name.into()),
+                ..Default::default()
+            },
+            spec: Some(NodeSpec {
+                pod_cidrs: Some(cidrs.iter().map(|c| c.to_string()).collect()),
+                ..Default::default()
+            }),
+            status: Some(NodeStatus {
+                addresses: Some(
+                    ips.iter()
+                        .map(|a| NodeAddress {
+                            type_: "InternalIP".into(),
+                            address: a.to_string(),
+                        })
+                        .chain(std::iter::once(NodeAddress {
+                            type_: "Hostname".into(),
+                            address: name.into(),
+                        }))
+                        .collect(),
+                ),
+                ..Default::default()
+            }),
+        }
+    }
+
+    #[test]
+    fn every_other_nodes_pod_cidrs_go_via_its_internal_ip_of_the_same_family() {
+        let nodes = [
+            routed_node(
+                "a",
+                &["10.244.0.0/24", "fc00::/64"],
+                &["203.0.113.11", "2001:db8:1::11"],
+            ),
+            // IPv6-primary ordering on the other node makes no difference.
+            routed_node(
+                "b",
+                &["fc00:0:0:1::/64", "10.244.1.0/24"],
+                &["2001:db8:1::12", "203.0.113.12"],
+            ),
+            // A single-stack node: only its IPv4 podCIDR is reachable.
+            routed_node(
+                "c",
+                &["10.244.2.0/24", "fc00:0:0:2::/64"],
+                &["203.0.113.13"],
+            ),
+            // No podCIDRs yet: nothing to route.
+            routed_node("d", &[], &["203.0.113.14", "2001:db8:1::14"]),
+        ];
+        let got: Vec<String> = pod_cidr_routes("a", &nodes)
+            .iter()
+            .map(|r| format!("{} via {}", r.dst, r.gateway))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                "10.244.1.0/24 via 203.0.113.12",
+                "10.244.2.0/24 via 203.0.113.13",
+                "fc00:0:0:1::/64 via 2001:db8:1::12",
+            ]
+        );
+        assert!(pod_cidr_routes("a", &nodes[..1]).is_empty());
     }
 }

@@ -167,6 +167,10 @@ pub enum ApiError {
     /// 500 `InternalError`.
     #[error("Internal error occurred: {0}")]
     Internal(String),
+    /// 500 without a reason: an error a REST handler returned that is not a Status (upstream's
+    /// `ErrorToAPIStatus` default, e.g. the aggregate of `ValidatePodBinding`).
+    #[error("{0}")]
+    Unknown(String),
     /// 503 `ServiceUnavailable`.
     #[error("{0}")]
     Unavailable(String),
@@ -202,7 +206,7 @@ impl ApiError {
             ApiError::UnsupportedMediaType(_) => 415,
             ApiError::Expired(_) | ApiError::Gone(_) => 410,
             ApiError::ResourceVersionTooLarge { .. } => 504,
-            ApiError::Internal(_) => 500,
+            ApiError::Internal(_) | ApiError::Unknown(_) => 500,
             ApiError::Unavailable(_) => 503,
             ApiError::TooManyRequests(_) => 429,
         }
@@ -228,6 +232,7 @@ impl ApiError {
             ApiError::Gone(_) => "Gone",
             ApiError::ResourceVersionTooLarge { .. } => "Timeout",
             ApiError::Internal(_) => "InternalError",
+            ApiError::Unknown(_) => "",
             ApiError::Unavailable(_) => "ServiceUnavailable",
             ApiError::TooManyRequests(_) => "TooManyRequests",
         }
@@ -289,7 +294,7 @@ impl ApiError {
         Status {
             status: Some("Failure".into()),
             message: Some(self.to_string()),
-            reason: Some(self.reason().into()),
+            reason: Some(self.reason().to_string()).filter(|r| !r.is_empty()),
             details,
             code: Some(i32::from(self.code())),
             metadata: Default::default(),

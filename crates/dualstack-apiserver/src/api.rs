@@ -103,6 +103,17 @@ pub trait ResourceApi: Send + Sync {
         opts: &DeleteOpts,
     ) -> Result<Deleted, ApiError>;
 
+    /// A storage-level update (upstream's `GuaranteedUpdate`, as `pods/binding` does): reads
+    /// the current object, lets `f` change its JSON (`None`: leave it), and writes it with
+    /// compare-and-swap, retrying on conflicts; no strategy update rules, no managed fields.
+    async fn update_stored(
+        &self,
+        ctx: &Ctx,
+        ns: Option<&str>,
+        name: &str,
+        f: &mut (dyn FnMut(Value) -> Result<Option<Value>, ApiError> + Send),
+    ) -> Result<Option<Written>, ApiError>;
+
     /// Table rows for cached entries.
     fn rows(&self, entries: &[Arc<Entry>], include: IncludeObject) -> Result<Vec<Value>, ApiError>;
 
@@ -437,6 +448,28 @@ impl<S: Strategy> ResourceApi for TypedApi<S> {
         opts: &DeleteOpts,
     ) -> Result<Deleted, ApiError> {
         self.registry.delete(ctx, ns, name, opts).await
+    }
+
+    async fn update_stored(
+        &self,
+        ctx: &Ctx,
+        ns: Option<&str>,
+        name: &str,
+        f: &mut (dyn FnMut(Value) -> Result<Option<Value>, ApiError> + Send),
+    ) -> Result<Option<Written>, ApiError> {
+        let ctx = Ctx {
+            managed_fields_done: true,
+            ..ctx.clone()
+        };
+        self.registry
+            .guaranteed_update(&ctx, ns, name, Some("binding"), |old, _| {
+                let value = serde_json::to_value(old).map_err(internal)?;
+                match f(value)? {
+                    Some(v) => Ok(Some(serde_json::from_value(v).map_err(internal)?)),
+                    None => Ok(None),
+                }
+            })
+            .await
     }
 
     fn rows(&self, entries: &[Arc<Entry>], include: IncludeObject) -> Result<Vec<Value>, ApiError> {

@@ -25,4 +25,8 @@ pub struct ServerConfig {
     pub repair_interval: std::time::Duration,
     /// How many connections are held, and for how long (see [`crate::conn`]).
     pub connection_limits: crate::conn::Limits,
+    /// More listeners, each inside another network namespace (the namespace file and the
+    /// address there), served exactly like the main one: `dualstack up` gives every lab node
+    /// the API on its own loopback without any route between the lab and the host.
+    pub netns_listeners: Vec<(PathBuf, std::net::SocketAddr)>,
 }

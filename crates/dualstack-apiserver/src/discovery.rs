@@ -98,8 +98,26 @@ impl DiscoveryFormat {
     }
 }
 
+/// The legacy `bindings` resource: create only, served by `handlers::legacy_binding`.
+static BINDINGS: ResourceDef = ResourceDef {
+    group: "",
+    version: "v1",
+    kind: "Binding",
+    plural: crate::handlers::BINDINGS,
+    singular: "binding",
+    namespaced: true,
+    short_names: &[],
+    categories: &[],
+    subresources: &[],
+    name_rule: dualstack_apimachinery::validation::NameRule::Subdomain,
+    field_labels: &[],
+    return_deleted_object: false,
+    allow_create_on_update: false,
+    columns: &[],
+};
+
 fn verbs(def: &ResourceDef) -> Vec<&'static str> {
-    if crate::authz::is_review(def) {
+    if crate::authz::is_review(def) || std::ptr::eq(def, &BINDINGS) {
         return vec!["create"];
     }
     vec![
@@ -117,16 +135,16 @@ fn verbs(def: &ResourceDef) -> Vec<&'static str> {
 fn sub_verbs(sub: &str) -> Vec<&'static str> {
     match sub {
         "finalize" => vec!["update"],
-        "eviction" => vec!["create"],
+        "eviction" | "binding" => vec!["create"],
         _ => vec!["get", "patch", "update"],
     }
 }
 
-/// Every served resource definition: the stored kinds, then the create-only reviews.
+/// Every served resource definition: `bindings` (first, as upstream's alphabetical core list),
+/// the stored kinds, then the create-only reviews.
 fn defs(res: &Resources) -> impl Iterator<Item = &ResourceDef> {
-    res.list
-        .iter()
-        .map(|r| r.def())
+    std::iter::once(&BINDINGS)
+        .chain(res.list.iter().map(|r| r.def()))
         .chain(crate::authz::REVIEWS.iter())
 }
 
@@ -139,6 +157,7 @@ pub fn serves_group(res: &Resources, group: &str) -> bool {
 fn sub_kind(sub: &str) -> Option<(&'static str, &'static str, &'static str)> {
     match sub {
         "eviction" => Some(("policy", "v1", "Eviction")),
+        "binding" => Some(("", "v1", "Binding")),
         _ => None,
     }
 }
@@ -219,9 +238,12 @@ pub fn resource_list(res: &Resources, group: &str, version: &str) -> Option<Valu
                 "verbs": sub_verbs(sub),
             });
             if let Some((group, version, kind)) = sub_kind(sub) {
-                // kubectl drain finds the Eviction API by this entry's group and version.
-                r["group"] = group.into();
-                r["version"] = version.into();
+                // kubectl drain finds the Eviction API by this entry's group and version; a
+                // kind of the resource's own group (Binding) names only the kind.
+                if group != d.group {
+                    r["group"] = group.into();
+                    r["version"] = version.into();
+                }
                 r["kind"] = kind.into();
             }
             resources.push(r);

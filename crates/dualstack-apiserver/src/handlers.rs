@@ -244,6 +244,9 @@ async fn handle_inner(
     if let Some(r) = crate::authz::review(rc, user, &method, &info, &headers, &body) {
         return r;
     }
+    if info.group.is_empty() && info.resource == BINDINGS {
+        return legacy_binding(rc, user, &method, &info, &q, &headers, &body).await;
+    }
     let api = rc
         .resources
         .get(&info.group, &info.version, &info.resource)
@@ -267,9 +270,13 @@ async fn handle_inner(
     let watch = params.as_ref().is_some_and(|p| p.watch);
     let verb = verb_of(&method, &info, watch);
     let eviction = info.subresource.as_deref() == Some(EVICTION);
+    let binding = info.subresource.as_deref() == Some(BINDING);
+    let create_only = eviction || binding;
     if verb == "unknown"
-        || (eviction && verb != "create")
-        || (info.subresource.is_some() && !eviction && !matches!(verb, "get" | "update" | "patch"))
+        || (create_only && verb != "create")
+        || (info.subresource.is_some()
+            && !create_only
+            && !matches!(verb, "get" | "update" | "patch"))
     {
         return Err(ApiError::MethodNotAllowed);
     }
@@ -349,6 +356,11 @@ async fn handle_inner(
             let p = params.expect("watch params");
             check_fields(&def, &p)?;
             Ok(watch::serve(rc, api.clone(), ns, p, render, include).await)
+        }
+        "create" if binding => {
+            let ctx = build_ctx(user, &q, &headers)?;
+            let name = info.name.as_deref().expect("named");
+            bind(&api, ctx, ns, name, &headers, &body).await
         }
         "create" if eviction => {
             let ctx = build_ctx(user, &q, &headers)?;
@@ -668,6 +680,182 @@ async fn evict(
         ..ctx
     };
     api.delete(&ctx, ns, name, &opts).await?;
+    let status = k8s_openapi::apimachinery::pkg::apis::meta::v1::Status {
+        code: Some(201),
+        ..success_status(None)
+    };
+    Ok(json_response(
+        StatusCode::CREATED,
+        serde_json::to_vec(&status).unwrap_or_default(),
+        &ctx.warnings,
+    ))
+}
+
+/// The `pods/binding` subresource.
+const BINDING: &str = "binding";
+/// The legacy `bindings` resource (`POST namespaces/NS/bindings`, the binding's name is the
+/// pod's).
+pub const BINDINGS: &str = "bindings";
+
+/// `POST namespaces/NS/bindings`: upstream's `LegacyBindingREST`, the binding of the pod named
+/// in the body. Authorized as `create` on `bindings`.
+async fn legacy_binding(
+    rc: &RequestContext,
+    user: &UserInfo,
+    method: &Method,
+    info: &RequestInfo,
+    q: &Query,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Response, ApiError> {
+    if info.version != "v1" || info.subresource.is_some() {
+        return Err(ApiError::UnknownPath);
+    }
+    let Some(ns) = info.namespace.as_deref() else {
+        return Err(ApiError::UnknownPath);
+    };
+    if *method != Method::POST || info.name.is_some() {
+        return Err(ApiError::MethodNotAllowed);
+    }
+    let attrs = Attributes {
+        verb: "create",
+        group: "",
+        resource: BINDINGS,
+        namespace: Some(ns),
+        ..Default::default()
+    };
+    if let Err(reason) = authorize(user, &attrs, &crate::authz::CacheGraph::new(rc)) {
+        return Err(ApiError::Forbidden(forbidden_message(
+            user, &attrs, &reason,
+        )));
+    }
+    let api = rc
+        .resources
+        .get("", "v1", "pods")
+        .ok_or(ApiError::UnknownPath)?
+        .clone();
+    let ctx = build_ctx(user, q, headers)?;
+    let binding = decode_binding(headers, body)?;
+    let name = binding["metadata"]["name"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    bind_decoded(&api, ctx, Some(ns), &name, binding).await
+}
+
+/// Decodes a `v1` Binding body (JSON, YAML or protobuf).
+fn decode_binding(headers: &HeaderMap, body: &[u8]) -> Result<Value, ApiError> {
+    if body.len() > MAX_BODY_BYTES {
+        return Err(ApiError::TooLarge(MAX_BODY_BYTES));
+    }
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok());
+    let binding = match BodyFormat::from_content_type(ct)? {
+        BodyFormat::Protobuf => dualstack_apimachinery::protobuf::decode(body, "v1", "Binding")?,
+        format => decode_text(format, body)?,
+    };
+    let kind = binding["kind"].as_str().unwrap_or("");
+    let av = binding["apiVersion"].as_str().unwrap_or("");
+    if av != "v1" || kind != "Binding" {
+        return Err(ApiError::BadRequest(format!(
+            "the object provided is unrecognized (must be of type Binding): {av}, Kind={kind}"
+        )));
+    }
+    Ok(binding)
+}
+
+/// `POST pods/NAME/binding` with a `v1` Binding.
+async fn bind(
+    api: &Arc<dyn ResourceApi>,
+    ctx: Ctx,
+    ns: Option<&str>,
+    name: &str,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Response, ApiError> {
+    let binding = decode_binding(headers, body)?;
+    bind_decoded(api, ctx, ns, name, binding).await
+}
+
+/// Upstream's `BindingREST.Create`: the namespace and name must match the request's,
+/// `ValidatePodBinding`, then [`crate::kinds::pod::assign_pod`] in a guaranteed update with the
+/// binding's `uid`/`resourceVersion` as preconditions. Its refusals are 409s on `pods/binding`;
+/// success is a `Success` Status with code 201.
+async fn bind_decoded(
+    api: &Arc<dyn ResourceApi>,
+    ctx: Ctx,
+    ns: Option<&str>,
+    name: &str,
+    binding: Value,
+) -> Result<Response, ApiError> {
+    if let Some(body_ns) = binding["metadata"]["namespace"].as_str()
+        && !body_ns.is_empty()
+        && Some(body_ns) != ns
+    {
+        return Err(ApiError::BadRequest(
+            "the namespace of the provided object does not match the namespace sent on the request"
+                .into(),
+        ));
+    }
+    if binding["metadata"]["name"].as_str().unwrap_or("") != name {
+        return Err(ApiError::BadRequest(
+            "name in URL does not match name in Binding object".into(),
+        ));
+    }
+    let target = &binding["target"];
+    let kind = target["kind"].as_str().unwrap_or("");
+    let node = target["name"].as_str().unwrap_or("").to_string();
+    let mut errs = Vec::new();
+    if !kind.is_empty() && kind != "Node" {
+        errs.push(format!(
+            "target.kind: Unsupported value: {}: supported values: \"Node\", \"<empty>\"",
+            dualstack_apimachinery::field::go_quote(kind)
+        ));
+    }
+    if node.is_empty() {
+        errs.push("target.name: Required value".to_string());
+    }
+    match errs.len() {
+        0 => {}
+        1 => return Err(ApiError::Unknown(errs.remove(0))),
+        _ => return Err(ApiError::Unknown(format!("[{}]", errs.join(", ")))),
+    }
+    if name.is_empty() {
+        return Err(ApiError::BadRequest("Name parameter required.".into()));
+    }
+    let uid = binding["metadata"]["uid"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    let rv = binding["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    let annotations = binding["metadata"]["annotations"].as_object().cloned();
+    let now = crate::registry::time_string(crate::registry::now());
+    let mut refused = None;
+    let mut f = |mut pod: Value| -> Result<Option<Value>, ApiError> {
+        if let Err(e) = crate::kinds::pod::assign_pod(&mut pod, &node, annotations.as_ref(), &now) {
+            refused = Some(e.to_string());
+            return Ok(None);
+        }
+        if !uid.is_empty() {
+            pod["metadata"]["uid"] = uid.clone().into();
+        }
+        if !rv.is_empty() {
+            pod["metadata"]["resourceVersion"] = rv.clone().into();
+        }
+        Ok(Some(pod))
+    };
+    api.update_stored(&ctx, ns, name, &mut f).await?;
+    if let Some(message) = refused {
+        return Err(ApiError::ConflictWith {
+            resource: dualstack_apimachinery::status::GroupResource::new("", "pods/binding"),
+            name: name.to_string(),
+            message,
+        });
+    }
     let status = k8s_openapi::apimachinery::pkg::apis::meta::v1::Status {
         code: Some(201),
         ..success_status(None)

@@ -134,6 +134,12 @@ impl Server {
                 )
             })?;
         let addr = listener.local_addr()?;
+        let mut extra = Vec::new();
+        for (ns, at) in &config.netns_listeners {
+            extra.push(listen_in_netns(ns, *at).with_context(|| {
+                format!("listening on {at} in network namespace {}", ns.display())
+            })?);
+        }
 
         let mut tasks = Vec::new();
         tasks.push(
@@ -197,6 +203,16 @@ impl Server {
             governor.clone(),
             shutdown_rx.clone(),
         )));
+        for listener in extra {
+            tasks.push(tokio::spawn(accept_loop(
+                listener,
+                tls.clone(),
+                router.clone(),
+                tokens.clone(),
+                governor.clone(),
+                shutdown_rx.clone(),
+            )));
+        }
         tasks.push(tokio::spawn(accept_loop(
             listener,
             tls,
@@ -455,16 +471,30 @@ async fn reap_loop(governor: Governor, mut shutdown: watch::Receiver<bool>) {
 /// listener does), not the 128 of a plain bind: a burst of connections must wait in the queue,
 /// not have its SYNs dropped (a dropped SYN costs a client a one-second retransmission).
 fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    listen_on(new_socket(addr)?, addr)
+}
+
+/// As [`listen`], in another network namespace: a socket belongs to the namespace of the
+/// thread that created it, so only its creation runs inside `ns`.
+fn listen_in_netns(ns: &std::path::Path, addr: SocketAddr) -> Result<TcpListener> {
+    let socket = dualstack_host::netns::run_in(ns, move || new_socket(addr))??;
+    Ok(listen_on(socket, addr)?)
+}
+
+fn new_socket(addr: SocketAddr) -> std::io::Result<tokio::net::TcpSocket> {
+    if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()
+    } else {
+        tokio::net::TcpSocket::new_v6()
+    }
+}
+
+fn listen_on(socket: tokio::net::TcpSocket, addr: SocketAddr) -> std::io::Result<TcpListener> {
     let backlog = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
         .ok()
         .and_then(|s| s.trim().parse::<u32>().ok())
         .unwrap_or(4096)
         .clamp(128, 65535);
-    let socket = if addr.is_ipv4() {
-        tokio::net::TcpSocket::new_v4()?
-    } else {
-        tokio::net::TcpSocket::new_v6()?
-    };
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
     socket.listen(backlog)

@@ -27,15 +27,30 @@ pub const ENDPOINTS: &str = "endpoints-controller";
 /// `--controllers` name of the LoadBalancer address controller (upstream's cloud
 /// `service-lb-controller`; here it hands out addresses from `--loadbalancer-ip-pool`).
 pub const SERVICE_LB: &str = "service-lb-controller";
+/// `--controllers` name of the node lifecycle controller (upstream
+/// `node-lifecycle-controller`, old name `nodelifecycle`).
+pub const NODE_LIFECYCLE: &str = "node-lifecycle-controller";
+/// `--controllers` name of the scheduler. Upstream's scheduler is its own binary
+/// (kube-scheduler); here it runs with the controllers, on by default, under the same Lease.
+pub const SCHEDULER: &str = "scheduler";
 /// Every controller this binary knows, in start order.
-pub const ALL_CONTROLLERS: [&str; 4] = [NODE_IPAM, ENDPOINTSLICE, ENDPOINTS, SERVICE_LB];
+pub const ALL_CONTROLLERS: [&str; 6] = [
+    NODE_IPAM,
+    NODE_LIFECYCLE,
+    ENDPOINTSLICE,
+    ENDPOINTS,
+    SERVICE_LB,
+    SCHEDULER,
+];
 
 /// Upstream's old short names, accepted as aliases (kube-controller-manager keeps them too).
-const ALIASES: [(&str, &str); 4] = [
+const ALIASES: [(&str, &str); 6] = [
     ("nodeipam", NODE_IPAM),
+    ("nodelifecycle", NODE_LIFECYCLE),
     ("endpointslice", ENDPOINTSLICE),
     ("endpoint", ENDPOINTS),
     ("service", SERVICE_LB),
+    ("default-scheduler", SCHEDULER),
 ];
 
 /// Default `--leader-elect-lease-duration` (client-go `DefaultLeaseDuration`).

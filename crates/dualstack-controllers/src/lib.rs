@@ -7,7 +7,8 @@
 //! * [`plan`]: the controllers' logic as pure functions `plan = f(desired, observed)`, no I/O:
 //!   node IPAM ([`plan::nodeipam`]), EndpointSlices per address type ([`plan::endpointslice`]),
 //!   the legacy Endpoints object ([`plan::endpoints`]), LoadBalancer addresses
-//!   ([`plan::loadbalancer`]) and leader election decisions ([`plan::leader`]).
+//!   ([`plan::loadbalancer`]), the scheduler ([`plan::scheduler`]), node lifecycle
+//!   ([`plan::nodelifecycle`]) and leader election decisions ([`plan::leader`]).
 //! * [`run`]: the thin edge that watches the API (kube-runtime watchers feeding [`cache::Cache`]),
 //!   calls the planners and applies their plans; [`run::ControllerManager`] wires everything
 //!   behind a `coordination.k8s.io/v1` Lease.

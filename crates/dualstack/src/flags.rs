@@ -126,8 +126,9 @@ pub struct ControllerFlags {
     /// A list of controllers to enable. '*' enables all on-by-default controllers, 'foo'
     /// enables the controller named 'foo', '-foo' disables the controller named 'foo', '-*'
     /// disables them all. Controllers: node-ipam-controller (runs only with
-    /// --allocate-node-cidrs), endpointslice-controller, endpoints-controller,
-    /// service-lb-controller (runs only with --loadbalancer-ip-pool).
+    /// --allocate-node-cidrs), node-lifecycle-controller, endpointslice-controller,
+    /// endpoints-controller, service-lb-controller (runs only with --loadbalancer-ip-pool),
+    /// scheduler (kube-scheduler's default-scheduler, built in here).
     #[arg(long = "controllers", value_name = "strings", default_value = "*")]
     pub controllers: String,
 
@@ -190,6 +191,20 @@ pub struct ControllerFlags {
         allow_negative_numbers = true
     )]
     pub concurrent_service_endpoint_syncs: i64,
+
+    /// Amount of time which we allow running Node to be unresponsive before marking it
+    /// unhealthy (its Lease not renewed, its Ready heartbeat unchanged).
+    #[arg(long = "node-monitor-grace-period", value_name = "duration", default_value = "40s", value_parser = duration)]
+    pub node_monitor_grace_period: std::time::Duration,
+
+    /// Amount of time which we allow starting Node to be unresponsive before marking it
+    /// unhealthy (a node that never posted a Ready condition).
+    #[arg(long = "node-startup-grace-period", value_name = "duration", default_value = "1m0s", value_parser = duration)]
+    pub node_startup_grace_period: std::time::Duration,
+
+    /// The period for syncing NodeStatus in NodeController.
+    #[arg(long = "node-monitor-period", value_name = "duration", default_value = "5s", value_parser = duration)]
+    pub node_monitor_period: std::time::Duration,
 }
 
 impl ControllerFlags {
@@ -225,6 +240,14 @@ impl ControllerFlags {
             lb_pool,
             endpoints,
             leader_election,
+            node_lifecycle: dualstack_controllers::plan::nodelifecycle::LifecycleConfig {
+                grace_period: self.node_monitor_grace_period,
+                startup_grace_period: self.node_startup_grace_period,
+                // A zero period would spin (tokio refuses it).
+                monitor_period: self
+                    .node_monitor_period
+                    .max(std::time::Duration::from_millis(100)),
+            },
             stop_on_error,
         })
     }

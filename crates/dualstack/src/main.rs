@@ -37,6 +37,13 @@ enum Command {
     Cni(cmd::cni::CniArgs),
     /// Performance measurements that print a table (see BENCHMARKS.md).
     Bench(cmd::bench::BenchArgs),
+    /// A local dual-stack cluster: server, nodes and an outside host in network namespaces
+    /// (root); returns once every node is Ready and leaves the cluster running.
+    Up(cmd::up::UpArgs),
+    /// Run a command on a lab host (node-1 ... node-N, outside).
+    Exec(cmd::exec::ExecArgs),
+    /// Remove a lab made by `up`: processes, namespaces, mounts, files. Safe to run twice.
+    Down(cmd::down::DownArgs),
 }
 
 fn main() -> ExitCode {
@@ -49,6 +56,9 @@ fn main() -> ExitCode {
         Command::ControllerManager(args) => cmd::controller_manager::run(args),
         Command::Token(args) => cmd::token::run(args),
         Command::Bench(args) => cmd::bench::run(args),
+        Command::Up(args) => cmd::up::run(args),
+        Command::Exec(args) => cmd::exec::run(args),
+        Command::Down(args) => cmd::down::run(args),
         Command::Cni(_) => return cmd::cni::run(),
     };
     match result {

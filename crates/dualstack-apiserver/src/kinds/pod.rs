@@ -17,7 +17,7 @@ static DEF: ResourceDef = ResourceDef {
     namespaced: true,
     short_names: &["po"],
     categories: &["all"],
-    subresources: &["status", "eviction"],
+    subresources: &["binding", "eviction", "status"],
     name_rule: NameRule::Subdomain,
     field_labels: &[
         "spec.nodeName",
@@ -333,5 +333,157 @@ impl Strategy for PodStrategy {
             }
             .into(),
         ]
+    }
+}
+
+/// Why a pod cannot be bound (upstream's `setPodNodeAndMetadata` errors; the handler wraps
+/// them in a 409 on `pods/binding`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BindError {
+    /// The pod has a `deletionTimestamp`.
+    #[error("pod {0} is being deleted, cannot be assigned to a host")]
+    Deleting(String),
+    /// `spec.nodeName` is already set.
+    #[error("pod {pod} is already assigned to node {node:?}")]
+    AlreadyAssigned {
+        /// The pod.
+        pod: String,
+        /// Its node.
+        node: String,
+    },
+    /// `spec.schedulingGates` is not empty.
+    #[error("pod {0} has non-empty .spec.schedulingGates")]
+    Gated(String),
+}
+
+/// Upstream's `BindingREST` on the stored pod JSON: sets `spec.nodeName` of an unassigned pod
+/// that is neither being deleted nor gated, merges the binding's annotations, and sets the
+/// `PodScheduled` condition to `True` as `UpdatePodCondition` does (the whole condition is
+/// replaced; `lastTransitionTime` moves only when the status changes). `now` is the RFC 3339
+/// time of the write.
+pub fn assign_pod(
+    pod: &mut serde_json::Value,
+    node: &str,
+    annotations: Option<&serde_json::Map<String, serde_json::Value>>,
+    now: &str,
+) -> Result<(), BindError> {
+    use serde_json::{Value, json};
+    let name = pod["metadata"]["name"].as_str().unwrap_or("").to_string();
+    if !pod["metadata"]["deletionTimestamp"].is_null() {
+        return Err(BindError::Deleting(name));
+    }
+    if let Some(current) = pod["spec"]["nodeName"].as_str().filter(|n| !n.is_empty()) {
+        return Err(BindError::AlreadyAssigned {
+            pod: name,
+            node: current.to_string(),
+        });
+    }
+    if pod["spec"]["schedulingGates"]
+        .as_array()
+        .is_some_and(|g| !g.is_empty())
+    {
+        return Err(BindError::Gated(name));
+    }
+    pod["spec"]["nodeName"] = node.into();
+    if let Some(extra) = annotations.filter(|a| !a.is_empty()) {
+        if !pod["metadata"]["annotations"].is_object() {
+            pod["metadata"]["annotations"] = json!({});
+        }
+        for (k, v) in extra {
+            pod["metadata"]["annotations"][k] = v.clone();
+        }
+    }
+    if !pod["status"].is_object() {
+        pod["status"] = json!({});
+    }
+    let mut condition = json!({
+        "type": "PodScheduled",
+        "status": "True",
+        "lastProbeTime": null,
+        "lastTransitionTime": now,
+    });
+    let conditions = pod["status"]
+        .as_object_mut()
+        .expect("an object")
+        .entry("conditions")
+        .or_insert_with(|| Value::Array(Vec::new()));
+    if !conditions.is_array() {
+        *conditions = Value::Array(Vec::new());
+    }
+    let list = conditions.as_array_mut().expect("an array");
+    match list.iter_mut().find(|c| c["type"] == "PodScheduled") {
+        Some(old) => {
+            if old["status"] == "True" {
+                condition["lastTransitionTime"] = old["lastTransitionTime"].clone();
+            }
+            *old = condition;
+        }
+        None => list.push(condition),
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod binding_tests {
+    use super::*;
+    use serde_json::json;
+
+    const NOW: &str = "2025-01-02T03:04:05Z";
+
+    #[test]
+    fn binding_sets_the_node_the_annotations_and_the_scheduled_condition() {
+        let mut pod = json!({
+            "metadata": {"name": "p", "annotations": {"a": "1"}},
+            "spec": {},
+            "status": {"phase": "Pending", "conditions": [
+                {"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                 "message": "0/1 nodes are available", "lastTransitionTime": "2020-01-01T00:00:00Z"}
+            ]}
+        });
+        let extra = json!({"b": "2"});
+        assign_pod(&mut pod, "n1", extra.as_object(), NOW).unwrap();
+        assert_eq!(pod["spec"]["nodeName"], "n1");
+        assert_eq!(pod["metadata"]["annotations"], json!({"a": "1", "b": "2"}));
+        assert_eq!(
+            pod["status"]["conditions"],
+            json!([{"type": "PodScheduled", "status": "True", "lastProbeTime": null,
+                    "lastTransitionTime": NOW}])
+        );
+    }
+
+    #[test]
+    fn binding_keeps_the_transition_time_when_already_scheduled_true() {
+        let mut pod = json!({"metadata": {"name": "p"}, "spec": {}, "status": {"conditions": [
+            {"type": "PodScheduled", "status": "True", "lastTransitionTime": "2020-01-01T00:00:00Z"}
+        ]}});
+        assign_pod(&mut pod, "n1", None, NOW).unwrap();
+        assert_eq!(
+            pod["status"]["conditions"][0]["lastTransitionTime"],
+            "2020-01-01T00:00:00Z"
+        );
+    }
+
+    #[test]
+    fn binding_refuses_assigned_deleting_and_gated_pods_with_upstreams_texts() {
+        let cases = [
+            (
+                json!({"metadata": {"name": "p"}, "spec": {"nodeName": "x"}}),
+                "pod p is already assigned to node \"x\"",
+            ),
+            (
+                json!({"metadata": {"name": "p", "deletionTimestamp": NOW}, "spec": {}}),
+                "pod p is being deleted, cannot be assigned to a host",
+            ),
+            (
+                json!({"metadata": {"name": "p"}, "spec": {"schedulingGates": [{"name": "g"}]}}),
+                "pod p has non-empty .spec.schedulingGates",
+            ),
+        ];
+        for (mut pod, want) in cases {
+            let before = pod.clone();
+            let err = assign_pod(&mut pod, "n1", None, NOW).unwrap_err();
+            assert_eq!(err.to_string(), want);
+            assert_eq!(pod, before, "a refused binding changes nothing");
+        }
     }
 }

@@ -10,6 +10,10 @@
 //! * [`leader`]: the Lease decisions of client-go's leader elector.
 //! * [`pods`]: pod and service helpers shared by the endpoint planners (readiness, named ports,
 //!   selectors, families).
+//! * [`scheduler`]: kube-scheduler's filters (unschedulable, taints, node selector and
+//!   affinity, pod count) and the fewest-pods score, with upstream's `FailedScheduling` texts.
+//! * [`nodelifecycle`]: node health from Leases and heartbeats, `Unknown` conditions, the
+//!   `NoSchedule` condition taints, pods marked not ready.
 //! * [`trigger`]: the `endpoints.kubernetes.io/last-change-trigger-time` tracker.
 
 pub mod endpoints;
@@ -17,5 +21,7 @@ pub mod endpointslice;
 pub mod leader;
 pub mod loadbalancer;
 pub mod nodeipam;
+pub mod nodelifecycle;
 pub mod pods;
+pub mod scheduler;
 pub mod trigger;

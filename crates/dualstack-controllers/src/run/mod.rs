@@ -1,8 +1,8 @@
 //! The edge: kube-rs clients and watchers around the pure planners of [`crate::plan`].
 //!
 //! [`ControllerManager::run`] campaigns for the Lease ([`lease`]) and, while leading, runs the
-//! enabled controllers: [`nodeipam`], [`endpoints`] (EndpointSlices and Endpoints) and
-//! [`loadbalancer`]. Each controller owns its watchers and writers in a `JoinSet`, so losing the
+//! enabled controllers: [`nodeipam`], [`nodelifecycle`], [`endpoints`] (EndpointSlices and
+//! Endpoints), [`loadbalancer`] and the [`scheduler`]. Each controller owns its watchers and writers in a `JoinSet`, so losing the
 //! Lease (dropping the controllers' future) stops every request at once.
 //!
 //! Only standard API semantics are used (list/watch, create, replace with `resourceVersion`,
@@ -15,6 +15,8 @@ pub mod informer;
 pub mod lease;
 pub mod loadbalancer;
 pub mod nodeipam;
+pub mod nodelifecycle;
+pub mod scheduler;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -28,10 +30,11 @@ use thiserror::Error;
 
 use crate::config::{
     ControllerSelection, ENDPOINTS, ENDPOINTSLICE, EndpointSliceOptions, LeaderElectionConfig,
-    NODE_IPAM, SERVICE_LB,
+    NODE_IPAM, NODE_LIFECYCLE, SCHEDULER, SERVICE_LB,
 };
 use crate::metrics::Metrics;
 use crate::plan::nodeipam::NodeIpamError;
+use crate::plan::nodelifecycle::LifecycleConfig;
 
 /// Why the controllers stopped.
 #[derive(Debug, Error)]
@@ -57,6 +60,8 @@ pub struct ManagerConfig {
     pub endpoints: EndpointSliceOptions,
     /// Leader election.
     pub leader_election: LeaderElectionConfig,
+    /// `--node-monitor-grace-period`, `--node-startup-grace-period`, `--node-monitor-period`.
+    pub node_lifecycle: LifecycleConfig,
     /// When a controller fails to start: true ends [`ControllerManager::run`] with the error
     /// (kube-controller-manager exits); false logs it and keeps the other controllers running
     /// (the in-server mode, where the API server must go on serving).
@@ -88,6 +93,9 @@ impl ControllerManager {
         if sel.enabled(NODE_IPAM) && self.config.node_ipam.is_some() {
             out.push(NODE_IPAM);
         }
+        if sel.enabled(NODE_LIFECYCLE) {
+            out.push(NODE_LIFECYCLE);
+        }
         if sel.enabled(ENDPOINTSLICE) {
             out.push(ENDPOINTSLICE);
         }
@@ -96,6 +104,9 @@ impl ControllerManager {
         }
         if sel.enabled(SERVICE_LB) && self.config.lb_pool.is_some() {
             out.push(SERVICE_LB);
+        }
+        if sel.enabled(SCHEDULER) {
+            out.push(SCHEDULER);
         }
         out
     }
@@ -111,6 +122,20 @@ impl ControllerManager {
                 NODE_IPAM,
                 nodeipam::run(client.clone(), cfg, metrics.clone(), recorder).boxed(),
             ));
+        }
+        if active.contains(&NODE_LIFECYCLE) {
+            let recorder = Arc::new(events::Recorder::new(client.clone(), "node-controller"));
+            futures.push((
+                NODE_LIFECYCLE,
+                nodelifecycle::run(client.clone(), self.config.node_lifecycle, recorder).boxed(),
+            ));
+        }
+        if active.contains(&SCHEDULER) {
+            let recorder = Arc::new(events::Recorder::new(
+                client.clone(),
+                crate::plan::scheduler::DEFAULT_SCHEDULER,
+            ));
+            futures.push((SCHEDULER, scheduler::run(client.clone(), recorder).boxed()));
         }
         let enabled = endpoints::Enabled {
             slices: active.contains(&ENDPOINTSLICE),

@@ -1,6 +1,6 @@
 //! `dualstack controller-manager --kubeconfig FILE`: the dual-stack controllers of
-//! kube-controller-manager (node IPAM, EndpointSlices, Endpoints, LoadBalancer pools) against
-//! any Kubernetes API server, behind a Lease. `dualstack server` runs the same controllers
+//! kube-controller-manager (node IPAM, node lifecycle, EndpointSlices, Endpoints, LoadBalancer
+//! pools) and the scheduler against any Kubernetes API server, behind a Lease. `dualstack server` runs the same controllers
 //! in-process ([`InServer`]).
 
 use std::hash::{Hash, Hasher};

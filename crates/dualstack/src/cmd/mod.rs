@@ -3,8 +3,11 @@
 pub mod bench;
 pub mod cni;
 pub mod controller_manager;
+pub mod down;
+pub mod exec;
 pub mod server;
 pub mod token;
+pub mod up;
 
 /// Logs to stderr; `RUST_LOG` overrides the default `info` level.
 pub fn init_tracing() {

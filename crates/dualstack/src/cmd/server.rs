@@ -45,6 +45,11 @@ pub struct ServerArgs {
     )]
     pub node_ip: String,
 
+    /// Also serve inside another network namespace: `NETNS_FILE=ADDRESS:PORT` (ours, repeatable;
+    /// `dualstack up` gives each lab node the API on its own loopback this way).
+    #[arg(long = "netns-listener", value_name = "netns=ip:port", hide = true, value_parser = netns_listener)]
+    pub netns_listeners: Vec<(PathBuf, std::net::SocketAddr)>,
+
     /// How often the ClusterIP/NodePort repair loop runs (e.g. 3m, 30s).
     #[arg(long = "service-ip-repair-interval", value_name = "duration", default_value = "3m", value_parser = crate::flags::duration)]
     pub repair_interval: std::time::Duration,
@@ -130,6 +135,7 @@ impl ServerArgs {
             service_ranges,
             node_port_range,
             repair_interval: self.repair_interval,
+            netns_listeners: self.netns_listeners.clone(),
             connection_limits: dualstack_apiserver::conn::Limits {
                 max_connections: self.max_connections.max(1),
                 max_untrusted: self.max_untrusted_connections.max(1),
@@ -139,6 +145,17 @@ impl ServerArgs {
         };
         Ok((config, ipam))
     }
+}
+
+/// `--netns-listener NETNS_FILE=ADDRESS:PORT`.
+fn netns_listener(v: &str) -> Result<(PathBuf, std::net::SocketAddr), String> {
+    let (ns, at) = v
+        .rsplit_once('=')
+        .ok_or_else(|| format!("{v:?}: want NETNS_FILE=ADDRESS:PORT"))?;
+    let at = at
+        .parse()
+        .map_err(|e| format!("{at:?}: {e} (want ADDRESS:PORT)"))?;
+    Ok((PathBuf::from(ns), at))
 }
 
 /// Runs the server until interrupted.

@@ -7,6 +7,7 @@ use clap::{Args, Subcommand};
 
 mod api;
 mod controllers;
+mod nodes;
 mod services;
 mod support;
 
@@ -26,6 +27,9 @@ enum Suite {
     /// Issue 5: node IPAM for 5,000 nodes, EndpointSlices for 1,000 Services × 10 pods, pod
     /// ready → slice latency.
     Controllers(controllers::ControllersArgs),
+    /// Issue 9 (root): `up --nodes 3` to all Ready, pod create → Running with two addresses,
+    /// agent memory with 100 pods.
+    Nodes(nodes::NodesArgs),
 }
 
 /// Runs a suite.
@@ -34,5 +38,6 @@ pub fn run(args: BenchArgs) -> Result<()> {
         Suite::Api(a) => api::run(a),
         Suite::Services(a) => services::run(a),
         Suite::Controllers(a) => controllers::run(a),
+        Suite::Nodes(a) => nodes::run(a),
     }
 }

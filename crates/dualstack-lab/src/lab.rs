@@ -1,0 +1,685 @@
+//! The edge of the lab: namespaces, processes and files under the data dir.
+//!
+//! Layout of a lab's data dir (everything `down` removes):
+//! ```text
+//! lab.json              the plan, the API port and the server flags (kept across `up`s)
+//! kubeconfig            the admin kubeconfig (server on 127.0.0.1:<port>)
+//! netns/<host>          namespace files: switch, node-1..node-N, outside
+//! server/               the API server's data dir (embedded store, PKI, tokens)
+//! nodes/<node>/         the agent's root dir, its kubeconfig and CNI config dir
+//! logs/<process>.log    server and agent output
+//! run/<process>.pid     "<pid> <start time>" of the background processes
+//! ```
+
+use std::collections::HashSet;
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use k8s_openapi::api::core::v1::Node;
+use kube::api::{Api, ListParams};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use serde::{Deserialize, Serialize};
+
+use crate::plan::{self, NODE_API_PORT, OUTSIDE, Plan, SWITCH};
+
+/// What `up` was asked for.
+#[derive(Debug, Clone)]
+pub struct UpOptions {
+    /// The lab's data dir.
+    pub data_dir: PathBuf,
+    /// `--nodes` (None: 3 for a new lab, the lab's own count for an existing one).
+    pub nodes: Option<usize>,
+    /// The server flags (dual-stack ranges, feature gates, ...), validated by the caller.
+    pub server_flags: Vec<String>,
+    /// Whether those flags make the cluster IPv6-primary.
+    pub ipv6_primary: bool,
+    /// The `dualstack` executable to run as server and agents.
+    pub exe: PathBuf,
+    /// How long to wait for every node to be Ready.
+    pub timeout: Duration,
+}
+
+/// What `up` found and did.
+#[derive(Debug, Clone)]
+pub struct UpReport {
+    /// The lab's plan.
+    pub plan: Plan,
+    /// The admin kubeconfig.
+    pub kubeconfig: PathBuf,
+    /// The server URL on the host's loopback.
+    pub url: String,
+    /// From the start of `up` to every node Ready.
+    pub elapsed: Duration,
+    /// Whether anything had to be (re)started.
+    pub started: bool,
+}
+
+/// The persisted description of a lab.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct State {
+    plan: Plan,
+    port: u16,
+    server_flags: Vec<String>,
+}
+
+/// Paths inside a lab's data dir.
+#[derive(Debug, Clone)]
+pub struct Layout {
+    dir: PathBuf,
+}
+
+impl Layout {
+    /// The layout of `dir` (made absolute, so the paths work from any working directory).
+    pub fn new(dir: &Path) -> Self {
+        let dir = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
+        Self { dir }
+    }
+    fn state(&self) -> PathBuf {
+        self.dir.join("lab.json")
+    }
+    /// The admin kubeconfig.
+    pub fn kubeconfig(&self) -> PathBuf {
+        self.dir.join("kubeconfig")
+    }
+    /// The namespace file of a lab host.
+    pub fn netns(&self, host: &str) -> PathBuf {
+        self.dir.join("netns").join(host)
+    }
+    fn server_dir(&self) -> PathBuf {
+        self.dir.join("server")
+    }
+    fn node_dir(&self, node: &str) -> PathBuf {
+        self.dir.join("nodes").join(node)
+    }
+    fn log(&self, process: &str) -> PathBuf {
+        self.dir.join("logs").join(format!("{process}.log"))
+    }
+    fn pid(&self, process: &str) -> PathBuf {
+        self.dir.join("run").join(format!("{process}.pid"))
+    }
+    /// Everything `up` creates, for `down`.
+    fn made(&self) -> [PathBuf; 7] {
+        [
+            self.state(),
+            self.kubeconfig(),
+            self.dir.join("netns"),
+            self.server_dir(),
+            self.dir.join("nodes"),
+            self.dir.join("logs"),
+            self.dir.join("run"),
+        ]
+    }
+}
+
+fn require_root(what: &str) -> Result<()> {
+    if !nix::unistd::Uid::effective().is_root() {
+        bail!(
+            "dualstack {what} needs root: it creates network namespaces, links and mounts \
+             (CAP_SYS_ADMIN and CAP_NET_ADMIN); run it with sudo"
+        );
+    }
+    Ok(())
+}
+
+/// Brings the lab at `opts.data_dir` up (or back) and returns once every node is Ready; the
+/// server and the agents keep running in the background.
+pub async fn up(opts: &UpOptions) -> Result<UpReport> {
+    require_root("up")?;
+    let start = Instant::now();
+    let l = Layout::new(&opts.data_dir);
+    fs::create_dir_all(&l.dir).with_context(|| format!("creating {}", l.dir.display()))?;
+    let state = match fs::read(l.state()) {
+        Ok(bytes) => {
+            let s: State = serde_json::from_slice(&bytes)
+                .with_context(|| format!("reading {}", l.state().display()))?;
+            if let Some(n) = opts.nodes
+                && n != s.plan.nodes.len()
+            {
+                bail!(
+                    "the lab in {} has {} nodes, not {n}: run `dualstack down --data-dir {}` first",
+                    l.dir.display(),
+                    s.plan.nodes.len(),
+                    l.dir.display()
+                );
+            }
+            if !opts.server_flags.is_empty() && opts.server_flags != s.server_flags {
+                bail!(
+                    "the lab in {} was made with other flags ({}): run `dualstack down --data-dir {}` first",
+                    l.dir.display(),
+                    s.server_flags.join(" "),
+                    l.dir.display()
+                );
+            }
+            s
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let plan = plan::plan(opts.nodes.unwrap_or(3), opts.ipv6_primary)?;
+            let s = State {
+                plan,
+                port: free_port()?,
+                server_flags: opts.server_flags.clone(),
+            };
+            write_atomic(&l.state(), &serde_json::to_vec_pretty(&s)?)?;
+            s
+        }
+        Err(e) => return Err(e).context(format!("reading {}", l.state().display())),
+    };
+    let plan = &state.plan;
+    for d in ["logs", "run"] {
+        fs::create_dir_all(l.dir.join(d))?;
+    }
+
+    let mut started = false;
+    let network_whole = std::iter::once(SWITCH)
+        .chain(plan.hosts().map(|h| h.name.as_str()))
+        .all(|h| dualstack_host::netns::exists(&l.netns(h)));
+    if !network_whole {
+        // After a reboot (or a partial earlier attempt) rebuild the whole network: stop what
+        // ran in the old one first.
+        stop_processes(&l)?;
+        remove_namespaces(&l)?;
+        build_network(&l, plan)?;
+        started = true;
+    }
+
+    if !alive(&l.pid("server")) {
+        start_server(&l, &state, &opts.exe)?;
+        started = true;
+    }
+    let url = format!("https://127.0.0.1:{}", state.port);
+    let client = wait_for_server(&l, opts.timeout).await?;
+    fs::copy(l.server_dir().join("kubeconfig"), l.kubeconfig())
+        .context("copying the admin kubeconfig")?;
+
+    for node in &plan.nodes {
+        if !alive(&l.pid(&node.name)) {
+            start_agent(&l, plan, node, &opts.exe)?;
+            started = true;
+        }
+    }
+    wait_for_nodes(&client, plan, opts.timeout, &l).await?;
+    Ok(UpReport {
+        plan: plan.clone(),
+        kubeconfig: l.kubeconfig(),
+        url,
+        elapsed: start.elapsed(),
+        started,
+    })
+}
+
+fn free_port() -> Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
+    Ok(l.local_addr()?.port())
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
+    fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
+    Ok(())
+}
+
+/// Runs an `ip -batch` script inside a namespace.
+fn ip_batch(ns: &Path, script: &str) -> Result<()> {
+    let mut child = dualstack_host::netns::run_in(ns, || {
+        Command::new("ip")
+            .args(["-batch", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+    })?
+    .context("running ip (install iproute2)")?;
+    child
+        .stdin
+        .take()
+        .context("ip stdin")?
+        .write_all(script.as_bytes())?;
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!(
+            "ip -batch in {} failed: {}\nscript:\n{script}",
+            ns.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// Writes a sysctl of the namespace `ns` (through /proc/sys of a thread inside it).
+fn sysctl(ns: &Path, key: &'static str, value: &'static str) -> Result<()> {
+    let path = format!("/proc/sys/{}", key.replace('.', "/"));
+    dualstack_host::netns::run_in(ns, move || fs::write(&path, value))?
+        .with_context(|| format!("setting {key}={value}"))
+}
+
+fn build_network(l: &Layout, plan: &Plan) -> Result<()> {
+    for h in std::iter::once(SWITCH).chain(plan.hosts().map(|h| h.name.as_str())) {
+        dualstack_host::netns::create(&l.netns(h))?;
+    }
+    let sw = l.netns(SWITCH);
+    ip_batch(
+        &sw,
+        &plan.switch_script(|h| l.netns(h).display().to_string()),
+    )?;
+    for h in plan.hosts() {
+        let ns = l.netns(&h.name);
+        sysctl(&ns, "net.ipv6.conf.all.accept_dad", "0")?;
+        sysctl(&ns, "net.ipv6.conf.default.accept_dad", "0")?;
+        if h.name != OUTSIDE {
+            sysctl(&ns, "net.ipv4.ip_forward", "1")?;
+            sysctl(&ns, "net.ipv6.conf.all.forwarding", "1")?;
+        }
+        ip_batch(&ns, &plan.host_script(h))?;
+    }
+    Ok(())
+}
+
+/// Starts a background process (its own session, output to its log) and records its pid.
+fn spawn_recorded(l: &Layout, name: &str, mut cmd: Command, ns: Option<&Path>) -> Result<()> {
+    let log = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(l.log(name))
+        .with_context(|| format!("opening {}", l.log(name).display()))?;
+    cmd.stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .process_group(0);
+    let child = match ns {
+        Some(ns) => dualstack_host::netns::run_in(ns, move || cmd.spawn())?,
+        None => cmd.spawn(),
+    }
+    .with_context(|| format!("starting {name}"))?;
+    let pid = child.id();
+    // The child is left running: it is reaped by init once `up` exits.
+    std::mem::forget(child);
+    let started = start_time(pid).context("reading the new process's start time")?;
+    write_atomic(&l.pid(name), format!("{pid} {started}\n").as_bytes())
+}
+
+fn start_server(l: &Layout, state: &State, exe: &Path) -> Result<()> {
+    let mut cmd = Command::new(exe);
+    cmd.arg("server")
+        .arg("--data-dir")
+        .arg(l.server_dir())
+        .args(["--bind-address", "127.0.0.1"])
+        .arg(format!("--secure-port={}", state.port))
+        .args(&state.server_flags);
+    for n in &state.plan.nodes {
+        cmd.arg(format!(
+            "--netns-listener={}=127.0.0.1:{NODE_API_PORT}",
+            l.netns(&n.name).display()
+        ));
+    }
+    spawn_recorded(l, "server", cmd, None)
+}
+
+fn start_agent(l: &Layout, plan: &Plan, node: &plan::Host, exe: &Path) -> Result<()> {
+    let dir = l.node_dir(&node.name);
+    fs::create_dir_all(dir.join("net.d"))?;
+    // The node's credentials: a node token, the server on the node's own loopback.
+    let user = dualstack_apiserver::auth::UserInfo::new(
+        format!(
+            "{}{}",
+            dualstack_apiserver::auth::NODE_USER_PREFIX,
+            node.name
+        ),
+        &[dualstack_apiserver::auth::NODES_GROUP],
+    );
+    let token = dualstack_apiserver::auth::Tokens::new(&l.server_dir()).ensure(&user)?;
+    let ca = fs::read_to_string(l.server_dir().join("pki/ca.crt"))?;
+    let kubeconfig = dir.join("kubeconfig");
+    dualstack_apiserver::tls::write_kubeconfig(
+        &kubeconfig,
+        &format!("https://127.0.0.1:{NODE_API_PORT}"),
+        &ca,
+        &user.name,
+        &token,
+    )?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("agent")
+        .arg("--kubeconfig")
+        .arg(&kubeconfig)
+        .args(["--node-name", &node.name])
+        .arg(format!(
+            "--node-ip={}",
+            node.node_ip_flag(plan.ipv6_primary)
+        ))
+        .arg("--root-dir")
+        .arg(&dir)
+        .arg("--cni-conf-dir")
+        .arg(dir.join("net.d"))
+        .args(["--cni-bin-dir", "/usr/lib/cni"]);
+    spawn_recorded(l, &node.name, cmd, Some(&l.netns(&node.name)))
+}
+
+async fn wait_for_server(l: &Layout, timeout: Duration) -> Result<kube::Client> {
+    let deadline = Instant::now() + timeout;
+    let path = l.server_dir().join("kubeconfig");
+    loop {
+        let attempt = async {
+            let kc = kube::config::Kubeconfig::read_from(&path)?;
+            let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
+            let client = kube::Client::try_from(cfg)?;
+            client.apiserver_version().await?;
+            anyhow::Ok(client)
+        };
+        match attempt.await {
+            Ok(c) => return Ok(c),
+            Err(e) if Instant::now() > deadline => {
+                bail!(
+                    "the API server did not come up in {timeout:?}: {e:#}; see {}",
+                    l.log("server").display()
+                )
+            }
+            Err(_) => {
+                if !alive(&l.pid("server")) {
+                    bail!(
+                        "the API server exited; see {}:\n{}",
+                        l.log("server").display(),
+                        tail(&l.log("server"), 15)
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await
+            }
+        }
+    }
+}
+
+fn tail(path: &Path, lines: usize) -> String {
+    let text = fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+fn node_ready(n: &Node) -> bool {
+    n.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+async fn wait_for_nodes(
+    client: &kube::Client,
+    plan: &Plan,
+    timeout: Duration,
+    l: &Layout,
+) -> Result<()> {
+    let nodes: Api<Node> = Api::all(client.clone());
+    let deadline = Instant::now() + timeout;
+    loop {
+        let list = nodes.list(&ListParams::default()).await?;
+        let ready: HashSet<String> = list
+            .items
+            .iter()
+            .filter(|n| node_ready(n))
+            .filter_map(|n| n.metadata.name.clone())
+            .collect();
+        let missing: Vec<&str> = plan
+            .nodes
+            .iter()
+            .map(|n| n.name.as_str())
+            .filter(|n| !ready.contains(*n))
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        for n in &missing {
+            if !alive(&l.pid(n)) {
+                bail!(
+                    "the agent of {n} exited; see {}:\n{}",
+                    l.log(n).display(),
+                    tail(&l.log(n), 15)
+                );
+            }
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "nodes not Ready after {timeout:?}: {}; see the logs in {}",
+                missing.join(", "),
+                l.dir.join("logs").display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The start time (clock ticks since boot, field 22 of /proc/PID/stat) of a process.
+fn start_time(pid: u32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces; fields after it follow the last ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// The recorded process, if it still runs (same pid and start time).
+fn recorded(pidfile: &Path) -> Option<u32> {
+    let text = fs::read_to_string(pidfile).ok()?;
+    let mut it = text.split_whitespace();
+    let pid: u32 = it.next()?.parse().ok()?;
+    let started: u64 = it.next()?.parse().ok()?;
+    let state = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let zombie = state
+        .rfind(')')
+        .and_then(|i| state[i + 2..].chars().next())
+        .is_some_and(|c| c == 'Z');
+    (start_time(pid) == Some(started) && !zombie).then_some(pid)
+}
+
+fn alive(pidfile: &Path) -> bool {
+    recorded(pidfile).is_some()
+}
+
+/// Mount points under `dir`, deepest first (from /proc/self/mountinfo).
+fn mounts_under(dir: &Path) -> Vec<(PathBuf, String)> {
+    let info = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut out: Vec<(PathBuf, String)> = info
+        .lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split(' ').collect();
+            let point = PathBuf::from(unescape_mount(fields.get(4)?));
+            let sep = fields.iter().position(|f| *f == "-")?;
+            let fstype = fields.get(sep + 1)?.to_string();
+            point.starts_with(dir).then_some((point, fstype))
+        })
+        .collect();
+    out.sort_by_key(|(p, _)| std::cmp::Reverse(p.components().count()));
+    out
+}
+
+/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
+fn unescape_mount(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && let Some(v) = s
+                .get(i + 1..i + 4)
+                .and_then(|o| u8::from_str_radix(o, 8).ok())
+        {
+            out.push(v);
+            i += 4;
+            continue;
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Stops every process the lab runs: the recorded server and agents, and every process inside
+/// one of the lab's namespaces (pods, shims, commands from `exec`).
+fn stop_processes(l: &Layout) -> Result<()> {
+    let mut pids: Vec<u32> = Vec::new();
+    if let Ok(dir) = fs::read_dir(l.dir.join("run")) {
+        for e in dir.flatten() {
+            if let Some(pid) = recorded(&e.path()) {
+                pids.push(pid);
+            }
+        }
+    }
+    let inodes: HashSet<u64> = mounts_under(&l.dir)
+        .into_iter()
+        .filter(|(_, t)| t == "nsfs")
+        .filter_map(|(p, _)| fs::metadata(&p).ok().map(|m| m.ino()))
+        .collect();
+    let me = std::process::id();
+    if let Ok(procs) = fs::read_dir("/proc") {
+        for e in procs.flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+                continue;
+            };
+            if pid == me {
+                continue;
+            }
+            if let Ok(m) = fs::metadata(e.path().join("ns/net"))
+                && inodes.contains(&m.ino())
+            {
+                pids.push(pid);
+            }
+        }
+    }
+    pids.sort_unstable();
+    pids.dedup();
+    for &pid in &pids {
+        let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+    }
+    // Wait (briefly) until they are gone, so their namespaces can go too.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while pids.iter().any(|p| {
+        fs::read_to_string(format!("/proc/{p}/stat"))
+            .ok()
+            .and_then(|s| s.rfind(')').map(|i| s[i + 2..].starts_with('Z')))
+            .is_some_and(|zombie| !zombie)
+    }) && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Ok(())
+}
+
+/// Detaches every mount under the lab's dir (namespace files of hosts and pods) and removes
+/// the namespace files.
+fn remove_namespaces(l: &Layout) -> Result<()> {
+    for (point, _) in mounts_under(&l.dir) {
+        nix::mount::umount2(&point, nix::mount::MntFlags::MNT_DETACH)
+            .with_context(|| format!("unmounting {}", point.display()))?;
+    }
+    match fs::remove_dir_all(l.dir.join("netns")) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(e).context("removing the namespace files")
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Removes everything `up` made under `data_dir`: processes, namespaces (and with them every
+/// link, address, route and nft table inside), mounts and files. Safe to run twice.
+pub fn down(data_dir: &Path) -> Result<bool> {
+    require_root("down")?;
+    let l = Layout::new(data_dir);
+    if !l.dir.exists() {
+        return Ok(false);
+    }
+    stop_processes(&l)?;
+    remove_namespaces(&l)?;
+    let mut removed = false;
+    for p in l.made() {
+        let r = if p.is_dir() {
+            fs::remove_dir_all(&p)
+        } else {
+            fs::remove_file(&p)
+        };
+        match r {
+            Ok(()) => removed = true,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).context(format!("removing {}", p.display())),
+        }
+    }
+    // The dir itself, if nothing else is in it.
+    let _ = fs::remove_dir(&l.dir);
+    Ok(removed)
+}
+
+/// The hosts of the lab in `data_dir`.
+pub fn hosts(data_dir: &Path) -> Result<Vec<String>> {
+    let l = Layout::new(data_dir);
+    let bytes = fs::read(l.state()).with_context(|| {
+        format!(
+            "no lab in {} (run `dualstack up --data-dir {}`)",
+            l.dir.display(),
+            l.dir.display()
+        )
+    })?;
+    let s: State = serde_json::from_slice(&bytes)?;
+    Ok(s.plan.hosts().map(|h| h.name.clone()).collect())
+}
+
+/// Replaces this (single-threaded) process with `cmd` running on a lab host: inside its network
+/// namespace, with a private mount namespace whose /sys shows the host's links (as `ip netns
+/// exec` does). Returns only on failure.
+pub fn exec(data_dir: &Path, host: &str, cmd: &[String]) -> Result<std::convert::Infallible> {
+    require_root("exec")?;
+    let names = hosts(data_dir)?;
+    if !names.iter().any(|h| h == host) {
+        bail!("no host {host:?} in this lab; hosts: {}", names.join(", "));
+    }
+    let l = Layout::new(data_dir);
+    let ns = l.netns(host);
+    if !dualstack_host::netns::exists(&ns) {
+        bail!(
+            "the lab is not up (no namespace at {}): run `dualstack up`",
+            ns.display()
+        );
+    }
+    let (prog, args) = cmd.split_first().context("no command given")?;
+    dualstack_host::netns::enter(&ns)?;
+    if nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).is_ok() {
+        use nix::mount::{MntFlags, MsFlags, mount, umount2};
+        let _ = mount(
+            None::<&str>,
+            "/",
+            None::<&str>,
+            MsFlags::MS_SLAVE | MsFlags::MS_REC,
+            None::<&str>,
+        );
+        if umount2("/sys", MntFlags::MNT_DETACH).is_ok() {
+            let _ = mount(
+                Some("sysfs"),
+                "/sys",
+                Some("sysfs"),
+                MsFlags::empty(),
+                None::<&str>,
+            );
+        }
+    }
+    let err = Command::new(prog).args(args).exec();
+    Err(err).with_context(|| format!("running {prog}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_paths_are_unescaped() {
+        assert_eq!(unescape_mount(r"/a\040b/c"), "/a b/c");
+        assert_eq!(unescape_mount("/plain"), "/plain");
+    }
+
+    #[test]
+    fn start_time_of_this_process_is_stable() {
+        let me = std::process::id();
+        assert!(start_time(me).is_some());
+        assert_eq!(start_time(me), start_time(me));
+    }
+}
