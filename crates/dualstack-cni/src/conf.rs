@@ -130,7 +130,9 @@ pub fn candidates<'a>(names: impl IntoIterator<Item = &'a str>) -> Vec<(&'a str,
 /// Parses a configuration file's bytes; the reason on failure.
 pub fn parse(kind: ConfKind, bytes: &[u8]) -> Result<NetworkConfigList, String> {
     let list = match kind {
-        ConfKind::List => serde_json::from_slice::<NetworkConfigList>(bytes).map_err(|e| e.to_string())?,
+        ConfKind::List => {
+            serde_json::from_slice::<NetworkConfigList>(bytes).map_err(|e| e.to_string())?
+        }
         ConfKind::Single => {
             let p: PluginConf = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
             NetworkConfigList::from_single(p)?
@@ -184,7 +186,9 @@ pub fn load_first(dir: &Path) -> io::Result<Option<Loaded>> {
         };
         match parse(kind, &bytes) {
             Ok(list) => return Ok(Some(Loaded { path, list })),
-            Err(e) => tracing::warn!(path = %path.display(), error = %e, "skipping invalid CNI config"),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "skipping invalid CNI config")
+            }
         }
     }
     Ok(None)
@@ -192,7 +196,11 @@ pub fn load_first(dir: &Path) -> io::Result<Option<Loaded>> {
 
 /// Writes our conflist for `pod_cidrs` as `conf_dir/10-dualstack.conflist`, atomically (a
 /// temporary file in the same directory, fsync, rename), creating `conf_dir` if needed.
-pub fn write_dualstack_conflist(conf_dir: &Path, pod_cidrs: &[IpNet], data_dir: &Path) -> io::Result<PathBuf> {
+pub fn write_dualstack_conflist(
+    conf_dir: &Path,
+    pod_cidrs: &[IpNet],
+    data_dir: &Path,
+) -> io::Result<PathBuf> {
     let list = render_dualstack_conflist(pod_cidrs, data_dir);
     let mut bytes = serde_json::to_vec_pretty(&list).map_err(io::Error::other)?;
     bytes.push(b'\n');
@@ -221,7 +229,10 @@ mod tests {
 
     #[test]
     fn our_conflist_has_the_documented_shape() {
-        let cidrs: Vec<IpNet> = vec!["10.244.1.0/24".parse().unwrap(), "fc00:0:0:1::/64".parse().unwrap()];
+        let cidrs: Vec<IpNet> = vec![
+            "10.244.1.0/24".parse().unwrap(),
+            "fc00:0:0:1::/64".parse().unwrap(),
+        ];
         let l = render_dualstack_conflist(&cidrs, Path::new("/var/lib/dualstack/cni"));
         assert_eq!(
             serde_json::to_value(&l).unwrap(),
@@ -242,7 +253,8 @@ mod tests {
         assert_eq!(c.data_dir, Path::new("/var/lib/cni/networks"));
         // The request configuration also carries cniVersion, name, prevResult, ...: not refused.
         let c: DualstackConf =
-            serde_json::from_value(json!({"ranges": [], "cniVersion": "1.0.0", "prevResult": {}})).unwrap();
+            serde_json::from_value(json!({"ranges": [], "cniVersion": "1.0.0", "prevResult": {}}))
+                .unwrap();
         assert!(c.ranges.is_empty());
         assert!(serde_json::from_value::<DualstackConf>(json!({"ranges": ["10.0.0.0"]})).is_err());
     }
@@ -275,18 +287,31 @@ mod tests {
         assert!(load_first(&dir.path().join("missing")).unwrap().is_none());
         assert!(load_first(dir.path()).unwrap().is_none());
         fs::write(dir.path().join("00-broken.conflist"), "{not json").unwrap();
-        fs::write(dir.path().join("01-empty.conflist"), r#"{"cniVersion":"1.0.0","name":"e","plugins":[]}"#).unwrap();
-        fs::write(dir.path().join("50-single.conf"), r#"{"cniVersion":"0.4.0","name":"one","type":"bridge"}"#)
-            .unwrap();
+        fs::write(
+            dir.path().join("01-empty.conflist"),
+            r#"{"cniVersion":"1.0.0","name":"e","plugins":[]}"#,
+        )
+        .unwrap();
+        fs::write(
+            dir.path().join("50-single.conf"),
+            r#"{"cniVersion":"0.4.0","name":"one","type":"bridge"}"#,
+        )
+        .unwrap();
         let got = load_first(dir.path()).unwrap().unwrap();
         assert_eq!(got.list.name, "one");
         assert_eq!(got.list.plugins[0].plugin_type, "bridge");
 
-        let cidrs: Vec<IpNet> = vec!["fc00:0:0:1::/64".parse().unwrap(), "10.244.1.0/24".parse().unwrap()];
+        let cidrs: Vec<IpNet> = vec![
+            "fc00:0:0:1::/64".parse().unwrap(),
+            "10.244.1.0/24".parse().unwrap(),
+        ];
         let path = write_dualstack_conflist(dir.path(), &cidrs, Path::new("/d")).unwrap();
         assert_eq!(path, dir.path().join("10-dualstack.conflist"));
         let got = load_first(dir.path()).unwrap().unwrap();
         assert_eq!((got.path, got.list.name.as_str()), (path, "dualstack"));
-        assert_eq!(got.list.plugins[0].extra["ranges"], json!(["fc00:0:0:1::/64", "10.244.1.0/24"]));
+        assert_eq!(
+            got.list.plugins[0].extra["ranges"],
+            json!(["fc00:0:0:1::/64", "10.244.1.0/24"])
+        );
     }
 }

@@ -118,7 +118,11 @@ impl Range {
         let size = self.last - self.first + 1;
         let bound = size.min(reserved.len() as u128 + 2);
         for _ in 0..bound {
-            cur = if cur >= self.last { self.first } else { cur + 1 };
+            cur = if cur >= self.last {
+                self.first
+            } else {
+                cur + 1
+            };
             if cur == gw {
                 continue;
             }
@@ -135,7 +139,12 @@ impl Range {
 impl fmt::Display for Range {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let v4 = self.is_ipv4();
-        write!(f, "{}-{}", from_u128(v4, self.first), from_u128(v4, self.last))
+        write!(
+            f,
+            "{}-{}",
+            from_u128(v4, self.first),
+            from_u128(v4, self.last)
+        )
     }
 }
 
@@ -187,16 +196,40 @@ mod tests {
     fn ranges_skip_network_and_gateway_and_the_ipv4_broadcast() {
         // (subnet, gateway, printed range, first handed out)
         let rows = [
-            ("10.244.1.0/24", "10.244.1.1", "10.244.1.1-10.244.1.254", "10.244.1.2"),
-            ("fc00:0:0:1::/64", "fc00:0:0:1::1", "fc00:0:0:1::1-fc00::1:ffff:ffff:ffff:ffff", "fc00:0:0:1::2"),
-            ("10.244.1.77/24", "10.244.1.1", "10.244.1.1-10.244.1.254", "10.244.1.2"),
-            ("fd00::1234/120", "fd00::1201", "fd00::1201-fd00::12ff", "fd00::1202"),
+            (
+                "10.244.1.0/24",
+                "10.244.1.1",
+                "10.244.1.1-10.244.1.254",
+                "10.244.1.2",
+            ),
+            (
+                "fc00:0:0:1::/64",
+                "fc00:0:0:1::1",
+                "fc00:0:0:1::1-fc00::1:ffff:ffff:ffff:ffff",
+                "fc00:0:0:1::2",
+            ),
+            (
+                "10.244.1.77/24",
+                "10.244.1.1",
+                "10.244.1.1-10.244.1.254",
+                "10.244.1.2",
+            ),
+            (
+                "fd00::1234/120",
+                "fd00::1201",
+                "fd00::1201-fd00::12ff",
+                "fd00::1202",
+            ),
         ];
         for (subnet, gw, printed, first) in rows {
             let r = Range::from_subnet(net(subnet)).unwrap();
             assert_eq!(r.gateway, ip(gw), "{subnet}");
             assert_eq!(r.to_string(), printed, "{subnet}");
-            assert_eq!(r.next_free(&HashSet::new(), None).unwrap(), ip(first), "{subnet}");
+            assert_eq!(
+                r.next_free(&HashSet::new(), None).unwrap(),
+                ip(first),
+                "{subnet}"
+            );
             assert!(!r.contains(r.subnet.network()), "{subnet}");
         }
     }
@@ -205,9 +238,21 @@ mod tests {
     fn the_last_address_is_broadcast_for_ipv4_but_usable_for_ipv6() {
         // (subnet, reserved, next)
         let rows = [
-            ("10.0.0.0/29", vec!["10.0.0.2", "10.0.0.3", "10.0.0.4", "10.0.0.5"], Some("10.0.0.6")),
-            ("fd00::/125", vec!["fd00::2", "fd00::3", "fd00::4", "fd00::5", "fd00::6"], Some("fd00::7")),
-            ("10.0.0.0/29", vec!["10.0.0.2", "10.0.0.3", "10.0.0.4", "10.0.0.5", "10.0.0.6"], None),
+            (
+                "10.0.0.0/29",
+                vec!["10.0.0.2", "10.0.0.3", "10.0.0.4", "10.0.0.5"],
+                Some("10.0.0.6"),
+            ),
+            (
+                "fd00::/125",
+                vec!["fd00::2", "fd00::3", "fd00::4", "fd00::5", "fd00::6"],
+                Some("fd00::7"),
+            ),
+            (
+                "10.0.0.0/29",
+                vec!["10.0.0.2", "10.0.0.3", "10.0.0.4", "10.0.0.5", "10.0.0.6"],
+                None,
+            ),
         ];
         for (subnet, reserved, next) in rows {
             let r = Range::from_subnet(net(subnet)).unwrap();
@@ -225,12 +270,22 @@ mod tests {
     #[test]
     fn exhaustion_names_the_range_set_for_both_families() {
         let rows = [
-            ("10.0.0.0/30", vec!["10.0.0.2"], "no IP addresses available in range set: 10.0.0.1-10.0.0.2"),
-            ("fd00::/126", vec!["fd00::2", "fd00::3"], "no IP addresses available in range set: fd00::1-fd00::3"),
+            (
+                "10.0.0.0/30",
+                vec!["10.0.0.2"],
+                "no IP addresses available in range set: 10.0.0.1-10.0.0.2",
+            ),
+            (
+                "fd00::/126",
+                vec!["fd00::2", "fd00::3"],
+                "no IP addresses available in range set: fd00::1-fd00::3",
+            ),
         ];
         for (subnet, reserved, msg) in rows {
             let r = Range::from_subnet(net(subnet)).unwrap();
-            let err = r.next_free(&set(&reserved), Some(ip(reserved[0]))).unwrap_err();
+            let err = r
+                .next_free(&set(&reserved), Some(ip(reserved[0])))
+                .unwrap_err();
             assert_eq!(err.to_string(), msg);
         }
     }
@@ -238,7 +293,10 @@ mod tests {
     #[test]
     fn too_small_subnets_are_refused() {
         for s in ["10.0.0.0/31", "10.0.0.0/32", "fd00::/127", "fd00::1/128"] {
-            assert!(matches!(Range::from_subnet(net(s)), Err(IpamError::TooSmall(_))), "{s}");
+            assert!(
+                matches!(Range::from_subnet(net(s)), Err(IpamError::TooSmall(_))),
+                "{s}"
+            );
         }
         assert!(Range::from_subnet(net("10.0.0.0/30")).is_ok());
         assert!(Range::from_subnet(net("fd00::/126")).is_ok());
@@ -252,15 +310,29 @@ mod tests {
             ("fd00::/64", "fd00::7", vec![], "fd00::8"),
             ("10.0.0.0/24", "10.0.0.254", vec![], "10.0.0.2"),
             ("fd00::/120", "fd00::ff", vec![], "fd00::2"),
-            ("10.0.0.0/24", "10.0.0.253", vec!["10.0.0.254", "10.0.0.2"], "10.0.0.3"),
-            ("fd00::/120", "fd00::fe", vec!["fd00::ff", "fd00::2"], "fd00::3"),
+            (
+                "10.0.0.0/24",
+                "10.0.0.253",
+                vec!["10.0.0.254", "10.0.0.2"],
+                "10.0.0.3",
+            ),
+            (
+                "fd00::/120",
+                "fd00::fe",
+                vec!["fd00::ff", "fd00::2"],
+                "fd00::3",
+            ),
             // a hint outside the range (the node's CIDR changed) starts from the beginning
             ("10.0.0.0/24", "10.9.9.9", vec![], "10.0.0.2"),
             ("fd00::/64", "fd99::9", vec![], "fd00::2"),
         ];
         for (subnet, hint, reserved, next) in rows {
             let r = Range::from_subnet(net(subnet)).unwrap();
-            assert_eq!(r.next_free(&set(&reserved), Some(ip(hint))).unwrap(), ip(next), "{subnet} after {hint}");
+            assert_eq!(
+                r.next_free(&set(&reserved), Some(ip(hint))).unwrap(),
+                ip(next),
+                "{subnet} after {hint}"
+            );
         }
     }
 
@@ -281,7 +353,12 @@ mod tests {
     #[test]
     fn allocate_takes_one_address_per_family_or_none() {
         let rs = ranges(&[net("10.244.1.0/24"), net("fc00:0:0:1::/64")]).unwrap();
-        let got = allocate(&rs, &set(&["10.244.1.2"]), &[None, Some(ip("fc00:0:0:1::9"))]).unwrap();
+        let got = allocate(
+            &rs,
+            &set(&["10.244.1.2"]),
+            &[None, Some(ip("fc00:0:0:1::9"))],
+        )
+        .unwrap();
         assert_eq!(got, vec![ip("10.244.1.3"), ip("fc00:0:0:1::a")]);
 
         let small = ranges(&[net("fd00::/126"), net("10.0.0.0/30")]).unwrap();

@@ -31,6 +31,7 @@ use std::path::{Path, PathBuf};
 
 use dualstack_host::netlink::{Netlink, NetlinkError, VethSpec};
 use dualstack_host::{netns, sysctl};
+use futures::future::try_join_all;
 use ipnet::IpNet;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -39,8 +40,8 @@ use crate::conf::DualstackConf;
 use crate::ipam::{self, IpamError, Range};
 use crate::store::{Store, StoreError};
 use crate::types::{
-    self, CNI_VERSION, CniErrorResult, CniResult, ErrorCode, Interface, IpConfig, NetConf, RouteConfig,
-    VersionResult,
+    self, CNI_VERSION, CniErrorResult, CniResult, ErrorCode, Interface, IpConfig, NetConf,
+    RouteConfig, VersionResult,
 };
 
 /// What the binary prints on stdout, and whether it exits with success.
@@ -62,8 +63,14 @@ fn netlink_error(e: NetlinkError) -> CniErrorResult {
 
 fn store_error(e: StoreError) -> CniErrorResult {
     match e {
-        StoreError::Ipam(IpamError::Exhausted(_)) => error(ErrorCode::TryAgainLater, e.to_string(), ""),
-        StoreError::Ipam(other) => error(ErrorCode::InvalidNetworkConfig, "invalid network config", other),
+        StoreError::Ipam(IpamError::Exhausted(_)) => {
+            error(ErrorCode::TryAgainLater, e.to_string(), "")
+        }
+        StoreError::Ipam(other) => error(
+            ErrorCode::InvalidNetworkConfig,
+            "invalid network config",
+            other,
+        ),
         StoreError::Io { .. } => error(ErrorCode::IoFailure, "IPAM store failure", e),
     }
 }
@@ -75,13 +82,20 @@ pub fn validate_ifname(name: &str) -> Result<(), String> {
         return Err("interface name is empty".into());
     }
     if name.len() > 15 {
-        return Err(format!("interface name {name:?} is longer than 15 characters"));
+        return Err(format!(
+            "interface name {name:?} is longer than 15 characters"
+        ));
     }
     if name == "." || name == ".." {
         return Err(format!("interface name {name:?} is not a valid name"));
     }
-    if name.chars().any(|c| c == '/' || c == ':' || c.is_whitespace()) {
-        return Err(format!("interface name {name:?} contains /, : or whitespace"));
+    if name
+        .chars()
+        .any(|c| c == '/' || c == ':' || c.is_whitespace())
+    {
+        return Err(format!(
+            "interface name {name:?} contains /, : or whitespace"
+        ));
     }
     Ok(())
 }
@@ -113,7 +127,10 @@ fn derived_mac(parts: &[&str]) -> [u8; 6] {
 }
 
 fn mac_string(mac: [u8; 6]) -> String {
-    mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
 }
 
 fn default_route(v4: bool) -> IpNet {
@@ -155,26 +172,48 @@ pub fn run(env: &dyn Fn(&str) -> Option<String>, stdin: &[u8]) -> Outcome {
     }
 }
 
-fn dispatch(env: &dyn Fn(&str) -> Option<String>, stdin: &[u8]) -> Result<Option<Value>, CniErrorResult> {
+fn dispatch(
+    env: &dyn Fn(&str) -> Option<String>,
+    stdin: &[u8],
+) -> Result<Option<Value>, CniErrorResult> {
     let get = |k: &str| env(k).filter(|v| !v.is_empty());
-    let command = get("CNI_COMMAND")
-        .ok_or_else(|| error(ErrorCode::InvalidEnvironment, "required env variables [CNI_COMMAND] missing", ""))?;
+    let command = get("CNI_COMMAND").ok_or_else(|| {
+        error(
+            ErrorCode::InvalidEnvironment,
+            "required env variables [CNI_COMMAND] missing",
+            "",
+        )
+    })?;
     if command == "VERSION" {
         let version = serde_json::from_slice::<Value>(stdin)
             .ok()
-            .and_then(|v| v.get("cniVersion").and_then(Value::as_str).map(str::to_string))
+            .and_then(|v| {
+                v.get("cniVersion")
+                    .and_then(Value::as_str)
+                    .map(str::to_string)
+            })
             .unwrap_or_else(|| CNI_VERSION.to_string());
-        return Ok(Some(serde_json::to_value(VersionResult::ours(&version)).unwrap_or(Value::Null)));
+        return Ok(Some(
+            serde_json::to_value(VersionResult::ours(&version)).unwrap_or(Value::Null),
+        ));
     }
     let required: &[&str] = match command.as_str() {
         "ADD" | "CHECK" => &["CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME"],
         "DEL" => &["CNI_CONTAINERID", "CNI_IFNAME"],
         "GC" | "STATUS" => &[],
         other => {
-            return Err(error(ErrorCode::InvalidEnvironment, format!("unknown CNI_COMMAND: {other}"), ""));
+            return Err(error(
+                ErrorCode::InvalidEnvironment,
+                format!("unknown CNI_COMMAND: {other}"),
+                "",
+            ));
         }
     };
-    let missing: Vec<&str> = required.iter().copied().filter(|k| get(k).is_none()).collect();
+    let missing: Vec<&str> = required
+        .iter()
+        .copied()
+        .filter(|k| get(k).is_none())
+        .collect();
     if !missing.is_empty() {
         return Err(error(
             ErrorCode::InvalidEnvironment,
@@ -192,18 +231,33 @@ fn dispatch(env: &dyn Fn(&str) -> Option<String>, stdin: &[u8]) -> Result<Option
         ));
     }
     if required.contains(&"CNI_IFNAME") {
-        validate_ifname(&ifname).map_err(|e| error(ErrorCode::InvalidEnvironment, "invalid CNI_IFNAME", e))?;
+        validate_ifname(&ifname)
+            .map_err(|e| error(ErrorCode::InvalidEnvironment, "invalid CNI_IFNAME", e))?;
     }
     if let Some(args) = get("CNI_ARGS")
         && types::parse_cni_args(&args).is_none()
     {
-        return Err(error(ErrorCode::InvalidEnvironment, "invalid CNI_ARGS", format!("CNI_ARGS={args:?}")));
+        return Err(error(
+            ErrorCode::InvalidEnvironment,
+            "invalid CNI_ARGS",
+            format!("CNI_ARGS={args:?}"),
+        ));
     }
 
-    let raw: Value = serde_json::from_slice(stdin)
-        .map_err(|e| error(ErrorCode::DecodingFailure, "failed to decode network config", e))?;
-    let net: NetConf = serde_json::from_value(raw.clone())
-        .map_err(|e| error(ErrorCode::DecodingFailure, "failed to decode network config", e))?;
+    let raw: Value = serde_json::from_slice(stdin).map_err(|e| {
+        error(
+            ErrorCode::DecodingFailure,
+            "failed to decode network config",
+            e,
+        )
+    })?;
+    let net: NetConf = serde_json::from_value(raw.clone()).map_err(|e| {
+        error(
+            ErrorCode::DecodingFailure,
+            "failed to decode network config",
+            e,
+        )
+    })?;
     let version = net.cni_version.clone();
     let with_version = |mut e: CniErrorResult| {
         if types::is_supported(&version) {
@@ -215,11 +269,21 @@ fn dispatch(env: &dyn Fn(&str) -> Option<String>, stdin: &[u8]) -> Result<Option
         return Err(error(
             ErrorCode::IncompatibleVersion,
             "incompatible CNI versions",
-            format!("config is {version:?}, plugin supports {:?}", types::SUPPORTED_VERSIONS),
+            format!(
+                "config is {version:?}, plugin supports {:?}",
+                types::SUPPORTED_VERSIONS
+            ),
         ));
     }
-    let req = parse_request(command, container_id, get("CNI_NETNS").map(PathBuf::from), ifname, net, raw)
-        .map_err(with_version)?;
+    let req = parse_request(
+        command,
+        container_id,
+        get("CNI_NETNS").map(PathBuf::from),
+        ifname,
+        net,
+        raw,
+    )
+    .map_err(with_version)?;
     execute(&req).map_err(with_version)
 }
 
@@ -235,7 +299,8 @@ fn parse_request(
     if !types::valid_identifier(&net.name) {
         return Err(invalid(format!("invalid network name {:?}", net.name)));
     }
-    let conf: DualstackConf = serde_json::from_value(raw.clone()).map_err(|e| invalid(e.to_string()))?;
+    let conf: DualstackConf =
+        serde_json::from_value(raw.clone()).map_err(|e| invalid(e.to_string()))?;
     validate_ifname(&conf.bridge).map_err(|e| invalid(format!("bridge: {e}")))?;
     if !(68..=65535).contains(&conf.mtu) {
         return Err(invalid(format!("mtu {} is outside 68..65535", conf.mtu)));
@@ -279,8 +344,13 @@ fn store(req: &Request) -> Store {
 
 async fn add(req: &Request) -> Result<Value, CniErrorResult> {
     let netns_path = req.netns.as_deref().unwrap_or(Path::new(""));
-    let ns = netns::open(netns_path)
-        .map_err(|e| error(ErrorCode::UnknownContainer, "failed to open the container's netns", e))?;
+    let ns = netns::open(netns_path).map_err(|e| {
+        error(
+            ErrorCode::UnknownContainer,
+            "failed to open the container's netns",
+            e,
+        )
+    })?;
     let store = store(req);
     let ips = store
         .allocate(&req.ranges, &req.container_id, &req.ifname)
@@ -296,7 +366,9 @@ async fn add(req: &Request) -> Result<Value, CniErrorResult> {
         Err(e) => {
             // Undo: the pair (if we made it) and the addresses.
             if let Ok(nl) = Netlink::connect() {
-                let _ = nl.delete_link(&host_veth_name(&req.container_id, &req.ifname)).await;
+                let _ = nl
+                    .delete_link(&host_veth_name(&req.container_id, &req.ifname))
+                    .await;
             }
             let _ = store.release(&req.container_id, &req.ifname);
             Err(e)
@@ -316,16 +388,27 @@ fn merge(mut prev: CniResult, ours: CniResult) -> CniResult {
     prev
 }
 
-async fn setup(req: &Request, ns: &std::fs::File, netns_path: &Path, ips: &[IpAddr]) -> Result<CniResult, CniErrorResult> {
+async fn setup(
+    req: &Request,
+    ns: &std::fs::File,
+    netns_path: &Path,
+    ips: &[IpAddr],
+) -> Result<CniResult, CniErrorResult> {
     let conf = &req.conf;
     let nl = Netlink::connect().map_err(netlink_error)?;
     let bridge_mac = derived_mac(&["bridge", &conf.bridge]);
-    let br = nl.ensure_bridge(&conf.bridge, bridge_mac, conf.mtu).await.map_err(netlink_error)?;
-    for r in &req.ranges {
-        nl.add_address(br, r.with_prefix(r.gateway), true)
-            .await
-            .map_err(netlink_error)?;
-    }
+    let br = nl
+        .ensure_bridge(&conf.bridge, bridge_mac, conf.mtu)
+        .await
+        .map_err(netlink_error)?;
+    // Requests of one step go out together: the kernel handles them in order, we wait once.
+    try_join_all(
+        req.ranges
+            .iter()
+            .map(|r| nl.add_address(br, r.with_prefix(r.gateway), true)),
+    )
+    .await
+    .map_err(netlink_error)?;
     enable_forwarding(&req.ranges)?;
 
     let host_name = host_veth_name(&req.container_id, &req.ifname);
@@ -359,23 +442,37 @@ async fn setup(req: &Request, ns: &std::fs::File, netns_path: &Path, ips: &[IpAd
 
     let has_v6 = req.ranges.iter().any(|r| !r.is_ipv4());
     let ifname = req.ifname.clone();
-    netns::run_in(netns_path, move || {
+    let (pnl, dad) = Netlink::connect_in_with(netns_path, move || {
         if has_v6 {
             sysctl::write_net(&["ipv6", "conf", &ifname, "accept_dad"], "0")
         } else {
             Ok(())
         }
     })
-    .map_err(|e| error(ErrorCode::UnknownContainer, "failed to enter the container's netns", e))?
-    .map_err(|e| error(ErrorCode::Internal, "failed to set accept_dad=0 in the container", e))?;
-
-    let pnl = Netlink::connect_in(netns_path).map_err(netlink_error)?;
-    pnl.set_up(1).await.map_err(netlink_error)?; // lo is always index 1
-    let pod = pnl
-        .link_by_name(&req.ifname)
-        .await
-        .map_err(netlink_error)?
-        .ok_or_else(|| error(ErrorCode::Internal, format!("{} missing in the container after creation", req.ifname), ""))?;
+    .map_err(|e| {
+        error(
+            ErrorCode::UnknownContainer,
+            "failed to enter the container's netns",
+            e,
+        )
+    })?;
+    dad.map_err(|e| {
+        error(
+            ErrorCode::Internal,
+            "failed to set accept_dad=0 in the container",
+            e,
+        )
+    })?;
+    // lo is always index 1.
+    let (_, pod) =
+        futures::try_join!(pnl.set_up(1), pnl.link_by_name(&req.ifname)).map_err(netlink_error)?;
+    let pod = pod.ok_or_else(|| {
+        error(
+            ErrorCode::Internal,
+            format!("{} missing in the container after creation", req.ifname),
+            "",
+        )
+    })?;
     if !pod.up {
         pnl.set_up(pod.index).await.map_err(netlink_error)?;
     }
@@ -402,22 +499,33 @@ async fn setup(req: &Request, ns: &std::fs::File, netns_path: &Path, ips: &[IpAd
         ..CniResult::default()
     };
     for (r, ip) in req.ranges.iter().zip(ips) {
-        let addr = r.with_prefix(*ip);
-        pnl.add_address(pod.index, addr, true).await.map_err(netlink_error)?;
         result.ips.push(IpConfig {
-            address: addr,
+            address: r.with_prefix(*ip),
             gateway: Some(r.gateway),
             interface: Some(2),
         });
-    }
-    for r in &req.ranges {
-        let dst = default_route(r.is_ipv4());
-        pnl.add_route(dst, r.gateway, Some(pod.index)).await.map_err(netlink_error)?;
         result.routes.push(RouteConfig {
-            dst,
+            dst: default_route(r.is_ipv4()),
             gw: Some(r.gateway),
         });
     }
+    // Addresses first: a route's gateway must be on a connected subnet.
+    try_join_all(
+        result
+            .ips
+            .iter()
+            .map(|ip| pnl.add_address(pod.index, ip.address, true)),
+    )
+    .await
+    .map_err(netlink_error)?;
+    try_join_all(
+        req.ranges
+            .iter()
+            .zip(&result.routes)
+            .map(|(r, route)| pnl.add_route(route.dst, r.gateway, Some(pod.index))),
+    )
+    .await
+    .map_err(netlink_error)?;
     if let Some(dns) = &req.net.dns {
         result.dns = dns.clone();
     }
@@ -434,8 +542,13 @@ fn enable_forwarding(ranges: &[Range]) -> Result<(), CniErrorResult> {
             &["ipv6", "conf", "all", "forwarding"]
         };
         if sysctl::read_net(key).ok().as_deref() != Some("1") {
-            sysctl::write_net(key, "1")
-                .map_err(|e| error(ErrorCode::Internal, format!("failed to enable net.{}", key.join(".")), e))?;
+            sysctl::write_net(key, "1").map_err(|e| {
+                error(
+                    ErrorCode::Internal,
+                    format!("failed to enable net.{}", key.join(".")),
+                    e,
+                )
+            })?;
         }
     }
     Ok(())
@@ -454,13 +567,19 @@ async fn del(req: &Request) -> Result<(), CniErrorResult> {
 
 async fn check(req: &Request) -> Result<(), CniErrorResult> {
     if types::version_less(&req.net.cni_version, "0.4.0") {
-        return Err(error(ErrorCode::IncompatibleVersion, "config version does not allow CHECK", ""));
+        return Err(error(
+            ErrorCode::IncompatibleVersion,
+            "config version does not allow CHECK",
+            "",
+        ));
     }
-    let prev = req
-        .net
-        .prev_result
-        .as_ref()
-        .ok_or_else(|| error(ErrorCode::InvalidNetworkConfig, "required prevResult missing", ""))?;
+    let prev = req.net.prev_result.as_ref().ok_or_else(|| {
+        error(
+            ErrorCode::InvalidNetworkConfig,
+            "required prevResult missing",
+            "",
+        )
+    })?;
     let netns_path = req.netns.as_deref().unwrap_or(Path::new(""));
     if !netns::exists(netns_path) {
         return Err(error(
@@ -481,11 +600,19 @@ async fn check(req: &Request) -> Result<(), CniErrorResult> {
 
     let nl = Netlink::connect().map_err(netlink_error)?;
     let host_name = host_veth_name(&req.container_id, &req.ifname);
-    let bridge = nl.link_by_name(&req.conf.bridge).await.map_err(netlink_error)?;
+    let bridge = nl
+        .link_by_name(&req.conf.bridge)
+        .await
+        .map_err(netlink_error)?;
     let host = nl.link_by_name(&host_name).await.map_err(netlink_error)?;
     match (&bridge, &host) {
         (Some(b), Some(h)) if h.master == Some(b.index) => {}
-        _ => return Err(failed(format!("{host_name} is not attached to bridge {}", req.conf.bridge))),
+        _ => {
+            return Err(failed(format!(
+                "{host_name} is not attached to bridge {}",
+                req.conf.bridge
+            )));
+        }
     }
 
     let pnl = Netlink::connect_in(netns_path).map_err(netlink_error)?;
@@ -493,7 +620,13 @@ async fn check(req: &Request) -> Result<(), CniErrorResult> {
         .link_by_name(&req.ifname)
         .await
         .map_err(netlink_error)?
-        .ok_or_else(|| failed(format!("no interface {} in {}", req.ifname, netns_path.display())))?;
+        .ok_or_else(|| {
+            failed(format!(
+                "no interface {} in {}",
+                req.ifname,
+                netns_path.display()
+            ))
+        })?;
     if !pod.up {
         return Err(failed(format!("{} is down", req.ifname)));
     }
@@ -501,7 +634,11 @@ async fn check(req: &Request) -> Result<(), CniErrorResult> {
     let ours = |ip: &IpConfig| match ip.interface {
         None => true,
         Some(i) => prev.interfaces.get(i).is_some_and(|itf| {
-            itf.name == req.ifname && itf.sandbox.as_deref().is_some_and(|s| Path::new(s) == netns_path)
+            itf.name == req.ifname
+                && itf
+                    .sandbox
+                    .as_deref()
+                    .is_some_and(|s| Path::new(s) == netns_path)
         }),
     };
     for ip in prev.ips.iter().filter(|ip| ours(ip)) {
@@ -509,14 +646,26 @@ async fn check(req: &Request) -> Result<(), CniErrorResult> {
             continue; // not one of ours (another plugin's)
         }
         if !held.contains(&ip.address.addr()) {
-            return Err(failed(format!("{} is not reserved for {}/{}", ip.address.addr(), req.container_id, req.ifname)));
+            return Err(failed(format!(
+                "{} is not reserved for {}/{}",
+                ip.address.addr(),
+                req.container_id,
+                req.ifname
+            )));
         }
         if !addrs.iter().any(|a| a.net == ip.address) {
-            return Err(failed(format!("address {} missing on {}", ip.address, req.ifname)));
+            return Err(failed(format!(
+                "address {} missing on {}",
+                ip.address, req.ifname
+            )));
         }
     }
     for v6 in [false, true] {
-        let wanted: Vec<&RouteConfig> = prev.routes.iter().filter(|r| r.dst.addr().is_ipv6() == v6).collect();
+        let wanted: Vec<&RouteConfig> = prev
+            .routes
+            .iter()
+            .filter(|r| r.dst.addr().is_ipv6() == v6)
+            .collect();
         if wanted.is_empty() {
             continue;
         }
@@ -528,9 +677,16 @@ async fn check(req: &Request) -> Result<(), CniErrorResult> {
                     .find(|ip| ip.address.addr().is_ipv6() == v6)
                     .and_then(|ip| ip.gateway)
             });
-            if !have.iter().any(|h| h.dst == w.dst && (gw.is_none() || h.gateway == gw)) {
+            if !have
+                .iter()
+                .any(|h| h.dst == w.dst && (gw.is_none() || h.gateway == gw))
+            {
                 let via = gw.map(|g| format!(" via {g}")).unwrap_or_default();
-                return Err(failed(format!("route {}{via} missing in {}", w.dst, netns_path.display())));
+                return Err(failed(format!(
+                    "route {}{via} missing in {}",
+                    w.dst,
+                    netns_path.display()
+                )));
             }
         }
     }
@@ -570,7 +726,10 @@ mod tests {
     use std::collections::HashMap;
 
     fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
-        let m: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let m: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         move |k| m.get(k).cloned()
     }
 
@@ -581,20 +740,35 @@ mod tests {
 
     #[test]
     fn version_answers_with_the_requested_version() {
-        let o = run(&env_of(&[("CNI_COMMAND", "VERSION")]), br#"{"cniVersion":"0.4.0"}"#);
+        let o = run(
+            &env_of(&[("CNI_COMMAND", "VERSION")]),
+            br#"{"cniVersion":"0.4.0"}"#,
+        );
         assert!(o.success);
         let v: VersionResult = serde_json::from_str(&o.stdout).unwrap();
         assert_eq!(v, VersionResult::ours("0.4.0"));
         let o = run(&env_of(&[("CNI_COMMAND", "VERSION")]), b"");
-        assert_eq!(serde_json::from_str::<VersionResult>(&o.stdout).unwrap().cni_version, "1.0.0");
+        assert_eq!(
+            serde_json::from_str::<VersionResult>(&o.stdout)
+                .unwrap()
+                .cni_version,
+            "1.0.0"
+        );
     }
 
     #[test]
     fn environment_and_config_errors_have_the_spec_codes() {
-        let conf = br#"{"cniVersion":"1.0.0","name":"n","type":"dualstack","ranges":["10.0.0.0/24"]}"#;
-        let full = [("CNI_COMMAND", "ADD"), ("CNI_CONTAINERID", "c1"), ("CNI_NETNS", "/nonexistent"), ("CNI_IFNAME", "eth0")];
+        let conf =
+            br#"{"cniVersion":"1.0.0","name":"n","type":"dualstack","ranges":["10.0.0.0/24"]}"#;
+        let full = [
+            ("CNI_COMMAND", "ADD"),
+            ("CNI_CONTAINERID", "c1"),
+            ("CNI_NETNS", "/nonexistent"),
+            ("CNI_IFNAME", "eth0"),
+        ];
         // (environment, stdin, code, msg)
-        let rows: Vec<(Vec<(&str, &str)>, &[u8], u32, &str)> = vec![
+        type Row<'a> = (Vec<(&'a str, &'a str)>, &'a [u8], u32, &'a str);
+        let rows: Vec<Row> = vec![
             (vec![], conf, 4, "required env variables [CNI_COMMAND] missing"),
             (vec![("CNI_COMMAND", "FLY")], conf, 4, "unknown CNI_COMMAND: FLY"),
             (vec![("CNI_COMMAND", "ADD"), ("CNI_IFNAME", "eth0")], conf, 4, "required env variables [CNI_CONTAINERID,CNI_NETNS] missing"),
@@ -614,8 +788,58 @@ mod tests {
     }
 
     #[test]
+    fn gc_frees_stale_attachments_and_status_reports_exhaustion() {
+        let dir = tempfile::tempdir().unwrap();
+        let conf = serde_json::json!({
+            "cniVersion": "1.1.0", "name": "n", "type": "dualstack",
+            "ranges": ["10.0.0.0/30"], "dataDir": dir.path()
+        });
+        let store = Store::new(dir.path(), "n");
+        let ranges = ipam::ranges(&["10.0.0.0/30".parse().unwrap()]).unwrap();
+        store.allocate(&ranges, "old", "eth0").unwrap();
+
+        let status = run(
+            &env_of(&[("CNI_COMMAND", "STATUS")]),
+            conf.to_string().as_bytes(),
+        );
+        let e = err_of(&status);
+        assert_eq!((e.code, e.cni_version.as_str()), (50, "1.1.0"));
+
+        let mut gc = conf.clone();
+        gc["cni.dev/valid-attachments"] =
+            serde_json::json!([{"containerID": "live", "ifname": "eth0"}]);
+        let o = run(
+            &env_of(&[("CNI_COMMAND", "GC"), ("CNI_PATH", "/x")]),
+            gc.to_string().as_bytes(),
+        );
+        assert_eq!(
+            o,
+            Outcome {
+                stdout: String::new(),
+                success: true
+            }
+        );
+        assert!(store.allocations().unwrap().is_empty());
+        assert!(
+            run(
+                &env_of(&[("CNI_COMMAND", "STATUS")]),
+                conf.to_string().as_bytes()
+            )
+            .success
+        );
+    }
+
+    #[test]
     fn interface_names_follow_the_kernel_rules() {
-        for (n, ok) in [("eth0", true), ("a23456789012345", true), ("a234567890123456", false), ("", false), ("..", false), ("a b", false), ("a:b", false)] {
+        for (n, ok) in [
+            ("eth0", true),
+            ("a23456789012345", true),
+            ("a234567890123456", false),
+            ("", false),
+            ("..", false),
+            ("a b", false),
+            ("a:b", false),
+        ] {
             assert_eq!(validate_ifname(n).is_ok(), ok, "{n}");
         }
     }

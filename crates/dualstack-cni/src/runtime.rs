@@ -64,7 +64,12 @@ impl Attachment {
     }
 
     fn cni_args(&self) -> String {
-        types::k8s_cni_args(&self.pod_namespace, &self.pod_name, &self.container_id, &self.pod_uid)
+        types::k8s_cni_args(
+            &self.pod_namespace,
+            &self.pod_name,
+            &self.container_id,
+            &self.pod_uid,
+        )
     }
 }
 
@@ -141,11 +146,16 @@ impl Runtime {
             }
         }
         let raw = prev.unwrap_or(Value::Null);
-        let result: CniResult = serde_json::from_value(raw.clone()).map_err(|e| CniError::BadOutput {
-            plugin: list.plugins.last().map(|p| p.plugin_type.clone()).unwrap_or_default(),
-            command: "ADD",
-            reason: format!("result is not a CNI result: {e}"),
-        })?;
+        let result: CniResult =
+            serde_json::from_value(raw.clone()).map_err(|e| CniError::BadOutput {
+                plugin: list
+                    .plugins
+                    .last()
+                    .map(|p| p.plugin_type.clone())
+                    .unwrap_or_default(),
+                command: "ADD",
+                reason: format!("result is not a CNI result: {e}"),
+            })?;
         let entry = CacheEntry {
             kind: CACHE_KIND.to_string(),
             container_id: att.container_id.clone(),
@@ -163,9 +173,9 @@ impl Runtime {
     /// Runs CHECK with the cached ADD result and configuration.
     pub async fn check(&self, att: &Attachment) -> Result<(), CniError> {
         att.validate()?;
-        let entry = self
-            .find_cache(att)?
-            .ok_or_else(|| CniError::NoCachedResult(format!("{}/{}", att.container_id, att.ifname)))?;
+        let entry = self.find_cache(att)?.ok_or_else(|| {
+            CniError::NoCachedResult(format!("{}/{}", att.container_id, att.ifname))
+        })?;
         let list = &entry.config;
         let version = list.selected_version();
         if list.disable_check || types::version_less(&version, "0.4.0") {
@@ -184,7 +194,10 @@ impl Runtime {
         att.validate()?;
         let cached = self.find_cache(att)?;
         match &cached {
-            Some(entry) => self.del_list(&entry.config, att, Some(&entry.result)).await?,
+            Some(entry) => {
+                self.del_list(&entry.config, att, Some(&entry.result))
+                    .await?
+            }
             None => match conf::load_first(&self.conf_dir).map_err(|source| CniError::Io {
                 op: "read conf dir",
                 path: self.conf_dir.clone(),
@@ -199,13 +212,24 @@ impl Runtime {
             match std::fs::remove_file(&path) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(source) => return Err(CniError::Io { op: "remove", path, source }),
+                Err(source) => {
+                    return Err(CniError::Io {
+                        op: "remove",
+                        path,
+                        source,
+                    });
+                }
             }
         }
         Ok(())
     }
 
-    async fn del_list(&self, list: &NetworkConfigList, att: &Attachment, prev: Option<&Value>) -> Result<(), CniError> {
+    async fn del_list(
+        &self,
+        list: &NetworkConfigList,
+        att: &Attachment,
+        prev: Option<&Value>,
+    ) -> Result<(), CniError> {
         let version = list.selected_version();
         for p in list.plugins.iter().rev() {
             let req = p.request(&version, &list.name, &Map::new(), prev);
@@ -233,11 +257,18 @@ impl Runtime {
 
     fn write_cache(&self, entry: &CacheEntry) -> Result<(), CniError> {
         let dir = self.cache_dir.join("results");
-        let name = format!("{}-{}-{}", entry.network_name, entry.container_id, entry.if_name);
+        let name = format!(
+            "{}-{}-{}",
+            entry.network_name, entry.container_id, entry.if_name
+        );
         let bytes = serde_json::to_vec(entry).unwrap_or_default();
         conf::write_atomic(&dir, &name, &bytes)
             .map(|_| ())
-            .map_err(|source| CniError::Io { op: "write", path: dir.join(name), source })
+            .map_err(|source| CniError::Io {
+                op: "write",
+                path: dir.join(name),
+                source,
+            })
     }
 
     /// The cache entry of the attachment, whatever network it was made on (the configuration
@@ -247,20 +278,36 @@ impl Runtime {
         let entries = match std::fs::read_dir(&dir) {
             Ok(e) => e,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(source) => return Err(CniError::Io { op: "read", path: dir, source }),
+            Err(source) => {
+                return Err(CniError::Io {
+                    op: "read",
+                    path: dir,
+                    source,
+                });
+            }
         };
         let suffix = format!("-{}-{}", att.container_id, att.ifname);
         for e in entries.flatten() {
-            let Ok(name) = e.file_name().into_string() else { continue };
+            let Ok(name) = e.file_name().into_string() else {
+                continue;
+            };
             if name.starts_with('.') || !name.ends_with(&suffix) {
                 continue;
             }
             let path = e.path();
-            let bytes = std::fs::read(&path).map_err(|source| CniError::Io { op: "read", path: path.clone(), source })?;
+            let bytes = std::fs::read(&path).map_err(|source| CniError::Io {
+                op: "read",
+                path: path.clone(),
+                source,
+            })?;
             match serde_json::from_slice::<CacheEntry>(&bytes) {
-                Ok(c) if c.container_id == att.container_id && c.if_name == att.ifname => return Ok(Some(c)),
+                Ok(c) if c.container_id == att.container_id && c.if_name == att.ifname => {
+                    return Ok(Some(c));
+                }
                 Ok(_) => {}
-                Err(e) => tracing::warn!(path = %path.display(), error = %e, "ignoring unreadable CNI cache entry"),
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "ignoring unreadable CNI cache entry")
+                }
             }
         }
         Ok(None)
@@ -272,7 +319,11 @@ impl Runtime {
             plugin: plugin_type.to_string(),
             dirs: self.bin_dirs.clone(),
         };
-        if plugin_type.is_empty() || plugin_type.contains('/') || plugin_type == "." || plugin_type == ".." {
+        if plugin_type.is_empty()
+            || plugin_type.contains('/')
+            || plugin_type == "."
+            || plugin_type == ".."
+        {
             return Err(not_found());
         }
         for d in &self.bin_dirs {
@@ -295,7 +346,13 @@ impl Runtime {
         Err(not_found())
     }
 
-    async fn exec(&self, plugin_type: &str, command: &'static str, att: &Attachment, req: &Value) -> Result<Value, CniError> {
+    async fn exec(
+        &self,
+        plugin_type: &str,
+        command: &'static str,
+        att: &Attachment,
+        req: &Value,
+    ) -> Result<Value, CniError> {
         let (path, args) = self.find_plugin(plugin_type)?;
         let exec_err = |source| CniError::Exec {
             plugin: plugin_type.to_string(),
@@ -318,7 +375,10 @@ impl Runtime {
             .spawn()
             .map_err(exec_err)?;
         let input = serde_json::to_vec(req).unwrap_or_default();
-        let mut stdin = child.stdin.take().ok_or_else(|| exec_err(std::io::Error::other("no stdin pipe")))?;
+        let mut stdin = child
+            .stdin
+            .take()
+            .ok_or_else(|| exec_err(std::io::Error::other("no stdin pipe")))?;
         let run = async move {
             // A plugin may exit without reading stdin; its error is in the output then.
             let _ = stdin.write_all(&input).await;
@@ -340,7 +400,11 @@ impl Runtime {
         let bad = |reason: String| CniError::BadOutput {
             plugin: plugin_type.to_string(),
             command,
-            reason: if stderr.is_empty() { reason } else { format!("{reason}; stderr: {stderr}") },
+            reason: if stderr.is_empty() {
+                reason
+            } else {
+                format!("{reason}; stderr: {stderr}")
+            },
         };
         if !out.status.success() {
             return match serde_json::from_slice::<CniErrorResult>(&out.stdout) {
@@ -368,4 +432,3 @@ impl Runtime {
         }
     }
 }
-

@@ -91,13 +91,21 @@ impl Store {
             .open(&path)
             .map_err(io_err("open", &path))?;
         f.lock().map_err(io_err("lock", &path))?;
-        Ok(Locked { dir: &self.dir, _lock: f })
+        Ok(Locked {
+            dir: &self.dir,
+            _lock: f,
+        })
     }
 
     /// One address per range for the attachment `(container_id, ifname)`, in range order. An
     /// attachment that already holds an address of a range keeps it (a repeated ADD gets the
     /// same addresses); all or nothing otherwise.
-    pub fn allocate(&self, ranges: &[Range], container_id: &str, ifname: &str) -> Result<Vec<IpAddr>, StoreError> {
+    pub fn allocate(
+        &self,
+        ranges: &[Range],
+        container_id: &str,
+        ifname: &str,
+    ) -> Result<Vec<IpAddr>, StoreError> {
         let locked = self.lock()?;
         let all = locked.allocations()?;
         let reserved: HashSet<IpAddr> = all.iter().map(|a| a.ip).collect();
@@ -149,7 +157,10 @@ impl Store {
     }
 
     /// Frees every address whose attachment is not in `valid` (CNI GC); returns them.
-    pub fn release_all_but(&self, valid: &HashSet<(String, String)>) -> Result<Vec<IpAddr>, StoreError> {
+    pub fn release_all_but(
+        &self,
+        valid: &HashSet<(String, String)>,
+    ) -> Result<Vec<IpAddr>, StoreError> {
         if !self.dir.exists() {
             return Ok(Vec::new());
         }
@@ -184,7 +195,11 @@ impl Locked<'_> {
         let mut out = Vec::new();
         for e in fs::read_dir(self.dir).map_err(io_err("read directory", self.dir))? {
             let e = e.map_err(io_err("read directory", self.dir))?;
-            let Some(ip) = e.file_name().to_str().and_then(|n| n.parse::<IpAddr>().ok()) else {
+            let Some(ip) = e
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<IpAddr>().ok())
+            else {
                 continue;
             };
             let path = e.path();
@@ -236,8 +251,21 @@ impl Locked<'_> {
     }
 
     fn set_last_reserved(&self, range: usize, ip: IpAddr) -> Result<(), StoreError> {
+        use std::io::Write;
         let path = self.dir.join(format!("{LAST_RESERVED_PREFIX}{range}"));
-        fs::write(&path, ip.to_string()).map_err(io_err("write", &path))
+        // Overwrite in place, then cut to length: ext4 flushes a file on close when it was
+        // truncated to zero first (`auto_da_alloc`), which costs milliseconds per ADD.
+        let bytes = ip.to_string();
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(io_err("open", &path))?;
+        f.write_all(bytes.as_bytes())
+            .map_err(io_err("write", &path))?;
+        f.set_len(bytes.len() as u64)
+            .map_err(io_err("truncate", &path))
     }
 }
 
@@ -246,7 +274,11 @@ mod tests {
     use super::*;
 
     fn ranges() -> Vec<Range> {
-        ipam::ranges(&["10.244.1.0/29".parse().unwrap(), "fc00:0:0:1::/64".parse().unwrap()]).unwrap()
+        ipam::ranges(&[
+            "10.244.1.0/29".parse().unwrap(),
+            "fc00:0:0:1::/64".parse().unwrap(),
+        ])
+        .unwrap()
     }
 
     #[test]
@@ -254,8 +286,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = Store::new(dir.path(), "net");
         let a = s.allocate(&ranges(), "c1", "eth0").unwrap();
-        assert_eq!(a, vec!["10.244.1.2".parse::<IpAddr>().unwrap(), "fc00:0:0:1::2".parse().unwrap()]);
-        assert_eq!(fs::read_to_string(dir.path().join("net/10.244.1.2")).unwrap(), "c1\neth0");
+        assert_eq!(
+            a,
+            vec![
+                "10.244.1.2".parse::<IpAddr>().unwrap(),
+                "fc00:0:0:1::2".parse().unwrap()
+            ]
+        );
+        assert_eq!(
+            fs::read_to_string(dir.path().join("net/10.244.1.2")).unwrap(),
+            "c1\neth0"
+        );
         assert_eq!(s.allocate(&ranges(), "c1", "eth0").unwrap(), a);
         let b = s.allocate(&ranges(), "c1", "eth1").unwrap();
         assert_ne!(a, b);
@@ -277,7 +318,10 @@ mod tests {
             s.allocate(&ranges(), &format!("c{i}"), "eth0").unwrap();
         }
         let err = s.allocate(&ranges(), "c9", "eth0").unwrap_err();
-        assert_eq!(err.to_string(), "no IP addresses available in range set: 10.244.1.1-10.244.1.6");
+        assert_eq!(
+            err.to_string(),
+            "no IP addresses available in range set: 10.244.1.1-10.244.1.6"
+        );
         assert_eq!(s.allocations().unwrap().len(), 10);
         assert!(s.exhausted(&ranges()).unwrap().is_some());
         let valid: HashSet<_> = [("c1".to_string(), "eth0".to_string())].into();
@@ -291,6 +335,9 @@ mod tests {
         fs::create_dir_all(dir.path().join("net")).unwrap();
         fs::write(dir.path().join("net/10.244.1.2"), "abc\r\neth0").unwrap();
         let s = Store::new(dir.path(), "net");
-        assert_eq!(s.release("abc", "eth0").unwrap(), vec!["10.244.1.2".parse::<IpAddr>().unwrap()]);
+        assert_eq!(
+            s.release("abc", "eth0").unwrap(),
+            vec!["10.244.1.2".parse::<IpAddr>().unwrap()]
+        );
     }
 }

@@ -220,7 +220,11 @@ impl CniResult {
         {
             for (ip, cfg) in ips.iter_mut().zip(&self.ips) {
                 if let Value::Object(m) = ip {
-                    let fam = if cfg.address.addr().is_ipv4() { "4" } else { "6" };
+                    let fam = if cfg.address.addr().is_ipv4() {
+                        "4"
+                    } else {
+                        "6"
+                    };
                     m.insert("version".into(), fam.into());
                 }
             }
@@ -391,7 +395,10 @@ pub fn k8s_cni_args(namespace: &str, name: &str, container_id: &str, uid: &str) 
 pub fn parse_cni_args(s: &str) -> Option<Vec<(String, String)>> {
     s.split(';')
         .filter(|p| !p.is_empty())
-        .map(|p| p.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
+        .map(|p| {
+            p.split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+        })
         .collect()
 }
 
@@ -438,7 +445,10 @@ mod tests {
         let mut r: CniResult = serde_json::from_value(spec_result()).unwrap();
         assert_eq!(
             r.pod_ips(),
-            vec!["10.1.0.5".parse::<IpAddr>().unwrap(), "fd00:1::5".parse().unwrap()]
+            vec![
+                "10.1.0.5".parse::<IpAddr>().unwrap(),
+                "fd00:1::5".parse().unwrap()
+            ]
         );
         r.ips[0].interface = Some(0); // on the host bridge: not a pod IP
         assert_eq!(r.pod_ips(), vec!["fd00:1::5".parse::<IpAddr>().unwrap()]);
@@ -532,10 +542,9 @@ mod tests {
 
     #[test]
     fn a_single_plugin_conf_is_wrapped_into_a_list() {
-        let p: PluginConf = serde_json::from_value(
-            json!({"cniVersion": "0.3.1", "name": "n1", "type": "bridge"}),
-        )
-        .unwrap();
+        let p: PluginConf =
+            serde_json::from_value(json!({"cniVersion": "0.3.1", "name": "n1", "type": "bridge"}))
+                .unwrap();
         let l = NetworkConfigList::from_single(p).unwrap();
         assert_eq!((l.name.as_str(), l.cni_version.as_str()), ("n1", "0.3.1"));
         assert_eq!(l.plugins.len(), 1);
@@ -551,7 +560,13 @@ mod tests {
         );
         assert_eq!(parse_cni_args(&a).unwrap().len(), 5);
         assert!(parse_cni_args("A=1;B").is_none());
-        for (s, ok) in [("abc", true), ("a.b_c-1", true), ("-a", false), ("", false), ("a/b", false)] {
+        for (s, ok) in [
+            ("abc", true),
+            ("a.b_c-1", true),
+            ("-a", false),
+            ("", false),
+            ("a/b", false),
+        ] {
             assert_eq!(valid_identifier(s), ok, "{s}");
         }
     }

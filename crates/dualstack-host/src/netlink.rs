@@ -20,7 +20,9 @@ use ipnet::IpNet;
 use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags};
 use rtnetlink::packet_route::link::{InfoData, InfoVeth, LinkAttribute, LinkFlags, LinkMessage};
 use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteHeader, RouteMessage};
-use rtnetlink::{Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
+use rtnetlink::{
+    Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder,
+};
 use thiserror::Error;
 
 use crate::netns::{self, NetnsError};
@@ -156,14 +158,26 @@ impl Netlink {
     /// Opens a connection inside the namespace at `netns`. Must be called within a tokio
     /// runtime; the socket is created on a helper thread in the namespace and used from here.
     pub fn connect_in(netns: &Path) -> Result<Self, NetlinkError> {
+        Self::connect_in_with(netns, || ()).map(|(nl, ())| nl)
+    }
+
+    /// [`Netlink::connect_in`], also running `f` on the same thread inside the namespace first
+    /// (for `/proc/sys/net` writes, see [`crate::sysctl`]): one thread instead of two, which
+    /// matters on a busy node where each new thread waits to be scheduled.
+    pub fn connect_in_with<T, F>(netns: &Path, f: F) -> Result<(Self, T), NetlinkError>
+    where
+        T: Send + 'static,
+        F: FnOnce() -> T + Send + 'static,
+    {
         let rt = tokio::runtime::Handle::current();
-        let (conn, handle, _) = netns::run_in(netns, move || {
+        let (made, out) = netns::run_in(netns, move || {
+            let out = f();
             let _entered = rt.enter();
-            rtnetlink::new_connection()
-        })?
-        .map_err(NetlinkError::Connect)?;
+            (rtnetlink::new_connection(), out)
+        })?;
+        let (conn, handle, _) = made.map_err(NetlinkError::Connect)?;
         tokio::spawn(conn);
-        Ok(Self { handle })
+        Ok((Self { handle }, out))
     }
 
     /// The link called `name`, if there is one.
@@ -186,7 +200,12 @@ impl Netlink {
 
     /// Creates the bridge `name` (up, with `mac` and `mtu`) unless it exists, and sets it up.
     /// Returns its index.
-    pub async fn ensure_bridge(&self, name: &str, mac: [u8; 6], mtu: u32) -> Result<u32, NetlinkError> {
+    pub async fn ensure_bridge(
+        &self,
+        name: &str,
+        mac: [u8; 6],
+        mtu: u32,
+    ) -> Result<u32, NetlinkError> {
         if let Some(link) = self.link_by_name(name).await? {
             if !link.up {
                 self.set_up(link.index).await?;
@@ -200,11 +219,14 @@ impl Netlink {
             Err(e) if errno_of(&e) == Some(EEXIST) => {}
             Err(e) => return Err(req_err(format!("add bridge {name}"))(e)),
         }
-        let link = self.link_by_name(name).await?.ok_or_else(|| NetlinkError::Request {
-            op: format!("get bridge {name} after creating it"),
-            errno: Some(ENODEV),
-            source: rtnetlink::Error::RequestFailed,
-        })?;
+        let link = self
+            .link_by_name(name)
+            .await?
+            .ok_or_else(|| NetlinkError::Request {
+                op: format!("get bridge {name} after creating it"),
+                errno: Some(ENODEV),
+                source: rtnetlink::Error::RequestFailed,
+            })?;
         if !link.up {
             self.set_up(link.index).await?;
         }
@@ -230,7 +252,10 @@ impl Netlink {
         match self.handle.link().add(msg).execute().await {
             Ok(()) => Ok(true),
             Err(e) if errno_of(&e) == Some(EEXIST) => Ok(false),
-            Err(e) => Err(req_err(format!("add veth {} (peer {})", spec.host_name, spec.peer_name))(e)),
+            Err(e) => Err(req_err(format!(
+                "add veth {} (peer {})",
+                spec.host_name, spec.peer_name
+            ))(e)),
         }
     }
 
@@ -260,8 +285,16 @@ impl Netlink {
 
     /// Adds `net` (address and prefix length) to the link; for IPv6 with `nodad` the address is
     /// usable at once (IFA_F_NODAD). `Ok(false)` when the link already has it.
-    pub async fn add_address(&self, index: u32, net: IpNet, nodad: bool) -> Result<bool, NetlinkError> {
-        let mut req = self.handle.address().add(index, net.addr(), net.prefix_len());
+    pub async fn add_address(
+        &self,
+        index: u32,
+        net: IpNet,
+        nodad: bool,
+    ) -> Result<bool, NetlinkError> {
+        let mut req = self
+            .handle
+            .address()
+            .add(index, net.addr(), net.prefix_len());
         if nodad && net.addr().is_ipv6() {
             req.message_mut()
                 .attributes
@@ -318,7 +351,12 @@ impl Netlink {
 
     /// Adds a route to `dst` via `gateway` in the main table (out of `oif` if given).
     /// `Ok(false)` when it exists.
-    pub async fn add_route(&self, dst: IpNet, gateway: IpAddr, oif: Option<u32>) -> Result<bool, NetlinkError> {
+    pub async fn add_route(
+        &self,
+        dst: IpNet,
+        gateway: IpAddr,
+        oif: Option<u32>,
+    ) -> Result<bool, NetlinkError> {
         let op = || format!("add route {dst} via {gateway}");
         let mut b = RouteMessageBuilder::<IpAddr>::new()
             .destination_prefix(dst.addr(), dst.prefix_len())
@@ -347,11 +385,7 @@ impl Netlink {
         };
         let mut stream = self.handle.route().get(query).execute();
         let mut out = Vec::new();
-        while let Some(msg) = stream
-            .try_next()
-            .await
-            .map_err(req_err("list routes"))?
-        {
+        while let Some(msg) = stream.try_next().await.map_err(req_err("list routes"))? {
             if let Some(r) = route_from(&msg) {
                 out.push(r);
             }

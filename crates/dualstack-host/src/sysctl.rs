@@ -24,5 +24,7 @@ pub fn write_net(components: &[&str], value: &str) -> io::Result<()> {
 
 /// Reads `net.<components...>` of the calling thread's network namespace, trimmed.
 pub fn read_net(components: &[&str]) -> io::Result<String> {
-    Ok(std::fs::read_to_string(net_path(components))?.trim().to_string())
+    Ok(std::fs::read_to_string(net_path(components))?
+        .trim()
+        .to_string())
 }
