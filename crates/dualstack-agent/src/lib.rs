@@ -11,6 +11,7 @@ pub mod network;
 pub mod node;
 pub mod pod;
 pub mod probe;
+pub mod routes;
 pub mod runtime;
 
 use std::collections::{HashMap, HashSet};
@@ -131,6 +132,7 @@ pub async fn run(
     node::register(&agent).await?;
     tokio::spawn(node::lease_loop(agent.clone()));
     tokio::spawn(node::status_and_cidr_loop(agent.clone(), ready_tx));
+    tokio::spawn(routes::routes_loop(agent.clone()));
 
     // Pods this node had before a restart that the API no longer has are cleaned up; the
     // others are adopted by their workers.

@@ -306,6 +306,12 @@ impl Worker {
                 self.sandbox_error = Some(format!("creating the pod network namespace: {e}"));
                 return;
             }
+            // The runtime, not the network plugin, brings the sandbox's loopback up (as
+            // containerd does): the reference `bridge` plugin leaves `lo` down.
+            if let Err(e) = loopback_up(&ns).await {
+                self.sandbox_error = Some(format!("bringing up the pod's loopback: {e}"));
+                return;
+            }
             let a = Attachment {
                 container_id: format!("dualstack-{}", self.uid),
                 netns: ns,
@@ -989,4 +995,15 @@ pub async fn clean_orphans(agent: &Arc<Agent>, live: &HashSet<String>) {
         let _ = std::fs::remove_dir_all(&dir);
         tracing::info!(%uid, "cleaned up a pod the API no longer has");
     }
+}
+
+/// Sets `lo` up inside the pod's network namespace.
+async fn loopback_up(ns: &std::path::Path) -> Result<(), dualstack_host::netlink::NetlinkError> {
+    let nl = dualstack_host::netlink::Netlink::connect_in(ns)?;
+    if let Some(lo) = nl.link_by_name("lo").await?
+        && !lo.up
+    {
+        nl.set_up(lo.index).await?;
+    }
+    Ok(())
 }

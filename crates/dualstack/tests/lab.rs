@@ -229,6 +229,7 @@ spec:
   terminationGracePeriodSeconds: 2
   containers:
   - name: web
+    image: none
     command: ["python3", "-m", "http.server", "--bind", "::", "8080"]
     workingDir: /tmp
     ports:
@@ -258,6 +259,7 @@ spec:
   restartPolicy: Never
   containers:
   - name: client
+    image: none
     command: ["sh", "-c", {script:?}]
 "#,
         script = format!("{script}; echo ALL OK")
@@ -519,6 +521,7 @@ spec:
   nodeName: node-1
   containers:
   - name: main
+    image: none
     command: ["sleep", "1000"]
     readinessProbe:
       exec:

@@ -99,7 +99,7 @@ fn pod(name: &str) -> Pod {
         "spec": {
             "nodeName": "node-1",
             "terminationGracePeriodSeconds": 0,
-            "containers": [{"name": "main", "command": ["sleep", "100000"]}]
+            "containers": [{"name": "main", "image": "none", "command": ["sleep", "100000"]}]
         }
     }))
     .expect("static pod")
