@@ -101,6 +101,9 @@ pub struct Worker {
     start_time: Timestamp,
     gone: bool,
     sandbox_error: Option<String>,
+    /// The attachment of a sandbox whose namespace is gone (the node restarted): released
+    /// (CNI DEL) before a new sandbox is made.
+    stale_attachment: Option<Attachment>,
 }
 
 fn now() -> Timestamp {
@@ -152,6 +155,7 @@ impl Worker {
             start_time: now(),
             gone: false,
             sandbox_error: None,
+            stale_attachment: None,
         }
     }
 
@@ -217,6 +221,11 @@ impl Worker {
                 return;
             }
             if self.sandbox.is_none() {
+                if let Some(a) = self.stale_attachment.take()
+                    && let Err(e) = self.agent.network.teardown(&a).await
+                {
+                    tracing::warn!(pod = %self.name(), error = %e, "releasing the lost sandbox's network failed");
+                }
                 self.ensure_sandbox().await;
             }
             let wake = self.sync();
@@ -444,6 +453,15 @@ impl Worker {
                     c.running = true;
                 }
             }
+        }
+        if !sandbox.host_network && !dualstack_host::netns::exists(&self.netns_path()) {
+            // The namespace is gone with every process in it (the node restarted): the
+            // containers count as exited and a new sandbox is made, as kubelet does after a
+            // reboot. Its old addresses are released first (the same container id is used).
+            tracing::info!(pod = %self.name(), ips = ?sandbox.ips, "the pod's sandbox is gone; making a new one");
+            self.stale_attachment = sandbox.attachment;
+            let _ = std::fs::remove_file(self.dir.join("sandbox.json"));
+            return true;
         }
         tracing::info!(pod = %self.name(), ips = ?sandbox.ips, "adopted pod");
         self.sandbox = Some(sandbox);

@@ -676,3 +676,102 @@ fn down_leaves_nothing_behind_and_is_safe_to_run_twice() {
     assert!(left.is_empty(), "files left: {left:?}");
     // `lab` drops here and runs `down` a third time.
 }
+
+/// What a reboot does to a lab: every process of it dies and every namespace with them (the
+/// namespace files stay, unmounted); the data dir stays.
+fn simulate_reboot(dir: &Path) {
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let mut points: Vec<String> = mounts
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4).map(str::to_string))
+        .filter(|p| p.starts_with(dir.to_str().unwrap()))
+        .collect();
+    use std::os::unix::fs::MetadataExt;
+    let inodes: BTreeSet<u64> = points
+        .iter()
+        .filter_map(|p| std::fs::metadata(p).ok().map(|m| m.ino()))
+        .collect();
+    let mut pids: Vec<String> = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let name = e.file_name().to_string_lossy().to_string();
+        if !name.chars().all(|c| c.is_ascii_digit()) {
+            continue;
+        }
+        let in_lab =
+            std::fs::metadata(e.path().join("ns/net")).is_ok_and(|m| inodes.contains(&m.ino()));
+        let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        let mentions = String::from_utf8_lossy(&cmd).contains(dir.to_str().unwrap());
+        if in_lab || mentions {
+            pids.push(name);
+        }
+    }
+    if !pids.is_empty() {
+        Command::new("kill").arg("-9").args(&pids).status().unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    points.sort_by_key(|p| std::cmp::Reverse(p.len()));
+    for p in points {
+        Command::new("umount").args(["-l", &p]).status().unwrap();
+    }
+}
+
+/// `up` again after a reboot brings the same cluster back from its data: the same Service
+/// with the same cluster IPs, the nodes Ready, and the pod running again in a new sandbox with
+/// two addresses (its container restarted, as kubelet restarts containers after a reboot).
+#[test]
+fn up_after_a_reboot_brings_the_same_cluster_back() {
+    let lab = Lab::up(1, &[]);
+    lab.apply(&web_pod("web", "node-1", "app: web"));
+    lab.apply(
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\nspec:\n  ipFamilyPolicy: RequireDualStack\n  selector: {app: web}\n  ports:\n  - port: 80\n    targetPort: 8080\n",
+    );
+    lab.wait_running("web", true);
+    let ips_before = lab.json(&["get", "svc", "web"])["spec"]["clusterIPs"].clone();
+    simulate_reboot(lab.path());
+    let out = lab.dualstack(&["up"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        lab.json(&["get", "svc", "web"])["spec"]["clusterIPs"],
+        ips_before
+    );
+    let p = eventually(Duration::from_secs(60), || {
+        let p = lab.pod("web");
+        let restarted = p["status"]["containerStatuses"][0]["restartCount"]
+            .as_u64()
+            .is_some_and(|n| n >= 1);
+        let ready = conditions(&p, "Ready") == Some("True");
+        (restarted && ready && pod_ips(&p).len() == 2).then_some(p)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "pod not back after the reboot: {}\n{}",
+            lab.pod("web"),
+            lab.logs()
+        )
+    });
+    // It answers in its new sandbox: a client pod reaches it on both addresses.
+    let urls: Vec<String> = pod_ips(&p).iter().map(|ip| url(*ip, 8080)).collect();
+    lab.apply(&client_pod("client", "node-1", &urls));
+    lab.wait_phase("client", "Succeeded");
+}
+
+/// Without root, `up` says what it needs.
+#[test]
+fn up_without_root_says_what_it_needs() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(binary())
+        .args(["up", "--data-dir"])
+        .arg(dir.path().join("lab"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("dualstack up needs root"), "{err}");
+    assert!(err.contains("CAP_NET_ADMIN"), "{err}");
+}
