@@ -13,7 +13,6 @@
 
 use std::collections::HashSet;
 use std::fs;
-use std::io::Write;
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -185,7 +184,7 @@ pub async fn up(opts: &UpOptions) -> Result<UpReport> {
         // ran in the old one first.
         stop_processes(&l)?;
         remove_namespaces(&l)?;
-        build_network(&l, plan)?;
+        build_network(&l, plan).await?;
         started = true;
     }
 
@@ -226,58 +225,72 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
-/// Runs an `ip -batch` script inside a namespace.
-fn ip_batch(ns: &Path, script: &str) -> Result<()> {
-    let mut child = dualstack_host::netns::run_in(ns, || {
-        Command::new("ip")
-            .args(["-batch", "-"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-    })?
-    .context("running ip (install iproute2)")?;
-    child
-        .stdin
-        .take()
-        .context("ip stdin")?
-        .write_all(script.as_bytes())?;
-    let out = child.wait_with_output()?;
-    if !out.status.success() {
-        bail!(
-            "ip -batch in {} failed: {}\nscript:\n{script}",
-            ns.display(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
+/// Builds the segment: the bridge in the switch namespace, one veth per host (its `eth0`
+/// created straight into the host's namespace), addresses and default routes, by netlink.
+async fn build_network(l: &Layout, plan: &Plan) -> Result<()> {
+    use dualstack_host::netlink::{Netlink, VethSpec};
+    for h in std::iter::once(SWITCH).chain(plan.hosts().map(|h| h.name.as_str())) {
+        dualstack_host::netns::create(&l.netns(h))?;
+    }
+    let switch = Netlink::connect_in(&l.netns(SWITCH))?;
+    loopback_up(&switch).await?;
+    let bridge = switch
+        .ensure_bridge("br0", Plan::mac(usize::MAX, 0), 1500)
+        .await?;
+    for (i, h) in plan.hosts().enumerate() {
+        let ns = l.netns(&h.name);
+        let forward = h.name != OUTSIDE;
+        // Sysctls are per namespace: write them from a thread inside it (the netlink
+        // connection is made on the same thread).
+        let (nl, sysctls) = Netlink::connect_in_with(&ns, move || -> std::io::Result<()> {
+            use dualstack_host::sysctl::write_net;
+            write_net(&["ipv6", "conf", "all", "accept_dad"], "0")?;
+            write_net(&["ipv6", "conf", "default", "accept_dad"], "0")?;
+            if forward {
+                write_net(&["ipv4", "ip_forward"], "1")?;
+                write_net(&["ipv6", "conf", "all", "forwarding"], "1")?;
+            }
+            Ok(())
+        })?;
+        sysctls.with_context(|| format!("setting the sysctls of {}", h.name))?;
+        let peer = dualstack_host::netns::open(&ns)?;
+        switch
+            .add_veth(&VethSpec {
+                host_name: &Plan::port_name(i),
+                host_mac: Plan::mac(i, 0),
+                master: bridge,
+                peer_name: "eth0",
+                peer_mac: Plan::mac(i, 1),
+                peer_netns: &peer,
+                mtu: 1500,
+            })
+            .await?;
+        loopback_up(&nl).await?;
+        let eth0 = nl
+            .link_by_name("eth0")
+            .await?
+            .with_context(|| format!("no eth0 in {}", h.name))?;
+        nl.set_up(eth0.index).await?;
+        for net in Plan::host_addresses(h) {
+            nl.add_address(eth0.index, net, true).await?;
+        }
+        for gw in plan.default_gateways(h) {
+            let any: ipnet::IpNet = if gw.is_ipv4() {
+                "0.0.0.0/0".parse()?
+            } else {
+                "::/0".parse()?
+            };
+            nl.add_route(any, gw, Some(eth0.index)).await?;
+        }
     }
     Ok(())
 }
 
-/// Writes a sysctl of the namespace `ns` (through /proc/sys of a thread inside it).
-fn sysctl(ns: &Path, key: &'static str, value: &'static str) -> Result<()> {
-    let path = format!("/proc/sys/{}", key.replace('.', "/"));
-    dualstack_host::netns::run_in(ns, move || fs::write(&path, value))?
-        .with_context(|| format!("setting {key}={value}"))
-}
-
-fn build_network(l: &Layout, plan: &Plan) -> Result<()> {
-    for h in std::iter::once(SWITCH).chain(plan.hosts().map(|h| h.name.as_str())) {
-        dualstack_host::netns::create(&l.netns(h))?;
-    }
-    let sw = l.netns(SWITCH);
-    ip_batch(
-        &sw,
-        &plan.switch_script(|h| l.netns(h).display().to_string()),
-    )?;
-    for h in plan.hosts() {
-        let ns = l.netns(&h.name);
-        sysctl(&ns, "net.ipv6.conf.all.accept_dad", "0")?;
-        sysctl(&ns, "net.ipv6.conf.default.accept_dad", "0")?;
-        if h.name != OUTSIDE {
-            sysctl(&ns, "net.ipv4.ip_forward", "1")?;
-            sysctl(&ns, "net.ipv6.conf.all.forwarding", "1")?;
-        }
-        ip_batch(&ns, &plan.host_script(h))?;
+async fn loopback_up(nl: &dualstack_host::netlink::Netlink) -> Result<()> {
+    if let Some(lo) = nl.link_by_name("lo").await?
+        && !lo.up
+    {
+        nl.set_up(lo.index).await?;
     }
     Ok(())
 }

@@ -105,33 +105,34 @@ impl Plan {
         self.hosts().find(|h| h.name == name)
     }
 
-    /// The `ip -batch` script run in the switch namespace: the bridge, and one veth per host
-    /// whose far end (`eth0`) is moved into the host's namespace file.
-    pub fn switch_script(&self, netns_path: impl Fn(&str) -> String) -> String {
-        let mut s = String::from("link set lo up\nlink add br0 type bridge\nlink set br0 up\n");
-        for (i, h) in self.hosts().enumerate() {
-            let port = format!("p{i}");
-            s += &format!(
-                "link add {port} type veth peer name eth0 netns {}\nlink set {port} master br0\nlink set {port} up\n",
-                netns_path(&h.name)
-            );
-        }
-        s
+    /// The switch port (the veth end in the switch namespace) of the `i`-th host.
+    pub fn port_name(i: usize) -> String {
+        format!("p{i}")
     }
 
-    /// The `ip -batch` script run in a host's namespace once its `eth0` is there.
-    pub fn host_script(&self, h: &Host) -> String {
-        let mut s = format!(
-            "link set lo up\nlink set eth0 up\naddress add {}/24 dev eth0\naddress add {}/64 dev eth0 nodad\n",
-            h.v4, h.v6
-        );
-        if h.name != OUTSIDE {
-            s += &format!(
-                "route add default via {} dev eth0\nroute add default via {} dev eth0\n",
-                self.outside.v4, self.outside.v6
-            );
+    /// Locally administered MAC addresses, unique on the segment: `side` 0 for the switch
+    /// port, 1 for the host's `eth0`.
+    pub fn mac(i: usize, side: u8) -> [u8; 6] {
+        let i = u16::try_from(i).unwrap_or(u16::MAX).to_be_bytes();
+        [0x02, 0x64, 0x73, side, i[0], i[1]]
+    }
+
+    /// What a host's `eth0` carries: both addresses with their prefix lengths on the segment.
+    pub fn host_addresses(h: &Host) -> [ipnet::IpNet; 2] {
+        [
+            ipnet::IpNet::new(h.v4.into(), 24).expect("/24 is valid"),
+            ipnet::IpNet::new(h.v6.into(), 64).expect("/64 is valid"),
+        ]
+    }
+
+    /// A host's default gateways: the outside host, for nodes; none for the outside host
+    /// itself, which has no route off the segment.
+    pub fn default_gateways(&self, h: &Host) -> Vec<IpAddr> {
+        if h.name == OUTSIDE {
+            Vec::new()
+        } else {
+            vec![self.outside.v4.into(), self.outside.v6.into()]
         }
-        s
     }
 }
 
@@ -168,13 +169,26 @@ mod tests {
 
     #[test]
     fn nodes_route_everything_off_the_segment_to_the_outside_host_only() {
-        let p = plan(1, false).unwrap();
-        let node = p.host_script(&p.nodes[0]);
-        assert!(node.contains("route add default via 203.0.113.100 dev eth0"));
-        assert!(node.contains("route add default via 2001:db8:1::100 dev eth0"));
-        assert!(node.contains("2001:db8:1::11/64 dev eth0 nodad"));
-        assert!(!p.host_script(&p.outside).contains("route"));
-        let sw = p.switch_script(|n| format!("/lab/netns/{n}"));
-        assert!(sw.contains("link add p1 type veth peer name eth0 netns /lab/netns/outside"));
+        let p = plan(2, false).unwrap();
+        let gw: Vec<String> = p
+            .default_gateways(&p.nodes[0])
+            .iter()
+            .map(|g| g.to_string())
+            .collect();
+        assert_eq!(gw, ["203.0.113.100", "2001:db8:1::100"]);
+        assert!(p.default_gateways(&p.outside).is_empty());
+        let a: Vec<String> = Plan::host_addresses(&p.nodes[1])
+            .iter()
+            .map(|n| n.to_string())
+            .collect();
+        assert_eq!(a, ["203.0.113.12/24", "2001:db8:1::12/64"]);
+        let macs: std::collections::BTreeSet<_> = (0..3)
+            .flat_map(|i| [Plan::mac(i, 0), Plan::mac(i, 1)])
+            .collect();
+        assert_eq!(macs.len(), 6, "every MAC on the segment is unique");
+        assert!(
+            macs.iter().all(|m| m[0] & 0x03 == 0x02),
+            "locally administered, unicast"
+        );
     }
 }

@@ -141,7 +141,10 @@ pub fn run(args: UpArgs) -> Result<()> {
     let dir = std::path::absolute(&args.data_dir)?;
     let d = dir.display();
     let p = &report.plan;
-    println!(
+    let mut out = String::new();
+    use std::fmt::Write as _;
+    let _ = writeln!(
+        out,
         "dualstack lab {d} is up: {} nodes Ready in {:.2}s ({} primary){}",
         p.nodes.len(),
         report.elapsed.as_secs_f64(),
@@ -152,22 +155,30 @@ pub fn run(args: UpArgs) -> Result<()> {
             ", already running"
         }
     );
-    println!(
+    let _ = writeln!(
+        out,
         "  kubectl:  export KUBECONFIG={}",
         report.kubeconfig.display()
     );
-    println!(
+    let _ = writeln!(
+        out,
         "            kubectl get nodes -o wide   (server {})",
         report.url
     );
     for n in &p.nodes {
-        println!("  {:<9} {}, {}", format!("{}:", n.name), n.v4, n.v6);
+        let _ = writeln!(out, "  {:<9} {}, {}", format!("{}:", n.name), n.v4, n.v6);
     }
-    println!(
+    let _ = writeln!(
+        out,
         "  outside:  {}, {}   (a host outside the cluster)",
         p.outside.v4, p.outside.v6
     );
-    println!("  a shell:  dualstack exec --data-dir {d} node-1 -- ip addr");
-    println!("  stop:     dualstack down --data-dir {d}");
+    let _ = writeln!(
+        out,
+        "  a shell:  dualstack exec --data-dir {d} node-1 -- ip addr"
+    );
+    let _ = writeln!(out, "  stop:     dualstack down --data-dir {d}");
+    // A closed stdout (`up | head -1`) is not an error of `up`.
+    let _ = std::io::Write::write_all(&mut std::io::stdout(), out.as_bytes());
     Ok(())
 }
