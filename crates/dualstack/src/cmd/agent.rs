@@ -79,6 +79,9 @@ pub struct AgentArgs {
         hide = true
     )]
     pub pod_network: String,
+
+    #[command(flatten)]
+    pub gates: crate::flags::FeatureGateFlags,
 }
 
 impl AgentArgs {
@@ -89,6 +92,11 @@ impl AgentArgs {
         if !skipped.is_empty() {
             tracing::info!(ips = ?skipped, "Could not parse some node IP(s), ignoring them");
         }
+        use dualstack_api::config::{ConfigErrors, FeatureGates};
+        let gates = FeatureGates::parse(&self.gates.feature_gates).map_err(ConfigErrors::from)?;
+        gates
+            .check_dual_stack("--node-ip", &self.node_ip, node_ips.len() == 2)
+            .map_err(ConfigErrors::from)?;
         if node_ips.is_empty() || node_ips.iter().any(|ip| ip.is_unspecified()) {
             bail!("--node-ip must name the node's address(es): this agent does not detect them");
         }
@@ -168,8 +176,8 @@ async fn client(kubeconfig: &str) -> Result<kube::Client> {
             .await
             .context("loading the client configuration")?
     } else {
-        let file = kube::config::Kubeconfig::read_from(kubeconfig)
-            .with_context(|| format!("reading kubeconfig {kubeconfig}"))?;
+        // kube's message already names the file and the OS error; no chain to repeat it.
+        let file = kube::config::Kubeconfig::read_from(kubeconfig).map_err(|e| anyhow!("{e}"))?;
         kube::Config::from_custom_kubeconfig(file, &kube::config::KubeConfigOptions::default())
             .await
             .with_context(|| format!("loading kubeconfig {kubeconfig}"))?
