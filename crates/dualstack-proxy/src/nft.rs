@@ -664,7 +664,9 @@ fn json_op(t: &Tokens, op: &Op) -> Value {
                 }
             }
             if let Some(secs) = s.timeout_secs {
-                set["flags"] = json!(["dynamic", "timeout"]);
+                // nft 1.0.6's JSON parser knows no "dynamic" flag; the kernel adds it itself
+                // when a rule `update`s the set, and we never re-add an existing set.
+                set["flags"] = json!(["timeout"]);
                 set["timeout"] = json!(secs);
             }
             if let Some(c) = &s.comment {

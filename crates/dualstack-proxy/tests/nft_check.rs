@@ -1,0 +1,70 @@
+//! The rendered transactions are accepted by the real `nft` in check mode (`nft -c`), as text
+//! and as JSON, full and incremental. Needs root and nft; run with `--ignored`.
+
+mod support;
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use dualstack_proxy::{DualStackProxier, Transaction};
+use support::*;
+
+fn nft_check(args: &[&str], input: &str) -> Result<(), String> {
+    let mut child = Command::new("nft")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("nft: {e}"))?;
+    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    if out.status.success() {
+        Ok(())
+    } else {
+        let mut e = String::from_utf8_lossy(&out.stderr).into_owned();
+        e.truncate(3000);
+        Err(e)
+    }
+}
+
+fn check_both(tx: &Transaction, label: &str) {
+    let text = tx.to_text();
+    nft_check(&["-c", "-f", "-"], &text).unwrap_or_else(|e| panic!("{label} text refused:\n{e}"));
+    let json = tx.to_json().to_string();
+    nft_check(&["-c", "-j", "-f", "-"], &json).unwrap_or_else(|e| panic!("{label} json refused:\n{e}"));
+}
+
+#[test]
+#[ignore = "needs root and nft"]
+fn nft_accepts_the_full_ruleset_of_every_scenario_as_text_and_json() {
+    let (svcs, slices) = world();
+    for cfg in [node_config(), node_config_all_nodeports()] {
+        let mut p = DualStackProxier::new(&cfg);
+        let r = p.update(&svcs, &slices, Instant::now()).unwrap();
+        for f in r.families() {
+            check_both(&f.transaction, &format!("{:?} full", f.transaction.family));
+        }
+    }
+}
+
+#[test]
+#[ignore = "needs root and nft"]
+fn nft_accepts_full_then_incremental_transactions_in_one_batch() {
+    let (svcs, slices) = world();
+    let mut p = DualStackProxier::new(&node_config());
+    let t0 = Instant::now();
+    let full = p.update(&svcs, &slices, t0).unwrap();
+    // Drop half the Services and every slice of the rest: chains go stale, elements change.
+    let half: Vec<_> = svcs.iter().step_by(2).cloned().collect();
+    let inc = p.update(&half, &[], t0 + Duration::from_millis(10)).unwrap();
+    for (a, b) in full.families().iter().zip(inc.families()) {
+        let text = format!("{}{}", a.transaction.to_text(), b.transaction.to_text());
+        nft_check(&["-c", "-f", "-"], &text).unwrap_or_else(|e| panic!("refused:\n{e}"));
+        let mut cmds = a.transaction.to_json()["nftables"].as_array().unwrap().clone();
+        cmds.extend(b.transaction.to_json()["nftables"].as_array().unwrap()[1..].iter().cloned());
+        let json = serde_json::json!({"nftables": cmds}).to_string();
+        nft_check(&["-c", "-j", "-f", "-"], &json).unwrap_or_else(|e| panic!("json refused:\n{e}"));
+    }
+}
