@@ -202,6 +202,7 @@ impl Proxier {
         }
         // 2. Sets and chains: new ones added, changed ones flushed and refilled, gone ones
         //    flushed now and deleted later.
+        //    Every new set and chain is declared before any rule refers to it.
         let mut gone_sets = Vec::new();
         for (key, new) in &new_fragments {
             let old = self.applied.get(key).unwrap_or(&empty);
@@ -211,15 +212,20 @@ impl Proxier {
                     tx.ops.push(Op::AddSet(s.clone()));
                 }
             }
+            for name in new.chains.keys() {
+                if !old.chains.contains_key(name) && self.stale_chains.remove(name).is_none() {
+                    tx.ops.push(Op::AddChain(regular(name)));
+                }
+            }
+        }
+        for (key, new) in &new_fragments {
+            let old = self.applied.get(key).unwrap_or(&empty);
+            let new = new.as_ref().unwrap_or(&empty);
             for (name, rules) in &new.chains {
                 match old.chains.get(name) {
                     Some(old_rules) if old_rules == rules => continue,
                     Some(_) => tx.ops.push(Op::FlushChain(name.clone())),
-                    None => {
-                        if self.stale_chains.remove(name).is_none() {
-                            tx.ops.push(Op::AddChain(regular(name)));
-                        }
-                    }
+                    None => {}
                 }
                 for r in rules {
                     tx.ops.push(Op::AddRule {

@@ -13,19 +13,28 @@ use dualstack_proxy::DualStackProxier;
 use support::*;
 
 fn check(name: &str, got: &str) {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden").join(format!("{name}.nft"));
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/golden")
+        .join(format!("{name}.nft"));
     if std::env::var_os("UPDATE_GOLDEN").is_some() {
         std::fs::write(&path, got).unwrap();
         return;
     }
     let want = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    assert_eq!(got, want, "golden {name} differs; rerun with UPDATE_GOLDEN=1 and review");
+    assert_eq!(
+        got, want,
+        "golden {name} differs; rerun with UPDATE_GOLDEN=1 and review"
+    );
 }
 
 fn base_lines(family: IpFamily) -> HashSet<String> {
     let mut p = DualStackProxier::new(&node_config());
     let r = p.sync(Instant::now());
-    let tx = if family == IpFamily::IPv4 { r.ipv4.transaction } else { r.ipv6.transaction };
+    let tx = if family == IpFamily::IPv4 {
+        r.ipv4.transaction
+    } else {
+        r.ipv6.transaction
+    };
     tx.to_text().lines().map(str::to_string).collect()
 }
 
@@ -33,7 +42,11 @@ fn base_lines(family: IpFamily) -> HashSet<String> {
 fn fixed_part_of_both_tables_matches_golden() {
     let mut p = DualStackProxier::new(&node_config());
     let r = p.sync(Instant::now());
-    let got = format!("# ip\n{}\n# ip6\n{}", r.ipv4.transaction.to_text(), r.ipv6.transaction.to_text());
+    let got = format!(
+        "# ip\n{}\n# ip6\n{}",
+        r.ipv4.transaction.to_text(),
+        r.ipv6.transaction.to_text()
+    );
     check("base", &got);
 }
 
@@ -56,7 +69,10 @@ fn every_scenario_matches_its_golden_ruleset_in_both_families() {
         let mut p = DualStackProxier::new(&node_config());
         let r = p.update(&s.services, &s.slices, Instant::now()).unwrap();
         let only = |text: String, base: &HashSet<String>| -> String {
-            text.lines().filter(|l| !base.contains(*l)).map(|l| format!("{l}\n")).collect()
+            text.lines()
+                .filter(|l| !base.contains(*l))
+                .map(|l| format!("{l}\n"))
+                .collect()
         };
         let got = format!(
             "# ip\n{}\n# ip6\n{}",
@@ -69,7 +85,10 @@ fn every_scenario_matches_its_golden_ruleset_in_both_families() {
 
 #[test]
 fn single_stack_ipv4_service_puts_nothing_in_the_ip6_table() {
-    let s = scenarios().into_iter().find(|s| s.name == "single-stack-ipv4").unwrap();
+    let s = scenarios()
+        .into_iter()
+        .find(|s| s.name == "single-stack-ipv4")
+        .unwrap();
     let mut p = DualStackProxier::new(&node_config());
     p.update(&s.services, &s.slices, Instant::now()).unwrap();
     assert!(p.family(IpFamily::IPv6).ruleset().services.is_empty());

@@ -42,10 +42,14 @@ pub struct Plan {
 
 impl Plan {
     pub fn v4() -> Plan {
-        Plan { family: IpFamily::IPv4 }
+        Plan {
+            family: IpFamily::IPv4,
+        }
     }
     pub fn v6() -> Plan {
-        Plan { family: IpFamily::IPv6 }
+        Plan {
+            family: IpFamily::IPv6,
+        }
     }
     fn v4ish(&self) -> bool {
         self.family == IpFamily::IPv4
@@ -54,10 +58,18 @@ impl Plan {
         self.family.as_str()
     }
     pub fn local_pod(&self, n: u8) -> IpAddr {
-        ip(&if self.v4ish() { format!("10.0.1.{n}") } else { format!("fd00:10:0:1::{n}") })
+        ip(&if self.v4ish() {
+            format!("10.0.1.{n}")
+        } else {
+            format!("fd00:10:0:1::{n}")
+        })
     }
     pub fn remote_pod(&self, n: u8) -> IpAddr {
-        ip(&if self.v4ish() { format!("10.0.2.{n}") } else { format!("fd00:10:0:2::{n}") })
+        ip(&if self.v4ish() {
+            format!("10.0.2.{n}")
+        } else {
+            format!("fd00:10:0:2::{n}")
+        })
     }
     pub fn cluster_ip(&self, n: u16) -> IpAddr {
         ip(&if self.v4ish() {
@@ -67,20 +79,40 @@ impl Plan {
         })
     }
     pub fn node_ip(&self) -> IpAddr {
-        ip(if self.v4ish() { "192.168.0.2" } else { "fd00:192:168::2" })
+        ip(if self.v4ish() {
+            "192.168.0.2"
+        } else {
+            "fd00:192:168::2"
+        })
     }
     pub fn other_node_ip(&self) -> IpAddr {
-        ip(if self.v4ish() { "192.168.0.3" } else { "fd00:192:168::3" })
+        ip(if self.v4ish() {
+            "192.168.0.3"
+        } else {
+            "fd00:192:168::3"
+        })
     }
     pub fn lb_ip(&self, n: u8) -> IpAddr {
-        ip(&if self.v4ish() { format!("203.0.113.{n}") } else { format!("2001:db8:1::{n}") })
+        ip(&if self.v4ish() {
+            format!("203.0.113.{n}")
+        } else {
+            format!("2001:db8:1::{n}")
+        })
     }
     pub fn outside(&self) -> IpAddr {
-        ip(if self.v4ish() { "198.51.100.7" } else { "2001:db8:2::7" })
+        ip(if self.v4ish() {
+            "198.51.100.7"
+        } else {
+            "2001:db8:2::7"
+        })
     }
     /// An address in the Service CIDR that no Service holds.
     pub fn unallocated_cluster_ip(&self) -> IpAddr {
-        ip(if self.v4ish() { "172.30.200.200" } else { "fd00:172:30::ffff" })
+        ip(if self.v4ish() {
+            "172.30.200.200"
+        } else {
+            "fd00:172:30::ffff"
+        })
     }
 }
 
@@ -112,7 +144,12 @@ pub fn node_config_all_nodeports() -> NodeConfig {
 
 /// The addresses of `node-a` (both families).
 pub fn local_addresses() -> Vec<IpAddr> {
-    vec![Plan::v4().node_ip(), Plan::v6().node_ip(), ip("127.0.0.1"), ip("::1")]
+    vec![
+        Plan::v4().node_ip(),
+        Plan::v6().node_ip(),
+        ip("127.0.0.1"),
+        ip("::1"),
+    ]
 }
 
 /// A Service from a JSON spec (merged over `type: ClusterIP`) and optional status.
@@ -134,7 +171,11 @@ pub fn service(ns: &str, name: &str, spec: Value, status: Value) -> Service {
 /// A ClusterIP Service, dual-stack or single, with the given ClusterIPs (family order).
 pub fn cluster_ip_service(ns: &str, name: &str, ips: &[IpAddr]) -> Service {
     let fams: Vec<&str> = ips.iter().map(|i| IpFamily::of_addr(i).as_str()).collect();
-    let policy = if ips.len() == 2 { "RequireDualStack" } else { "SingleStack" };
+    let policy = if ips.len() == 2 {
+        "RequireDualStack"
+    } else {
+        "SingleStack"
+    };
     service(
         ns,
         name,
@@ -154,20 +195,46 @@ pub struct Ep {
 }
 
 pub fn ready(addr: IpAddr, node: &'static str) -> Ep {
-    Ep { addr, node, ready: true, serving: true, terminating: false }
+    Ep {
+        addr,
+        node,
+        ready: true,
+        serving: true,
+        terminating: false,
+    }
 }
 
 pub fn terminating(addr: IpAddr, node: &'static str, serving: bool) -> Ep {
-    Ep { addr, node, ready: false, serving, terminating: true }
+    Ep {
+        addr,
+        node,
+        ready: false,
+        serving,
+        terminating: true,
+    }
 }
 
 /// A slice of `family` for Service `ns/svc` with port `p80` → `port` (TCP).
-pub fn slice(ns: &str, svc: &str, name: &str, family: IpFamily, port: u16, eps: &[Ep]) -> EndpointSlice {
+pub fn slice(
+    ns: &str,
+    svc: &str,
+    name: &str,
+    family: IpFamily,
+    port: u16,
+    eps: &[Ep],
+) -> EndpointSlice {
     slice_ports(ns, svc, name, family, &[("p80", "TCP", port)], eps)
 }
 
 /// A slice with the given (name, protocol, port) ports.
-pub fn slice_ports(ns: &str, svc: &str, name: &str, family: IpFamily, ports: &[(&str, &str, u16)], eps: &[Ep]) -> EndpointSlice {
+pub fn slice_ports(
+    ns: &str,
+    svc: &str,
+    name: &str,
+    family: IpFamily,
+    ports: &[(&str, &str, u16)],
+    eps: &[Ep],
+) -> EndpointSlice {
     let eps: Vec<Value> = eps
         .iter()
         .map(|e| {
@@ -195,10 +262,24 @@ pub struct Scenario {
     pub slices: Vec<EndpointSlice>,
 }
 
-fn both_slices(ns: &str, svc: &str, port: u16, eps: impl Fn(Plan) -> Vec<Ep>) -> Vec<EndpointSlice> {
+fn both_slices(
+    ns: &str,
+    svc: &str,
+    port: u16,
+    eps: impl Fn(Plan) -> Vec<Ep>,
+) -> Vec<EndpointSlice> {
     plans()
         .iter()
-        .map(|p| slice(ns, svc, &format!("{svc}-{}", p.fam().to_lowercase()), p.family, port, &eps(*p)))
+        .map(|p| {
+            slice(
+                ns,
+                svc,
+                &format!("{svc}-{}", p.fam().to_lowercase()),
+                p.family,
+                port,
+                &eps(*p),
+            )
+        })
         .collect()
 }
 
@@ -224,60 +305,142 @@ pub fn scenarios() -> Vec<Scenario> {
         // one remote endpoint per family.
         Scenario {
             name: "clusterip-dual",
-            services: vec![cluster_ip_service("ns1", "svc1", &[Plan::v6().cluster_ip(1), Plan::v4().cluster_ip(1)])],
-            slices: both_slices("ns1", "svc1", 8080, |p| vec![ready(p.local_pod(1), NODE), ready(p.remote_pod(1), OTHER_NODE)]),
+            services: vec![cluster_ip_service(
+                "ns1",
+                "svc1",
+                &[Plan::v6().cluster_ip(1), Plan::v4().cluster_ip(1)],
+            )],
+            slices: both_slices("ns1", "svc1", 8080, |p| {
+                vec![
+                    ready(p.local_pod(1), NODE),
+                    ready(p.remote_pod(1), OTHER_NODE),
+                ]
+            }),
         },
         // .2: NodePort, Cluster policy, remote endpoint only.
         Scenario {
             name: "nodeport",
-            services: vec![service("ns2", "svc2", dual_spec(2, json!({"type": "NodePort",
-                "ports": [{"name": "p80", "port": 80, "protocol": "TCP", "targetPort": 8080, "nodePort": 30002}]})), json!({}))],
-            slices: both_slices("ns2", "svc2", 8080, |p| vec![ready(p.remote_pod(2), OTHER_NODE)]),
+            services: vec![service(
+                "ns2",
+                "svc2",
+                dual_spec(
+                    2,
+                    json!({"type": "NodePort",
+                "ports": [{"name": "p80", "port": 80, "protocol": "TCP", "targetPort": 8080, "nodePort": 30002}]}),
+                ),
+                json!({}),
+            )],
+            slices: both_slices("ns2", "svc2", 8080, |p| {
+                vec![ready(p.remote_pod(2), OTHER_NODE)]
+            }),
         },
         // .3: the seed's `type: LoadBalancer` + `ipFamily: IPv6` (GA form: SingleStack [IPv6]).
         Scenario {
             name: "lb-ipv6-only",
-            services: vec![service("ns3", "svc3", json!({"type": "LoadBalancer",
+            services: vec![service(
+                "ns3",
+                "svc3",
+                json!({"type": "LoadBalancer",
                 "clusterIP": Plan::v6().cluster_ip(3).to_string(), "clusterIPs": [Plan::v6().cluster_ip(3).to_string()],
                 "ipFamilies": ["IPv6"], "ipFamilyPolicy": "SingleStack",
                 "ports": [{"name": "p80", "port": 80, "protocol": "TCP", "targetPort": 8080, "nodePort": 30003}]}),
-                json!({"loadBalancer": {"ingress": [{"ip": Plan::v6().lb_ip(3).to_string()}]}}))],
-            slices: vec![slice("ns3", "svc3", "svc3-ipv6", IpFamily::IPv6, 8080, &[ready(Plan::v6().remote_pod(3), OTHER_NODE)])],
+                json!({"loadBalancer": {"ingress": [{"ip": Plan::v6().lb_ip(3).to_string()}]}}),
+            )],
+            slices: vec![slice(
+                "ns3",
+                "svc3",
+                "svc3-ipv6",
+                IpFamily::IPv6,
+                8080,
+                &[ready(Plan::v6().remote_pod(3), OTHER_NODE)],
+            )],
         },
         // .4: dual-stack LoadBalancer, externalTrafficPolicy Local, one local and one remote
         // endpoint, health-check node port.
         Scenario {
             name: "lb-dual-local",
-            services: vec![service("ns4", "svc4", dual_spec(4, json!({"type": "LoadBalancer", "externalTrafficPolicy": "Local",
+            services: vec![service(
+                "ns4",
+                "svc4",
+                dual_spec(
+                    4,
+                    json!({"type": "LoadBalancer", "externalTrafficPolicy": "Local",
                 "healthCheckNodePort": 32004,
-                "ports": [{"name": "p80", "port": 80, "protocol": "TCP", "targetPort": 8080, "nodePort": 30004}]})),
-                json!({"loadBalancer": {"ingress": [{"ip": Plan::v4().lb_ip(4).to_string()}, {"ip": Plan::v6().lb_ip(4).to_string()}]}}))],
-            slices: both_slices("ns4", "svc4", 8080, |p| vec![ready(p.local_pod(4), NODE), ready(p.remote_pod(4), OTHER_NODE)]),
+                "ports": [{"name": "p80", "port": 80, "protocol": "TCP", "targetPort": 8080, "nodePort": 30004}]}),
+                ),
+                json!({"loadBalancer": {"ingress": [{"ip": Plan::v4().lb_ip(4).to_string()}, {"ip": Plan::v6().lb_ip(4).to_string()}]}}),
+            )],
+            slices: both_slices("ns4", "svc4", 8080, |p| {
+                vec![
+                    ready(p.local_pod(4), NODE),
+                    ready(p.remote_pod(4), OTHER_NODE),
+                ]
+            }),
         },
         // .5: externalIPs of both families.
         Scenario {
             name: "externalips",
-            services: vec![service("ns5", "svc5", dual_spec(5, json!({"externalIPs": [Plan::v4().lb_ip(5).to_string(), Plan::v6().lb_ip(5).to_string()]})), json!({}))],
-            slices: both_slices("ns5", "svc5", 8080, |p| vec![ready(p.remote_pod(5), OTHER_NODE)]),
+            services: vec![service(
+                "ns5",
+                "svc5",
+                dual_spec(
+                    5,
+                    json!({"externalIPs": [Plan::v4().lb_ip(5).to_string(), Plan::v6().lb_ip(5).to_string()]}),
+                ),
+                json!({}),
+            )],
+            slices: both_slices("ns5", "svc5", 8080, |p| {
+                vec![ready(p.remote_pod(5), OTHER_NODE)]
+            }),
         },
         // .6: ClientIP affinity, 600 s, two endpoints.
         Scenario {
             name: "affinity",
-            services: vec![service("ns6", "svc6", dual_spec(6, json!({"sessionAffinity": "ClientIP",
-                "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 600}}})), json!({}))],
-            slices: both_slices("ns6", "svc6", 8080, |p| vec![ready(p.remote_pod(6), OTHER_NODE), ready(p.remote_pod(7), OTHER_NODE)]),
+            services: vec![service(
+                "ns6",
+                "svc6",
+                dual_spec(
+                    6,
+                    json!({"sessionAffinity": "ClientIP",
+                "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 600}}}),
+                ),
+                json!({}),
+            )],
+            slices: both_slices("ns6", "svc6", 8080, |p| {
+                vec![
+                    ready(p.remote_pod(6), OTHER_NODE),
+                    ready(p.remote_pod(7), OTHER_NODE),
+                ]
+            }),
         },
         // .7: internalTrafficPolicy Local with only a remote endpoint → dropped; .8 with a
         // local one → only it.
         Scenario {
             name: "internal-local",
             services: vec![
-                service("ns7", "svc7", dual_spec(7, json!({"internalTrafficPolicy": "Local"})), json!({})),
-                service("ns7", "svc8", dual_spec(8, json!({"internalTrafficPolicy": "Local"})), json!({})),
+                service(
+                    "ns7",
+                    "svc7",
+                    dual_spec(7, json!({"internalTrafficPolicy": "Local"})),
+                    json!({}),
+                ),
+                service(
+                    "ns7",
+                    "svc8",
+                    dual_spec(8, json!({"internalTrafficPolicy": "Local"})),
+                    json!({}),
+                ),
             ],
             slices: [
-                both_slices("ns7", "svc7", 8080, |p| vec![ready(p.remote_pod(8), OTHER_NODE)]),
-                both_slices("ns7", "svc8", 8080, |p| vec![ready(p.local_pod(8), NODE), ready(p.remote_pod(9), OTHER_NODE)]),
+                both_slices("ns7", "svc7", 8080, |p| {
+                    vec![ready(p.remote_pod(8), OTHER_NODE)]
+                }),
+                both_slices("ns7", "svc8", 8080, |p| {
+                    vec![
+                        ready(p.local_pod(8), NODE),
+                        ready(p.remote_pod(9), OTHER_NODE),
+                    ]
+                }),
             ]
             .concat(),
         },
@@ -285,41 +448,90 @@ pub fn scenarios() -> Vec<Scenario> {
         Scenario {
             name: "terminating-fallback",
             services: vec![service("ns9", "svc9", dual_spec(9, json!({})), json!({}))],
-            slices: both_slices("ns9", "svc9", 8080, |p| vec![terminating(p.remote_pod(10), OTHER_NODE, true), terminating(p.remote_pod(11), OTHER_NODE, false)]),
+            slices: both_slices("ns9", "svc9", 8080, |p| {
+                vec![
+                    terminating(p.remote_pod(10), OTHER_NODE, true),
+                    terminating(p.remote_pod(11), OTHER_NODE, false),
+                ]
+            }),
         },
         // .10: NodePort + externalIP without any endpoint: rejected everywhere.
         Scenario {
             name: "no-endpoints",
-            services: vec![service("ns10", "svc10", dual_spec(10, json!({"type": "NodePort",
+            services: vec![service(
+                "ns10",
+                "svc10",
+                dual_spec(
+                    10,
+                    json!({"type": "NodePort",
                 "externalIPs": [Plan::v4().lb_ip(10).to_string(), Plan::v6().lb_ip(10).to_string()],
-                "ports": [{"name": "p80", "port": 80, "protocol": "TCP", "targetPort": 8080, "nodePort": 30010}]})), json!({}))],
+                "ports": [{"name": "p80", "port": 80, "protocol": "TCP", "targetPort": 8080, "nodePort": 30010}]}),
+                ),
+                json!({}),
+            )],
             slices: vec![],
         },
         // .11: UDP and SCTP ports on a hostNetwork endpoint (the other node's IP).
         Scenario {
             name: "udp-sctp-hostnetwork",
-            services: vec![service("ns11", "svc11", dual_spec(11, json!({"ports": [
-                {"name": "dns", "port": 53, "protocol": "UDP"}, {"name": "sctp", "port": 9999, "protocol": "SCTP"}]})), json!({}))],
+            services: vec![service(
+                "ns11",
+                "svc11",
+                dual_spec(
+                    11,
+                    json!({"ports": [
+                {"name": "dns", "port": 53, "protocol": "UDP"}, {"name": "sctp", "port": 9999, "protocol": "SCTP"}]}),
+                ),
+                json!({}),
+            )],
             slices: plans()
                 .iter()
-                .map(|p| slice_ports("ns11", "svc11", &format!("svc11-{}", p.fam().to_lowercase()), p.family,
-                    &[("dns", "UDP", 5353), ("sctp", "SCTP", 9999)], &[ready(p.other_node_ip(), OTHER_NODE)]))
+                .map(|p| {
+                    slice_ports(
+                        "ns11",
+                        "svc11",
+                        &format!("svc11-{}", p.fam().to_lowercase()),
+                        p.family,
+                        &[("dns", "UDP", 5353), ("sctp", "SCTP", 9999)],
+                        &[ready(p.other_node_ip(), OTHER_NODE)],
+                    )
+                })
                 .collect(),
         },
         // .12: LoadBalancer with loadBalancerSourceRanges (the outside host's /24 only).
         Scenario {
             name: "source-ranges",
-            services: vec![service("ns12", "svc12", dual_spec(12, json!({"type": "LoadBalancer",
+            services: vec![service(
+                "ns12",
+                "svc12",
+                dual_spec(
+                    12,
+                    json!({"type": "LoadBalancer",
                 "loadBalancerSourceRanges": ["198.51.100.0/24", " 2001:db8:2::/64"],
-                "ports": [{"name": "p80", "port": 80, "protocol": "TCP", "targetPort": 8080, "nodePort": 30012}]})),
-                json!({"loadBalancer": {"ingress": [{"ip": Plan::v4().lb_ip(12).to_string()}, {"ip": Plan::v6().lb_ip(12).to_string()}]}}))],
-            slices: both_slices("ns12", "svc12", 8080, |p| vec![ready(p.remote_pod(12), OTHER_NODE)]),
+                "ports": [{"name": "p80", "port": 80, "protocol": "TCP", "targetPort": 8080, "nodePort": 30012}]}),
+                ),
+                json!({"loadBalancer": {"ingress": [{"ip": Plan::v4().lb_ip(12).to_string()}, {"ip": Plan::v6().lb_ip(12).to_string()}]}}),
+            )],
+            slices: both_slices("ns12", "svc12", 8080, |p| {
+                vec![ready(p.remote_pod(12), OTHER_NODE)]
+            }),
         },
         // .13: a ClusterIP Service of one family (IPv4 SingleStack): nothing in the ip6 table.
         Scenario {
             name: "single-stack-ipv4",
-            services: vec![cluster_ip_service("ns13", "svc13", &[Plan::v4().cluster_ip(13)])],
-            slices: vec![slice("ns13", "svc13", "svc13-ipv4", IpFamily::IPv4, 8080, &[ready(Plan::v4().remote_pod(13), OTHER_NODE)])],
+            services: vec![cluster_ip_service(
+                "ns13",
+                "svc13",
+                &[Plan::v4().cluster_ip(13)],
+            )],
+            slices: vec![slice(
+                "ns13",
+                "svc13",
+                "svc13-ipv4",
+                IpFamily::IPv4,
+                8080,
+                &[ready(Plan::v4().remote_pod(13), OTHER_NODE)],
+            )],
         },
     ]
 }
