@@ -136,6 +136,12 @@ impl<'a> Tracer<'a> {
         }
     }
 
+    /// Records `addr` in the dynamic set `set`, as an earlier connection's `update` would (to
+    /// trace session affinity).
+    pub fn remember(&mut self, set: &'a str, addr: IpAddr) {
+        self.sets.entry(set).or_default().insert(addr);
+    }
+
     fn base_chains(&self, hook: Hook) -> Vec<&'a str> {
         let mut v: Vec<(i32, &str)> = self
             .base
