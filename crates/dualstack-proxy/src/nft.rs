@@ -10,7 +10,7 @@ use std::net::IpAddr;
 
 use dualstack_ipam::IpFamily;
 use ipnet::IpNet;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use crate::family::Tokens;
 
@@ -396,15 +396,22 @@ impl Transaction {
         out
     }
 
-    /// The libnftables JSON document (`{"nftables": [...]}`) for `nft -j -f -`.
-    pub fn to_json(&self) -> Value {
+    /// The libnftables JSON document for `nft -j -f -`, as text (`{"nftables":[...]}`).
+    pub fn to_json_string(&self) -> String {
         let t = Tokens::of(self.family);
-        let mut cmds = Vec::with_capacity(self.ops.len() + 1);
-        cmds.push(json!({"metainfo": {"json_schema_version": 1}}));
+        let mut out = String::with_capacity(self.ops.len() * 220 + 64);
+        out.push_str("{\"nftables\":[{\"metainfo\":{\"json_schema_version\":1}}");
         for op in &self.ops {
-            cmds.push(json_op(t, op));
+            out.push(',');
+            json_op(&mut out, t, op);
         }
-        json!({ "nftables": cmds })
+        out.push_str("]}");
+        out
+    }
+
+    /// The same document parsed, for inspection in tests.
+    pub fn to_json(&self) -> Value {
+        serde_json::from_str(&self.to_json_string()).expect("we write valid JSON")
     }
 }
 
@@ -617,182 +624,349 @@ fn text_rule(out: &mut String, t: &Tokens, rule: &Rule) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// JSON (libnftables-json(5))
+// JSON (libnftables-json(5)), written straight into a string: building a `serde_json::Value`
+// tree for 700,000 commands costs far more than the commands themselves.
 
-fn json_op(t: &Tokens, op: &Op) -> Value {
+/// A JSON string literal.
+fn js(out: &mut String, s: &str) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+/// `"family":"ip","table":"dualstack-proxy"`.
+fn jft(out: &mut String, t: &Tokens) {
+    let _ = write!(out, "\"family\":\"{}\",\"table\":\"{TABLE}\"", t.nft_family);
+}
+
+fn json_op(out: &mut String, t: &Tokens, op: &Op) {
     let f = t.nft_family;
     match op {
-        Op::AddTable => json!({"add": {"table": {"family": f, "name": TABLE}}}),
-        Op::DeleteTable => json!({"delete": {"table": {"family": f, "name": TABLE}}}),
+        Op::AddTable => {
+            let _ = write!(
+                out,
+                "{{\"add\":{{\"table\":{{\"family\":\"{f}\",\"name\":\"{TABLE}\"}}}}}}"
+            );
+        }
+        Op::DeleteTable => {
+            let _ = write!(
+                out,
+                "{{\"delete\":{{\"table\":{{\"family\":\"{f}\",\"name\":\"{TABLE}\"}}}}}}"
+            );
+        }
         Op::AddChain(c) => {
-            let mut chain = json!({"family": f, "table": TABLE, "name": c.name});
+            out.push_str("{\"add\":{\"chain\":{");
+            jft(out, t);
+            out.push_str(",\"name\":");
+            js(out, &c.name);
             if let Some(b) = c.base {
-                chain["type"] = json!(match b.kind {
+                let kind = match b.kind {
                     ChainType::Filter => "filter",
                     ChainType::Nat => "nat",
-                });
-                chain["hook"] = json!(b.hook.as_str());
-                chain["prio"] = json!(b.priority);
-                chain["policy"] = json!("accept");
+                };
+                let _ = write!(
+                    out,
+                    ",\"type\":\"{kind}\",\"hook\":\"{}\",\"prio\":{},\"policy\":\"accept\"",
+                    b.hook.as_str(),
+                    b.priority
+                );
             }
-            json!({"add": {"chain": chain}})
+            out.push_str("}}}");
         }
-        Op::FlushChain(c) => {
-            json!({"flush": {"chain": {"family": f, "table": TABLE, "name": c}}})
-        }
-        Op::DeleteChain(c) => {
-            json!({"delete": {"chain": {"family": f, "table": TABLE, "name": c}}})
+        Op::FlushChain(c) | Op::DeleteChain(c) => {
+            let verb = if matches!(op, Op::FlushChain(_)) {
+                "flush"
+            } else {
+                "delete"
+            };
+            let _ = write!(out, "{{\"{verb}\":{{\"chain\":{{");
+            jft(out, t);
+            out.push_str(",\"name\":");
+            js(out, c);
+            out.push_str("}}}");
         }
         Op::AddRule { chain, rule } => {
-            let mut r = json!({"family": f, "table": TABLE, "chain": chain, "expr": json_rule_exprs(t, rule)});
+            out.push_str("{\"add\":{\"rule\":{");
+            jft(out, t);
+            out.push_str(",\"chain\":");
+            js(out, chain);
+            out.push_str(",\"expr\":[");
+            json_rule_exprs(out, t, rule);
+            out.push(']');
             if let Some(c) = &rule.comment {
-                r["comment"] = json!(c);
+                out.push_str(",\"comment\":");
+                js(out, c);
             }
-            json!({"add": {"rule": r}})
+            out.push_str("}}}");
         }
         Op::AddSet(s) => {
-            let mut set = json!({"family": f, "table": TABLE, "name": s.name});
-            match s.ty {
-                SetType::Addr => set["type"] = json!(t.addr_type),
-                SetType::AddrProtoPortVerdict => {
-                    set["type"] = json!([t.addr_type, "inet_proto", "inet_service"]);
-                    set["map"] = json!("verdict");
-                }
+            let kw = if s.is_map() { "map" } else { "set" };
+            let _ = write!(out, "{{\"add\":{{\"{kw}\":{{");
+            jft(out, t);
+            out.push_str(",\"name\":");
+            js(out, &s.name);
+            let a = t.addr_type;
+            let _ = match s.ty {
+                SetType::Addr => write!(out, ",\"type\":\"{a}\""),
+                SetType::AddrProtoPortVerdict => write!(
+                    out,
+                    ",\"type\":[\"{a}\",\"inet_proto\",\"inet_service\"],\"map\":\"verdict\""
+                ),
                 SetType::ProtoPortVerdict => {
-                    set["type"] = json!(["inet_proto", "inet_service"]);
-                    set["map"] = json!("verdict");
+                    write!(
+                        out,
+                        ",\"type\":[\"inet_proto\",\"inet_service\"],\"map\":\"verdict\""
+                    )
                 }
-            }
+            };
             if let Some(secs) = s.timeout_secs {
                 // nft 1.0.6's JSON parser knows no "dynamic" flag; the kernel adds it itself
                 // when a rule `update`s the set, and we never re-add an existing set.
-                set["flags"] = json!(["timeout"]);
-                set["timeout"] = json!(secs);
+                let _ = write!(out, ",\"flags\":[\"timeout\"],\"timeout\":{secs}");
             }
             if let Some(c) = &s.comment {
-                set["comment"] = json!(c);
+                out.push_str(",\"comment\":");
+                js(out, c);
             }
-            if s.is_map() {
-                json!({"add": {"map": set}})
-            } else {
-                json!({"add": {"set": set}})
-            }
+            out.push_str("}}}");
         }
         Op::DeleteSet(s) => {
-            json!({"delete": {"set": {"family": f, "table": TABLE, "name": s}}})
+            out.push_str("{\"delete\":{\"set\":{");
+            jft(out, t);
+            out.push_str(",\"name\":");
+            js(out, s);
+            out.push_str("}}}");
         }
         Op::AddElements { set, elements } => {
-            let elem: Vec<Value> = elements.iter().map(json_element).collect();
-            json!({"add": {"element": {"family": f, "table": TABLE, "name": set, "elem": elem}}})
+            out.push_str("{\"add\":{\"element\":{");
+            jft(out, t);
+            out.push_str(",\"name\":");
+            js(out, set);
+            out.push_str(",\"elem\":[");
+            for (i, e) in elements.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                json_element(out, e);
+            }
+            out.push_str("]}}}");
         }
         Op::DeleteElements { set, keys } => {
-            let elem: Vec<Value> = keys.iter().map(json_key).collect();
-            json!({"delete": {"element": {"family": f, "table": TABLE, "name": set, "elem": elem}}})
-        }
-    }
-}
-
-fn json_key(k: &Key) -> Value {
-    match k {
-        Key::Addr(a) => json!(a.to_string()),
-        Key::AddrProtoPort(a, p, port) => {
-            json!({"concat": [a.to_string(), p.as_str(), port]})
-        }
-        Key::ProtoPort(p, port) => json!({"concat": [p.as_str(), port]}),
-    }
-}
-
-fn json_element(e: &Element) -> Value {
-    let mut key = json_key(&e.key);
-    if let Some(c) = &e.comment {
-        key = json!({"elem": {"val": key, "comment": c}});
-    }
-    match &e.value {
-        Some(v) => json!([key, json_verdict(v)]),
-        None => key,
-    }
-}
-
-fn json_verdict(v: &Verdict) -> Value {
-    match v {
-        Verdict::Accept => json!({"accept": null}),
-        Verdict::Drop => json!({"drop": null}),
-        Verdict::Return => json!({"return": null}),
-        Verdict::Jump(c) => json!({"jump": {"target": c}}),
-        Verdict::Goto(c) => json!({"goto": {"target": c}}),
-    }
-}
-
-fn payload(proto: &str, field: &str) -> Value {
-    json!({"payload": {"protocol": proto, "field": field}})
-}
-
-fn json_net(n: &IpNet) -> Value {
-    if n.prefix_len() == n.max_prefix_len() {
-        json!(n.addr().to_string())
-    } else {
-        json!({"prefix": {"addr": n.network().to_string(), "len": n.prefix_len()}})
-    }
-}
-
-fn json_rule_exprs(t: &Tokens, rule: &Rule) -> Vec<Value> {
-    let f = t.nft_family;
-    let mut exprs = Vec::with_capacity(rule.matches.len() + 1);
-    for m in &rule.matches {
-        exprs.push(match m {
-            Match::CtStateNew => {
-                json!({"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": "new"}})
-            }
-            Match::Addr { dir, negate, rhs } => {
-                let right = match rhs {
-                    AddrRhs::Addr(a) => json!(a.to_string()),
-                    AddrRhs::Nets(n) if n.len() == 1 => json_net(&n[0]),
-                    AddrRhs::Nets(n) => json!({"set": n.iter().map(json_net).collect::<Vec<_>>()}),
-                    AddrRhs::Set(s) => json!(format!("@{s}")),
-                };
-                let op = if *negate { "!=" } else { "==" };
-                json!({"match": {"op": op, "left": payload(f, dir.as_str()), "right": right}})
-            }
-            Match::FibLocal(d) => json!({"match": {"op": "==",
-                "left": {"fib": {"result": "type", "flags": [d.as_str()]}}, "right": "local"}}),
-            Match::L4Proto(p) => json!({"match": {"op": "==",
-                "left": {"meta": {"key": "l4proto"}}, "right": p.as_str()}}),
-            Match::ThDport(p) => json!({"match": {"op": "==",
-                "left": payload("th", "dport"), "right": p}}),
-            Match::MarkClear(m) => json!({"match": {"op": "==",
-                "left": {"&": [{"meta": {"key": "mark"}}, m]}, "right": 0}}),
-        });
-    }
-    let mark = json!({"meta": {"key": "mark"}});
-    exprs.push(match &rule.stmt {
-        Stmt::Verdict(v) => json_verdict(v),
-        Stmt::Vmap { key, map } => {
-            let key = match key {
-                VmapKey::DaddrProtoPort => json!({"concat": [payload(f, "daddr"),
-                    {"meta": {"key": "l4proto"}}, payload("th", "dport")]}),
-                VmapKey::ProtoPort => {
-                    json!({"concat": [{"meta": {"key": "l4proto"}}, payload("th", "dport")]})
+            out.push_str("{\"delete\":{\"element\":{");
+            jft(out, t);
+            out.push_str(",\"name\":");
+            js(out, set);
+            out.push_str(",\"elem\":[");
+            for (i, k) in keys.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
                 }
+                json_key(out, k);
+            }
+            out.push_str("]}}}");
+        }
+    }
+}
+
+fn json_key(out: &mut String, k: &Key) {
+    let _ = match k {
+        Key::Addr(a) => write!(out, "\"{a}\""),
+        Key::AddrProtoPort(a, p, port) => {
+            write!(out, "{{\"concat\":[\"{a}\",\"{}\",{port}]}}", p.as_str())
+        }
+        Key::ProtoPort(p, port) => write!(out, "{{\"concat\":[\"{}\",{port}]}}", p.as_str()),
+    };
+}
+
+fn json_element(out: &mut String, e: &Element) {
+    if e.value.is_some() {
+        out.push('[');
+    }
+    match &e.comment {
+        Some(c) => {
+            out.push_str("{\"elem\":{\"val\":");
+            json_key(out, &e.key);
+            out.push_str(",\"comment\":");
+            js(out, c);
+            out.push_str("}}");
+        }
+        None => json_key(out, &e.key),
+    }
+    if let Some(v) = &e.value {
+        out.push(',');
+        json_verdict(out, v);
+        out.push(']');
+    }
+}
+
+fn json_verdict(out: &mut String, v: &Verdict) {
+    match v {
+        Verdict::Accept => out.push_str("{\"accept\":null}"),
+        Verdict::Drop => out.push_str("{\"drop\":null}"),
+        Verdict::Return => out.push_str("{\"return\":null}"),
+        Verdict::Jump(c) | Verdict::Goto(c) => {
+            let kw = if matches!(v, Verdict::Jump(_)) {
+                "jump"
+            } else {
+                "goto"
             };
-            json!({"vmap": {"key": key, "data": format!("@{map}")}})
+            let _ = write!(out, "{{\"{kw}\":{{\"target\":");
+            js(out, c);
+            out.push_str("}}");
+        }
+    }
+}
+
+fn payload(out: &mut String, proto: &str, field: &str) {
+    let _ = write!(
+        out,
+        "{{\"payload\":{{\"protocol\":\"{proto}\",\"field\":\"{field}\"}}}}"
+    );
+}
+
+fn json_net(out: &mut String, n: &IpNet) {
+    let _ = if n.prefix_len() == n.max_prefix_len() {
+        write!(out, "\"{}\"", n.addr())
+    } else {
+        write!(
+            out,
+            "{{\"prefix\":{{\"addr\":\"{}\",\"len\":{}}}}}",
+            n.network(),
+            n.prefix_len()
+        )
+    };
+}
+
+const L4PROTO: &str = "{\"meta\":{\"key\":\"l4proto\"}}";
+const MARK: &str = "{\"meta\":{\"key\":\"mark\"}}";
+
+fn json_rule_exprs(out: &mut String, t: &Tokens, rule: &Rule) {
+    let f = t.nft_family;
+    for m in &rule.matches {
+        match m {
+            Match::CtStateNew => out.push_str(
+                "{\"match\":{\"op\":\"in\",\"left\":{\"ct\":{\"key\":\"state\"}},\"right\":\"new\"}}",
+            ),
+            Match::Addr { dir, negate, rhs } => {
+                let op = if *negate { "!=" } else { "==" };
+                let _ = write!(out, "{{\"match\":{{\"op\":\"{op}\",\"left\":");
+                payload(out, f, dir.as_str());
+                out.push_str(",\"right\":");
+                match rhs {
+                    AddrRhs::Addr(a) => {
+                        let _ = write!(out, "\"{a}\"");
+                    }
+                    AddrRhs::Nets(n) if n.len() == 1 => json_net(out, &n[0]),
+                    AddrRhs::Nets(n) => {
+                        out.push_str("{\"set\":[");
+                        for (i, x) in n.iter().enumerate() {
+                            if i > 0 {
+                                out.push(',');
+                            }
+                            json_net(out, x);
+                        }
+                        out.push_str("]}");
+                    }
+                    AddrRhs::Set(s) => {
+                        out.push('"');
+                        out.push('@');
+                        out.push_str(s);
+                        out.push('"');
+                    }
+                }
+                out.push_str("}}");
+            }
+            Match::FibLocal(d) => {
+                let _ = write!(
+                    out,
+                    "{{\"match\":{{\"op\":\"==\",\"left\":{{\"fib\":{{\"result\":\"type\",\"flags\":[\"{}\"]}}}},\"right\":\"local\"}}}}",
+                    d.as_str()
+                );
+            }
+            Match::L4Proto(p) => {
+                let _ = write!(
+                    out,
+                    "{{\"match\":{{\"op\":\"==\",\"left\":{L4PROTO},\"right\":\"{}\"}}}}",
+                    p.as_str()
+                );
+            }
+            Match::ThDport(p) => {
+                out.push_str("{\"match\":{\"op\":\"==\",\"left\":");
+                payload(out, "th", "dport");
+                let _ = write!(out, ",\"right\":{p}}}}}");
+            }
+            Match::MarkClear(m) => {
+                let _ = write!(
+                    out,
+                    "{{\"match\":{{\"op\":\"==\",\"left\":{{\"&\":[{MARK},{m}]}},\"right\":0}}}}"
+                );
+            }
+        }
+        out.push(',');
+    }
+    match &rule.stmt {
+        Stmt::Verdict(v) => json_verdict(out, v),
+        Stmt::Vmap { key, map } => {
+            out.push_str("{\"vmap\":{\"key\":{\"concat\":[");
+            if *key == VmapKey::DaddrProtoPort {
+                payload(out, f, "daddr");
+                out.push(',');
+            }
+            out.push_str(L4PROTO);
+            out.push(',');
+            payload(out, "th", "dport");
+            out.push_str("]},\"data\":");
+            js(out, &format!("@{map}"));
+            out.push_str("}}");
         }
         Stmt::Numgen { targets } => {
-            let set: Vec<Value> = targets
-                .iter()
-                .enumerate()
-                .map(|(i, c)| json!([i, {"goto": {"target": c}}]))
-                .collect();
-            json!({"vmap": {"key": {"numgen": {"mode": "random", "mod": targets.len(), "offset": 0}},
-                "data": {"set": set}}})
+            let _ = write!(
+                out,
+                "{{\"vmap\":{{\"key\":{{\"numgen\":{{\"mode\":\"random\",\"mod\":{},\"offset\":0}}}},\"data\":{{\"set\":[",
+                targets.len()
+            );
+            for (i, c) in targets.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                let _ = write!(out, "[{i},");
+                json_verdict(out, &Verdict::Goto(c.clone()));
+                out.push(']');
+            }
+            out.push_str("]}}}");
         }
-        Stmt::MarkOr(b) => json!({"mangle": {"key": mark, "value": {"|": [mark, b]}}}),
-        Stmt::MarkXor(b) => json!({"mangle": {"key": mark, "value": {"^": [mark, b]}}}),
-        Stmt::Masquerade => json!({"masquerade": {"flags": ["fully-random"]}}),
-        Stmt::Reject(RejectWith::IcmpPortUnreachable) => json!({"reject": null}),
-        Stmt::Reject(RejectWith::TcpReset) => json!({"reject": {"type": "tcp reset"}}),
-        Stmt::Dnat { addr, port } => json!({"dnat": {"addr": addr.to_string(), "port": port}}),
-        Stmt::UpdateSaddr { set } => json!({"set": {"op": "update",
-            "elem": payload(f, "saddr"), "set": format!("@{set}")}}),
-    });
-    exprs
+        Stmt::MarkOr(b) | Stmt::MarkXor(b) => {
+            let op = if matches!(rule.stmt, Stmt::MarkOr(_)) {
+                "|"
+            } else {
+                "^"
+            };
+            let _ = write!(
+                out,
+                "{{\"mangle\":{{\"key\":{MARK},\"value\":{{\"{op}\":[{MARK},{b}]}}}}}}"
+            );
+        }
+        Stmt::Masquerade => out.push_str("{\"masquerade\":{\"flags\":[\"fully-random\"]}}"),
+        Stmt::Reject(RejectWith::IcmpPortUnreachable) => out.push_str("{\"reject\":null}"),
+        Stmt::Reject(RejectWith::TcpReset) => out.push_str("{\"reject\":{\"type\":\"tcp reset\"}}"),
+        Stmt::Dnat { addr, port } => {
+            let _ = write!(out, "{{\"dnat\":{{\"addr\":\"{addr}\",\"port\":{port}}}}}");
+        }
+        Stmt::UpdateSaddr { set } => {
+            out.push_str("{\"set\":{\"op\":\"update\",\"elem\":");
+            payload(out, f, "saddr");
+            out.push_str(",\"set\":");
+            js(out, &format!("@{set}"));
+            out.push_str("}}");
+        }
+    }
 }

@@ -37,7 +37,7 @@ fn nft_check(args: &[&str], input: &str) -> Result<(), String> {
 fn check_both(tx: &Transaction, label: &str) {
     let text = tx.to_text();
     nft_check(&["-c", "-f", "-"], &text).unwrap_or_else(|e| panic!("{label} text refused:\n{e}"));
-    let json = tx.to_json().to_string();
+    let json = tx.to_json_string();
     nft_check(&["-c", "-j", "-f", "-"], &json)
         .unwrap_or_else(|e| panic!("{label} json refused:\n{e}"));
 }
@@ -137,7 +137,7 @@ fn kernel_takes_full_incremental_and_stale_chain_deletion_in_a_netns() {
                 if std::env::var_os("NFT_TEXT_ONLY").is_some() || n % 2 == 0 {
                     (false, tx.to_text())
                 } else {
-                    (true, tx.to_json().to_string())
+                    (true, tx.to_json_string())
                 }
             })
             .filter(|(_, s)| {

@@ -27,7 +27,7 @@ pub const NODE: &str = "node-a";
 pub const OTHER_NODE: &str = "node-b";
 
 pub fn ip(s: &str) -> IpAddr {
-    s.parse().unwrap()
+    s.parse().unwrap_or_else(|e| panic!("{s}: {e}"))
 }
 
 pub fn net(s: &str) -> IpNet {
