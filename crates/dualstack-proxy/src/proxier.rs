@@ -301,8 +301,13 @@ impl Proxier {
         self.dirty.clear();
         self.stale_chains.clear();
         self.full_pending = false;
+        let sorted: BTreeMap<&ServiceKey, &Fragment> = self.applied.iter().collect();
         FamilySync {
-            transaction: self.ruleset().full_transaction(),
+            transaction: ruleset::full_transaction(
+                self.cfg.family,
+                &self.base,
+                sorted.values().copied(),
+            ),
             removed_udp_endpoints: removed,
         }
     }

@@ -162,52 +162,7 @@ impl Ruleset {
     /// One transaction that replaces our table wholesale (`add table; delete table; ...`): used
     /// first and after any error. Established connections keep their conntrack NAT state.
     pub fn full_transaction(&self) -> Transaction {
-        let mut tx = Transaction::new(self.family, true);
-        tx.ops.push(Op::AddTable);
-        tx.ops.push(Op::DeleteTable);
-        tx.ops.push(Op::AddTable);
-        for s in &self.base.sets {
-            tx.ops.push(Op::AddSet(s.clone()));
-        }
-        for (c, _) in &self.base.chains {
-            tx.ops.push(Op::AddChain(c.clone()));
-        }
-        for f in self.services.values() {
-            for s in f.sets.values() {
-                tx.ops.push(Op::AddSet(s.clone()));
-            }
-            for name in f.chains.keys() {
-                tx.ops.push(Op::AddChain(regular(name)));
-            }
-        }
-        for (c, rules) in &self.base.chains {
-            for r in rules {
-                tx.ops.push(Op::AddRule {
-                    chain: c.name.clone(),
-                    rule: r.clone(),
-                });
-            }
-        }
-        for f in self.services.values() {
-            for (c, rules) in &f.chains {
-                for r in rules {
-                    tx.ops.push(Op::AddRule {
-                        chain: c.clone(),
-                        rule: r.clone(),
-                    });
-                }
-            }
-        }
-        for (set, e) in &self.base.elements {
-            tx.ops.push(Op::AddElements {
-                set: set.to_string(),
-                elements: vec![e.clone()],
-            });
-        }
-        for f in self.services.values() {
-            push_elements(&mut tx.ops, f.elements.iter().map(|((s, _), e)| (*s, e)));
-        }
-        tx
+        full_transaction(self.family, &self.base, self.services.values())
     }
 
     /// The rules of a chain, wherever it lives.
@@ -219,6 +174,60 @@ impl Ruleset {
             .values()
             .find_map(|f| f.chains.get(name).map(Vec::as_slice))
     }
+}
+
+/// The full transaction of a family from its base and fragments (in this order).
+pub(crate) fn full_transaction<'a>(
+    family: IpFamily,
+    base: &Base,
+    services: impl Iterator<Item = &'a Fragment> + Clone,
+) -> Transaction {
+    let mut tx = Transaction::new(family, true);
+    tx.ops.push(Op::AddTable);
+    tx.ops.push(Op::DeleteTable);
+    tx.ops.push(Op::AddTable);
+    for s in &base.sets {
+        tx.ops.push(Op::AddSet(s.clone()));
+    }
+    for (c, _) in &base.chains {
+        tx.ops.push(Op::AddChain(c.clone()));
+    }
+    for f in services.clone() {
+        for s in f.sets.values() {
+            tx.ops.push(Op::AddSet(s.clone()));
+        }
+        for name in f.chains.keys() {
+            tx.ops.push(Op::AddChain(regular(name)));
+        }
+    }
+    for (c, rules) in &base.chains {
+        for r in rules {
+            tx.ops.push(Op::AddRule {
+                chain: c.name.clone(),
+                rule: r.clone(),
+            });
+        }
+    }
+    for f in services.clone() {
+        for (c, rules) in &f.chains {
+            for r in rules {
+                tx.ops.push(Op::AddRule {
+                    chain: c.clone(),
+                    rule: r.clone(),
+                });
+            }
+        }
+    }
+    for (set, e) in &base.elements {
+        tx.ops.push(Op::AddElements {
+            set: set.to_string(),
+            elements: vec![e.clone()],
+        });
+    }
+    for f in services.clone() {
+        push_elements(&mut tx.ops, f.elements.iter().map(|((s, _), e)| (*s, e)));
+    }
+    tx
 }
 
 /// Adds elements grouped by set, in set order, as few `add element` commands as possible.
@@ -510,19 +519,28 @@ impl Names {
         }
     }
 
-    /// `endpoint-<HASH>-ns/svc/proto/port__<ip with : as .>/<port>` and its affinity set.
-    fn endpoint(&self, ep: &Endpoint) -> (String, String) {
+    /// `endpoint-<HASH>-ns/svc/proto/port__<ip with : as .>/<port>`, and with affinity its set
+    /// `affinity-<HASH>-...`.
+    fn endpoint(&self, ep: &Endpoint, affinity: bool) -> EndpointNames {
         let rest = format!(
             "{}__{}/{}",
             self.base,
             ep.addr.to_string().replace(':', "."),
             ep.port
         );
-        (
-            hashed_name("endpoint-", &rest),
-            hashed_name("affinity-", &rest),
-        )
+        EndpointNames {
+            chain: hashed_name("endpoint-", &rest),
+            affinity: affinity
+                .then(|| hashed_name("affinity-", &rest))
+                .unwrap_or_default(),
+        }
     }
+}
+
+/// The chain and affinity set names of one endpoint ("" without affinity).
+struct EndpointNames {
+    chain: String,
+    affinity: String,
 }
 
 /// Builds what one Service contributes to the ruleset of `cfg.family`; `None` when it has no
@@ -752,14 +770,22 @@ pub fn service_fragment(
             f.chains.insert(names.external.clone(), rules);
         }
 
+        // Names of every reachable endpoint, computed once.
+        let affinity = svc.affinity_timeout_secs.is_some();
+        let ep_names: BTreeMap<(IpAddr, u16), EndpointNames> = cat
+            .all_reachable
+            .iter()
+            .map(|ep| ((ep.addr, ep.port), names.endpoint(ep, affinity)))
+            .collect();
+        let name_of = |ep: &Endpoint| &ep_names[&(ep.addr, ep.port)];
+
         // Affinity sets, one per reachable endpoint.
         if let Some(timeout) = svc.affinity_timeout_secs {
-            for ep in &cat.all_reachable {
-                let (_, aff) = names.endpoint(ep);
+            for n in ep_names.values() {
                 f.sets.insert(
-                    aff.clone(),
+                    n.affinity.clone(),
                     SetDef {
-                        name: aff,
+                        name: n.affinity.clone(),
                         ty: SetType::Addr,
                         timeout_secs: Some(timeout),
                         comment: None,
@@ -771,17 +797,17 @@ pub fn service_fragment(
         // Policy chains: affinity lookups, then random load balancing.
         let policy_rules = |eps: &[Endpoint]| {
             let mut rules = Vec::new();
-            if svc.affinity_timeout_secs.is_some() {
+            if affinity {
                 for ep in eps {
-                    let (chain, aff) = names.endpoint(ep);
+                    let n = name_of(ep);
                     rules.push(Rule::when(
-                        vec![saddr(false, AddrRhs::Set(aff))],
-                        goto(&chain),
+                        vec![saddr(false, AddrRhs::Set(n.affinity.clone()))],
+                        goto(&n.chain),
                     ));
                 }
             }
             rules.push(Rule::new(Stmt::Numgen {
-                targets: eps.iter().map(|e| names.endpoint(e).0).collect(),
+                targets: eps.iter().map(|e| name_of(e).chain.clone()).collect(),
             }));
             rules
         };
@@ -806,13 +832,15 @@ pub fn service_fragment(
 
         // Endpoint chains: hairpin masquerade, affinity update, DNAT.
         for ep in &cat.all_reachable {
-            let (chain, aff) = names.endpoint(ep);
+            let n = name_of(ep);
             let mut rules = vec![Rule::when(
                 vec![saddr(false, AddrRhs::Addr(ep.addr))],
                 mark_masq(),
             )];
-            if svc.affinity_timeout_secs.is_some() {
-                rules.push(Rule::new(Stmt::UpdateSaddr { set: aff }));
+            if affinity {
+                rules.push(Rule::new(Stmt::UpdateSaddr {
+                    set: n.affinity.clone(),
+                }));
             }
             rules.push(Rule::when(
                 vec![Match::L4Proto(proto)],
@@ -821,7 +849,7 @@ pub fn service_fragment(
                     port: ep.port,
                 },
             ));
-            f.chains.insert(chain, rules);
+            f.chains.insert(n.chain.clone(), rules);
         }
 
         let mut service_ips = vec![cluster_ip];
