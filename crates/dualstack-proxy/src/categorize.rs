@@ -46,7 +46,7 @@ pub fn endpoints_for_port(port: &PortInfo, slices: &SlicesOf, node_name: &str) -
         }
     }
     // Ready copies sort first among equal (addr, port), so dedup keeps them.
-    out.sort_by(|a, b| (a.addr, a.port, !a.ready).cmp(&(b.addr, b.port, !b.ready)));
+    out.sort_by_key(|e| (e.addr, e.port, !e.ready));
     out.dedup_by(|b, a| a.addr == b.addr && a.port == b.port);
     out
 }

@@ -530,9 +530,11 @@ impl Names {
         );
         EndpointNames {
             chain: hashed_name("endpoint-", &rest),
-            affinity: affinity
-                .then(|| hashed_name("affinity-", &rest))
-                .unwrap_or_default(),
+            affinity: if affinity {
+                hashed_name("affinity-", &rest)
+            } else {
+                String::new()
+            },
         }
     }
 }
