@@ -174,6 +174,9 @@ pub enum Stmt {
     },
 }
 
+/// The rules of one chain, shared between the model and the transactions that add them.
+pub type Rules = std::sync::Arc<[Rule]>;
+
 /// One rule: all matches, then the statement.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Rule {
@@ -332,12 +335,12 @@ pub enum Op {
     FlushChain(String),
     /// `delete chain`.
     DeleteChain(String),
-    /// `add rule` at the end of a chain.
-    AddRule {
+    /// `add rule` for each rule, at the end of a chain (shared with the model, not copied).
+    AddRules {
         /// The chain.
         chain: String,
-        /// The rule.
-        rule: Rule,
+        /// The rules, in order.
+        rules: Rules,
     },
     /// `add set` / `add map`.
     AddSet(SetDef),
@@ -451,9 +454,14 @@ fn text_op(out: &mut String, t: &Tokens, op: &Op) {
         Op::DeleteChain(c) => {
             let _ = write!(out, "delete chain {f} {TABLE} {c}");
         }
-        Op::AddRule { chain, rule } => {
-            let _ = write!(out, "add rule {f} {TABLE} {chain} ");
-            text_rule(out, t, rule);
+        Op::AddRules { chain, rules } => {
+            for (i, rule) in rules.iter().enumerate() {
+                if i > 0 {
+                    out.push('\n');
+                }
+                let _ = write!(out, "add rule {f} {TABLE} {chain} ");
+                text_rule(out, t, rule);
+            }
         }
         Op::AddSet(s) => {
             let kw = if s.is_map() { "map" } else { "set" };
@@ -694,19 +702,24 @@ fn json_op(out: &mut String, t: &Tokens, op: &Op) {
             js(out, c);
             out.push_str("}}}");
         }
-        Op::AddRule { chain, rule } => {
-            out.push_str("{\"add\":{\"rule\":{");
-            jft(out, t);
-            out.push_str(",\"chain\":");
-            js(out, chain);
-            out.push_str(",\"expr\":[");
-            json_rule_exprs(out, t, rule);
-            out.push(']');
-            if let Some(c) = &rule.comment {
-                out.push_str(",\"comment\":");
-                js(out, c);
+        Op::AddRules { chain, rules } => {
+            for (i, rule) in rules.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str("{\"add\":{\"rule\":{");
+                jft(out, t);
+                out.push_str(",\"chain\":");
+                js(out, chain);
+                out.push_str(",\"expr\":[");
+                json_rule_exprs(out, t, rule);
+                out.push(']');
+                if let Some(c) = &rule.comment {
+                    out.push_str(",\"comment\":");
+                    js(out, c);
+                }
+                out.push_str("}}}");
             }
-            out.push_str("}}}");
         }
         Op::AddSet(s) => {
             let kw = if s.is_map() { "map" } else { "set" };

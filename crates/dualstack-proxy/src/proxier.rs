@@ -227,10 +227,10 @@ impl Proxier {
                     Some(_) => tx.ops.push(Op::FlushChain(name.clone())),
                     None => {}
                 }
-                for r in rules {
-                    tx.ops.push(Op::AddRule {
+                if !rules.is_empty() {
+                    tx.ops.push(Op::AddRules {
                         chain: name.clone(),
-                        rule: r.clone(),
+                        rules: rules.clone(),
                     });
                 }
             }

@@ -15,7 +15,7 @@ use crate::input::{
 };
 use crate::nft::{
     AddrRhs, BaseHook, ChainDef, ChainType, Dir, Element, Hook, Key, Match, Op, Protocol,
-    RejectWith, Rule, SetDef, SetType, Stmt, Transaction, Verdict, VmapKey,
+    RejectWith, Rule, Rules, SetDef, SetType, Stmt, Transaction, Verdict, VmapKey,
 };
 
 /// Set of the active ClusterIPs (wrong ports on them are rejected).
@@ -112,7 +112,7 @@ pub struct Base {
     /// Sets and maps.
     pub sets: Vec<SetDef>,
     /// Chains with their rules.
-    pub chains: Vec<(ChainDef, Vec<Rule>)>,
+    pub chains: Vec<(ChainDef, Rules)>,
     /// Fixed set elements (`nodeport-ips`).
     pub elements: Vec<(&'static str, Element)>,
 }
@@ -121,7 +121,7 @@ pub struct Base {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Fragment {
     /// Its chains with their rules.
-    pub chains: BTreeMap<String, Vec<Rule>>,
+    pub chains: BTreeMap<String, Rules>,
     /// Its affinity sets.
     pub sets: BTreeMap<String, SetDef>,
     /// Its elements of the shared sets and maps, by set and key.
@@ -172,7 +172,7 @@ impl Ruleset {
         }
         self.services
             .values()
-            .find_map(|f| f.chains.get(name).map(Vec::as_slice))
+            .find_map(|f| f.chains.get(name).map(|r| &r[..]))
     }
 }
 
@@ -201,19 +201,17 @@ pub(crate) fn full_transaction<'a>(
         }
     }
     for (c, rules) in &base.chains {
-        for r in rules {
-            tx.ops.push(Op::AddRule {
-                chain: c.name.clone(),
-                rule: r.clone(),
-            });
-        }
+        tx.ops.push(Op::AddRules {
+            chain: c.name.clone(),
+            rules: rules.clone(),
+        });
     }
     for f in services.clone() {
         for (c, rules) in &f.chains {
-            for r in rules {
-                tx.ops.push(Op::AddRule {
+            if !rules.is_empty() {
+                tx.ops.push(Op::AddRules {
                     chain: c.clone(),
-                    rule: r.clone(),
+                    rules: rules.clone(),
                 });
             }
         }
@@ -323,7 +321,7 @@ pub fn base(cfg: &FamilyConfig) -> Base {
         ),
     ];
     let new = || vec![Match::CtStateNew];
-    let mut chains: Vec<(ChainDef, Vec<Rule>)> = Vec::new();
+    let mut chains: Vec<(ChainDef, Rules)> = Vec::new();
     for (name, kind, hook, priority, _) in BASE_CHAINS {
         let rules = match *name {
             "filter-prerouting-pre-dnat" | "filter-output-pre-dnat" => {
@@ -349,7 +347,7 @@ pub fn base(cfg: &FamilyConfig) -> Base {
                     priority: *priority,
                 }),
             },
-            rules,
+            rules.into(),
         ));
     }
     let nodeport_match = |map: &str| match &cfg.nodeports {
@@ -444,7 +442,7 @@ pub fn base(cfg: &FamilyConfig) -> Base {
         ),
     ];
     for (name, rules) in helpers {
-        chains.push((regular(name), rules));
+        chains.push((regular(name), rules.into()));
     }
     let elements = match &cfg.nodeports {
         NodePortMatch::Addrs(addrs) => addrs
@@ -668,7 +666,8 @@ pub fn service_fragment(
                 vec![Rule::when(
                     vec![saddr(true, AddrRhs::Nets(allowed))],
                     Stmt::Verdict(Verdict::Drop),
-                )],
+                )]
+                .into(),
             );
         }
         for ip in &lb_ips {
@@ -769,7 +768,7 @@ pub fn service_fragment(
             if has_external {
                 rules.push(Rule::new(goto(external_policy_chain)));
             }
-            f.chains.insert(names.external.clone(), rules);
+            f.chains.insert(names.external.clone(), rules.into());
         }
 
         // Names of every reachable endpoint, computed once.
@@ -820,7 +819,7 @@ pub fn service_fragment(
                 Vec::new()
             };
             rules.extend(policy_rules(&cat.cluster));
-            f.chains.insert(names.cluster.clone(), rules);
+            f.chains.insert(names.cluster.clone(), rules.into());
         }
         if uses_local_chain {
             let mut rules = if internal_chain == &names.local {
@@ -829,7 +828,7 @@ pub fn service_fragment(
                 Vec::new()
             };
             rules.extend(policy_rules(&cat.local));
-            f.chains.insert(names.local.clone(), rules);
+            f.chains.insert(names.local.clone(), rules.into());
         }
 
         // Endpoint chains: hairpin masquerade, affinity update, DNAT.
@@ -851,7 +850,7 @@ pub fn service_fragment(
                     port: ep.port,
                 },
             ));
-            f.chains.insert(n.chain.clone(), rules);
+            f.chains.insert(n.chain.clone(), rules.into());
         }
 
         let mut service_ips = vec![cluster_ip];

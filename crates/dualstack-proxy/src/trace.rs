@@ -97,7 +97,7 @@ impl<'a> Tracer<'a> {
         let mut chains: HashMap<&str, &[Rule]> = HashMap::new();
         let mut base = Vec::new();
         for (c, rules) in &ruleset.base.chains {
-            chains.insert(c.name.as_str(), rules.as_slice());
+            chains.insert(c.name.as_str(), &rules[..]);
             if let Some(b) = c.base {
                 base.push((b.hook, b.priority, c.name.as_str()));
             }
@@ -121,7 +121,7 @@ impl<'a> Tracer<'a> {
         }
         for f in ruleset.services.values() {
             for (name, rules) in &f.chains {
-                chains.insert(name.as_str(), rules.as_slice());
+                chains.insert(name.as_str(), &rules[..]);
             }
             for ((s, _), e) in &f.elements {
                 add(s, e);
