@@ -135,3 +135,211 @@ pub fn categorize(
     c.all_reachable = all;
     c
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::input::ServiceKey;
+
+    fn ep(last: u8, local: bool, ready: bool, serving: bool, terminating: bool) -> Endpoint {
+        Endpoint {
+            addr: IpAddr::from([10, 0, 0, last]),
+            port: 80,
+            local,
+            ready,
+            serving,
+            terminating,
+        }
+    }
+
+    fn svc(internal_local: bool, external_local: bool) -> ServiceInfo {
+        ServiceInfo {
+            key: ServiceKey::new("ns", "svc"),
+            cluster_ips: vec![IpAddr::from([172, 30, 0, 1])],
+            external_ips: vec![],
+            load_balancer_ips: vec![],
+            load_balancer_source_ranges: vec![],
+            ports: vec![],
+            affinity_timeout_secs: None,
+            internal_local,
+            external_local,
+            health_check_node_port: None,
+        }
+    }
+
+    fn last(eps: &[Endpoint]) -> Vec<u8> {
+        eps.iter()
+            .map(|e| match e.addr {
+                IpAddr::V4(a) => a.octets()[3],
+                IpAddr::V6(_) => 0,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn categorize_follows_upstream_for_every_policy() {
+        let ready_local = ep(1, true, true, true, false);
+        let ready_remote = ep(2, false, true, true, false);
+        let term_serving_local = ep(3, true, false, true, true);
+        let term_serving_remote = ep(4, false, false, true, true);
+        let term_not_serving = ep(5, false, false, false, true);
+        let not_ready = ep(6, true, false, false, false);
+        // (what, endpoints, internal local, external local, externally accessible,
+        //  cluster, local, all reachable, has any)
+        type Row = (
+            &'static str,
+            Vec<Endpoint>,
+            bool,
+            bool,
+            bool,
+            Vec<u8>,
+            Vec<u8>,
+            Vec<u8>,
+            bool,
+        );
+        let rows: Vec<Row> = vec![
+            (
+                "cluster policy uses ready endpoints",
+                vec![
+                    ready_local.clone(),
+                    ready_remote.clone(),
+                    term_serving_remote.clone(),
+                    not_ready.clone(),
+                ],
+                false,
+                false,
+                false,
+                vec![1, 2],
+                vec![],
+                vec![1, 2],
+                true,
+            ),
+            (
+                "no ready endpoint: serving terminating ones",
+                vec![
+                    term_serving_local.clone(),
+                    term_serving_remote.clone(),
+                    term_not_serving.clone(),
+                ],
+                false,
+                false,
+                false,
+                vec![3, 4],
+                vec![],
+                vec![3, 4],
+                true,
+            ),
+            (
+                "nothing serving: no endpoints",
+                vec![term_not_serving.clone(), not_ready.clone()],
+                false,
+                false,
+                false,
+                vec![],
+                vec![],
+                vec![],
+                false,
+            ),
+            (
+                "internal local: local ready only",
+                vec![ready_local.clone(), ready_remote.clone()],
+                true,
+                false,
+                false,
+                vec![],
+                vec![1],
+                vec![1],
+                true,
+            ),
+            (
+                "internal local without local endpoints: has endpoints, none local",
+                vec![ready_remote.clone()],
+                true,
+                false,
+                false,
+                vec![],
+                vec![],
+                vec![],
+                true,
+            ),
+            (
+                "internal local: local terminating fallback",
+                vec![term_serving_local.clone(), ready_remote.clone()],
+                true,
+                false,
+                false,
+                vec![],
+                vec![3],
+                vec![3],
+                true,
+            ),
+            (
+                "external local keeps cluster endpoints for short-circuits",
+                vec![ready_local.clone(), ready_remote.clone()],
+                false,
+                true,
+                true,
+                vec![1, 2],
+                vec![1],
+                vec![1, 2],
+                true,
+            ),
+            (
+                "external local on a port nobody reaches from outside is cluster",
+                vec![ready_local.clone(), ready_remote.clone()],
+                false,
+                true,
+                false,
+                vec![1, 2],
+                vec![],
+                vec![1, 2],
+                true,
+            ),
+        ];
+        for (what, eps, il, el, ext, cluster, local, all, any) in rows {
+            let c = categorize(&eps, &svc(il, el), ext);
+            assert_eq!(last(&c.cluster), cluster, "{what}: cluster");
+            assert_eq!(last(&c.local), local, "{what}: local");
+            assert_eq!(last(&c.all_reachable), all, "{what}: all");
+            assert_eq!(c.has_any, any, "{what}: has_any");
+        }
+    }
+
+    #[test]
+    fn duplicate_endpoints_across_slices_keep_the_ready_copy() {
+        use crate::input::{SliceEndpoint, SliceInfo, SlicePort};
+        use crate::nft::Protocol;
+        use dualstack_ipam::IpFamily;
+        let mk = |name: &str, ready: bool| SliceInfo {
+            name: name.into(),
+            service: ServiceKey::new("ns", "svc"),
+            family: IpFamily::IPv4,
+            ports: vec![SlicePort {
+                name: "p".into(),
+                protocol: Protocol::Tcp,
+                port: 80,
+            }],
+            endpoints: vec![SliceEndpoint {
+                addr: IpAddr::from([10, 0, 0, 9]),
+                node_name: None,
+                ready,
+                serving: ready,
+                terminating: false,
+            }],
+        };
+        let slices: SlicesOf = [
+            ("a".to_string(), mk("a", false)),
+            ("b".to_string(), mk("b", true)),
+        ]
+        .into();
+        let port = PortInfo {
+            name: "p".into(),
+            protocol: Protocol::Tcp,
+            port: 80,
+            node_port: None,
+        };
+        let eps = endpoints_for_port(&port, &slices, "node");
+        assert_eq!(eps.len(), 1);
+        assert!(eps[0].ready);
+    }
+}
