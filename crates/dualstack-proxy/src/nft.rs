@@ -1,0 +1,985 @@
+//! The typed nftables model: only the shapes this proxy emits, and one transaction of operations
+//! on our table, rendered as `nft -f` text ([`Transaction::to_text`]) or as the libnftables JSON
+//! schema ([`Transaction::to_json`], `nft -j -f -` input).
+//!
+//! The model is deliberately small: every [`Match`] and [`Stmt`] is a shape the packet tracer
+//! ([`crate::trace`]) understands, so what we emit and what we test are the same values.
+
+use std::fmt::Write as _;
+use std::net::IpAddr;
+
+use dualstack_ipam::IpFamily;
+use ipnet::IpNet;
+use serde_json::Value;
+
+use crate::family::Tokens;
+
+/// The name of our table, the same in both families (`ip dualstack-proxy`, `ip6 dualstack-proxy`).
+pub const TABLE: &str = "dualstack-proxy";
+
+/// A transport protocol of a Service port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Protocol {
+    /// TCP.
+    Tcp,
+    /// UDP.
+    Udp,
+    /// SCTP.
+    Sctp,
+}
+
+impl Protocol {
+    /// The nftables spelling, lowercase (`tcp`, `udp`, `sctp`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+            Protocol::Sctp => "sctp",
+        }
+    }
+
+    /// Parses the Kubernetes spelling (`TCP`, `UDP`, `SCTP`); absent means TCP.
+    pub fn from_k8s(s: Option<&str>) -> Option<Self> {
+        match s.unwrap_or("TCP") {
+            "TCP" => Some(Protocol::Tcp),
+            "UDP" => Some(Protocol::Udp),
+            "SCTP" => Some(Protocol::Sctp),
+            _ => None,
+        }
+    }
+}
+
+/// Which address of the packet a match looks at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Dir {
+    /// The source address.
+    Saddr,
+    /// The destination address.
+    Daddr,
+}
+
+impl Dir {
+    fn as_str(self) -> &'static str {
+        match self {
+            Dir::Saddr => "saddr",
+            Dir::Daddr => "daddr",
+        }
+    }
+}
+
+/// The right-hand side of an address match.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum AddrRhs {
+    /// One address.
+    Addr(IpAddr),
+    /// An anonymous set of networks (or one network).
+    Nets(Vec<IpNet>),
+    /// A named set of ours (`@cluster-ips`).
+    Set(String),
+}
+
+/// A match expression of a rule.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Match {
+    /// `ct state new`.
+    CtStateNew,
+    /// `ip saddr 10.0.0.0/8`, `ip daddr != { ... }`, `ip daddr @set`.
+    Addr {
+        /// Source or destination.
+        dir: Dir,
+        /// `!=` instead of `==`.
+        negate: bool,
+        /// What it is compared with.
+        rhs: AddrRhs,
+    },
+    /// `fib saddr type local` / `fib daddr type local`.
+    FibLocal(Dir),
+    /// `meta l4proto tcp`.
+    L4Proto(Protocol),
+    /// `th dport 80`.
+    ThDport(u16),
+    /// `meta mark & MASK == 0`.
+    MarkClear(u32),
+}
+
+/// A verdict, as a statement or as the value of a verdict map element.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Verdict {
+    /// `accept`.
+    Accept,
+    /// `drop`.
+    Drop,
+    /// `return`.
+    Return,
+    /// `jump CHAIN`.
+    Jump(String),
+    /// `goto CHAIN`.
+    Goto(String),
+}
+
+/// The key of a verdict-map lookup.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum VmapKey {
+    /// `ip daddr . meta l4proto . th dport`.
+    DaddrProtoPort,
+    /// `meta l4proto . th dport`.
+    ProtoPort,
+}
+
+/// How a `reject` answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RejectWith {
+    /// The family's default: ICMP / ICMPv6 port unreachable.
+    IcmpPortUnreachable,
+    /// `reject with tcp reset`.
+    TcpReset,
+}
+
+/// The statement of a rule (one per rule; the rule's matches come first).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Stmt {
+    /// A plain verdict.
+    Verdict(Verdict),
+    /// `KEY vmap @MAP`.
+    Vmap {
+        /// The lookup key.
+        key: VmapKey,
+        /// The map name.
+        map: String,
+    },
+    /// `numgen random mod N vmap { 0 : goto A , 1 : goto B }`.
+    Numgen {
+        /// The chains chosen among, in order.
+        targets: Vec<String>,
+    },
+    /// `meta mark set meta mark | BITS`.
+    MarkOr(u32),
+    /// `meta mark set meta mark ^ BITS`.
+    MarkXor(u32),
+    /// `masquerade fully-random`.
+    Masquerade,
+    /// `reject` / `reject with tcp reset`.
+    Reject(RejectWith),
+    /// `dnat to ADDR:PORT` (the rule matches `meta l4proto` first).
+    Dnat {
+        /// The endpoint address.
+        addr: IpAddr,
+        /// The endpoint port.
+        port: u16,
+    },
+    /// `update @SET { ip saddr }`.
+    UpdateSaddr {
+        /// The affinity set.
+        set: String,
+    },
+}
+
+/// The rules of one chain, shared between the model and the transactions that add them.
+pub type Rules = std::sync::Arc<[Rule]>;
+
+/// One rule: all matches, then the statement.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Rule {
+    /// The matches, all of which must hold.
+    pub matches: Vec<Match>,
+    /// The statement.
+    pub stmt: Stmt,
+    /// A comment shown in the ruleset.
+    pub comment: Option<String>,
+}
+
+impl Rule {
+    /// A rule without matches.
+    pub fn new(stmt: Stmt) -> Self {
+        Rule {
+            matches: Vec::new(),
+            stmt,
+            comment: None,
+        }
+    }
+
+    /// A rule with matches.
+    pub fn when(matches: Vec<Match>, stmt: Stmt) -> Self {
+        Rule {
+            matches,
+            stmt,
+            comment: None,
+        }
+    }
+
+    /// The same rule with a comment.
+    pub fn comment(mut self, comment: &str) -> Self {
+        self.comment = Some(comment.to_string());
+        self
+    }
+}
+
+/// The type of a base chain.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ChainType {
+    /// `type filter`.
+    Filter,
+    /// `type nat`.
+    Nat,
+}
+
+/// A netfilter hook.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Hook {
+    /// `prerouting`.
+    Prerouting,
+    /// `input`.
+    Input,
+    /// `forward`.
+    Forward,
+    /// `output`.
+    Output,
+    /// `postrouting`.
+    Postrouting,
+}
+
+impl Hook {
+    fn as_str(self) -> &'static str {
+        match self {
+            Hook::Prerouting => "prerouting",
+            Hook::Input => "input",
+            Hook::Forward => "forward",
+            Hook::Output => "output",
+            Hook::Postrouting => "postrouting",
+        }
+    }
+}
+
+/// Where a base chain hangs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct BaseHook {
+    /// filter or nat.
+    pub kind: ChainType,
+    /// The hook.
+    pub hook: Hook,
+    /// The priority (lower runs first; dstnat is -100, srcnat 100).
+    pub priority: i32,
+}
+
+/// A chain declaration.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ChainDef {
+    /// The chain name.
+    pub name: String,
+    /// The hook of a base chain; `None` for a regular chain.
+    pub base: Option<BaseHook>,
+}
+
+/// The type of a set or map of ours.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum SetType {
+    /// A set of addresses of the family.
+    Addr,
+    /// A verdict map keyed on address . protocol . port.
+    AddrProtoPortVerdict,
+    /// A verdict map keyed on protocol . port.
+    ProtoPortVerdict,
+}
+
+/// A set or map declaration.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct SetDef {
+    /// The name.
+    pub name: String,
+    /// The key (and value) type.
+    pub ty: SetType,
+    /// For affinity sets: `flags dynamic,timeout ; timeout Ns`.
+    pub timeout_secs: Option<u32>,
+    /// A comment.
+    pub comment: Option<String>,
+}
+
+impl SetDef {
+    fn is_map(&self) -> bool {
+        !matches!(self.ty, SetType::Addr)
+    }
+}
+
+/// The key of a set or map element.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Key {
+    /// An address.
+    Addr(IpAddr),
+    /// address . protocol . port.
+    AddrProtoPort(IpAddr, Protocol, u16),
+    /// protocol . port.
+    ProtoPort(Protocol, u16),
+}
+
+/// A set or map element.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Element {
+    /// The key.
+    pub key: Key,
+    /// The verdict of a map element; `None` in a plain set.
+    pub value: Option<Verdict>,
+    /// A comment (`ns/svc:port`).
+    pub comment: Option<String>,
+}
+
+/// One operation of a transaction on our table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Op {
+    /// `add table` (idempotent).
+    AddTable,
+    /// `delete table` (after an `add table`, so it never fails).
+    DeleteTable,
+    /// `add chain` (idempotent).
+    AddChain(ChainDef),
+    /// `flush chain`.
+    FlushChain(String),
+    /// `delete chain`.
+    DeleteChain(String),
+    /// `add rule` for each rule, at the end of a chain (shared with the model, not copied).
+    AddRules {
+        /// The chain.
+        chain: String,
+        /// The rules, in order.
+        rules: Rules,
+    },
+    /// `add set` / `add map`.
+    AddSet(SetDef),
+    /// `delete set`.
+    DeleteSet(String),
+    /// `add element SET { ... }`.
+    AddElements {
+        /// The set or map.
+        set: String,
+        /// The elements.
+        elements: Vec<Element>,
+    },
+    /// `delete element SET { keys }`.
+    DeleteElements {
+        /// The set or map.
+        set: String,
+        /// The keys.
+        keys: Vec<Key>,
+    },
+}
+
+/// One nftables transaction on the table of one family: applied all or nothing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Transaction {
+    /// The family of the table.
+    pub family: IpFamily,
+    /// Whether this rebuilds the table from scratch (`add table; delete table; ...`).
+    pub full: bool,
+    /// The operations, in order.
+    pub ops: Vec<Op>,
+}
+
+impl Transaction {
+    /// An empty transaction.
+    pub fn new(family: IpFamily, full: bool) -> Self {
+        Transaction {
+            family,
+            full,
+            ops: Vec::new(),
+        }
+    }
+
+    /// Whether there is nothing to apply.
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+
+    /// The `nft -f` text, one command per line.
+    pub fn to_text(&self) -> String {
+        let t = Tokens::of(self.family);
+        let mut out = String::with_capacity(self.ops.len() * 96);
+        for op in &self.ops {
+            text_op(&mut out, t, op);
+            out.push('\n');
+        }
+        out
+    }
+
+    /// The libnftables JSON document for `nft -j -f -`, as text (`{"nftables":[...]}`).
+    pub fn to_json_string(&self) -> String {
+        let t = Tokens::of(self.family);
+        let mut out = String::with_capacity(self.ops.len() * 220 + 64);
+        out.push_str("{\"nftables\":[{\"metainfo\":{\"json_schema_version\":1}}");
+        for op in &self.ops {
+            out.push(',');
+            json_op(&mut out, t, op);
+        }
+        out.push_str("]}");
+        out
+    }
+
+    /// The same document parsed, for inspection in tests.
+    pub fn to_json(&self) -> Value {
+        serde_json::from_str(&self.to_json_string()).expect("we write valid JSON")
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// text
+
+fn text_op(out: &mut String, t: &Tokens, op: &Op) {
+    let f = t.nft_family;
+    match op {
+        Op::AddTable => {
+            let _ = write!(
+                out,
+                "add table {f} {TABLE} {{ comment \"rules for dualstack-proxy\" ; }}"
+            );
+        }
+        Op::DeleteTable => {
+            let _ = write!(out, "delete table {f} {TABLE}");
+        }
+        Op::AddChain(c) => {
+            let _ = write!(out, "add chain {f} {TABLE} {}", c.name);
+            if let Some(b) = c.base {
+                let kind = match b.kind {
+                    ChainType::Filter => "filter",
+                    ChainType::Nat => "nat",
+                };
+                let _ = write!(
+                    out,
+                    " {{ type {kind} hook {} priority {} ; }}",
+                    b.hook.as_str(),
+                    b.priority
+                );
+            }
+        }
+        Op::FlushChain(c) => {
+            let _ = write!(out, "flush chain {f} {TABLE} {c}");
+        }
+        Op::DeleteChain(c) => {
+            let _ = write!(out, "delete chain {f} {TABLE} {c}");
+        }
+        Op::AddRules { chain, rules } => {
+            for (i, rule) in rules.iter().enumerate() {
+                if i > 0 {
+                    out.push('\n');
+                }
+                let _ = write!(out, "add rule {f} {TABLE} {chain} ");
+                text_rule(out, t, rule);
+            }
+        }
+        Op::AddSet(s) => {
+            let kw = if s.is_map() { "map" } else { "set" };
+            let ty = match s.ty {
+                SetType::Addr => t.addr_type.to_string(),
+                SetType::AddrProtoPortVerdict => {
+                    format!("{} . inet_proto . inet_service : verdict", t.addr_type)
+                }
+                SetType::ProtoPortVerdict => "inet_proto . inet_service : verdict".to_string(),
+            };
+            let _ = write!(out, "add {kw} {f} {TABLE} {} {{ type {ty} ;", s.name);
+            if let Some(secs) = s.timeout_secs {
+                let _ = write!(out, " flags dynamic,timeout ; timeout {secs}s ;");
+            }
+            if let Some(c) = &s.comment {
+                let _ = write!(out, " comment \"{c}\" ;");
+            }
+            out.push_str(" }");
+        }
+        Op::DeleteSet(s) => {
+            let _ = write!(out, "delete set {f} {TABLE} {s}");
+        }
+        Op::AddElements { set, elements } => {
+            let _ = write!(out, "add element {f} {TABLE} {set} {{ ");
+            for (i, e) in elements.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(", ");
+                }
+                text_key(out, &e.key);
+                if let Some(c) = &e.comment {
+                    let _ = write!(out, " comment \"{c}\"");
+                }
+                if let Some(v) = &e.value {
+                    out.push_str(" : ");
+                    text_verdict(out, v);
+                }
+            }
+            out.push_str(" }");
+        }
+        Op::DeleteElements { set, keys } => {
+            let _ = write!(out, "delete element {f} {TABLE} {set} {{ ");
+            for (i, k) in keys.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(", ");
+                }
+                text_key(out, k);
+            }
+            out.push_str(" }");
+        }
+    }
+}
+
+fn text_key(out: &mut String, k: &Key) {
+    let _ = match k {
+        Key::Addr(a) => write!(out, "{a}"),
+        Key::AddrProtoPort(a, p, port) => write!(out, "{a} . {} . {port}", p.as_str()),
+        Key::ProtoPort(p, port) => write!(out, "{} . {port}", p.as_str()),
+    };
+}
+
+fn text_verdict(out: &mut String, v: &Verdict) {
+    let _ = match v {
+        Verdict::Accept => write!(out, "accept"),
+        Verdict::Drop => write!(out, "drop"),
+        Verdict::Return => write!(out, "return"),
+        Verdict::Jump(c) => write!(out, "jump {c}"),
+        Verdict::Goto(c) => write!(out, "goto {c}"),
+    };
+}
+
+fn text_nets(out: &mut String, nets: &[IpNet]) {
+    if let [one] = nets {
+        let _ = write!(out, "{one}");
+        return;
+    }
+    out.push_str("{ ");
+    for (i, n) in nets.iter().enumerate() {
+        if i > 0 {
+            out.push_str(", ");
+        }
+        let _ = write!(out, "{n}");
+    }
+    out.push_str(" }");
+}
+
+/// The `nft` text of one rule (without the `add rule ...` prefix).
+pub fn rule_text(family: IpFamily, rule: &Rule) -> String {
+    let mut s = String::new();
+    text_rule(&mut s, Tokens::of(family), rule);
+    s
+}
+
+fn text_rule(out: &mut String, t: &Tokens, rule: &Rule) {
+    let f = t.nft_family;
+    for m in &rule.matches {
+        match m {
+            Match::CtStateNew => out.push_str("ct state new"),
+            Match::Addr { dir, negate, rhs } => {
+                let _ = write!(out, "{f} {}", dir.as_str());
+                if *negate {
+                    out.push_str(" !=");
+                }
+                out.push(' ');
+                match rhs {
+                    AddrRhs::Addr(a) => {
+                        let _ = write!(out, "{a}");
+                    }
+                    AddrRhs::Nets(n) => text_nets(out, n),
+                    AddrRhs::Set(s) => {
+                        let _ = write!(out, "@{s}");
+                    }
+                }
+            }
+            Match::FibLocal(d) => {
+                let _ = write!(out, "fib {} type local", d.as_str());
+            }
+            Match::L4Proto(p) => {
+                let _ = write!(out, "meta l4proto {}", p.as_str());
+            }
+            Match::ThDport(p) => {
+                let _ = write!(out, "th dport {p}");
+            }
+            Match::MarkClear(m) => {
+                let _ = write!(out, "mark and {m:#x} == 0");
+            }
+        }
+        out.push(' ');
+    }
+    match &rule.stmt {
+        Stmt::Verdict(v) => text_verdict(out, v),
+        Stmt::Vmap { key, map } => {
+            let _ = match key {
+                VmapKey::DaddrProtoPort => {
+                    write!(out, "{f} daddr . meta l4proto . th dport vmap @{map}")
+                }
+                VmapKey::ProtoPort => write!(out, "meta l4proto . th dport vmap @{map}"),
+            };
+        }
+        Stmt::Numgen { targets } => {
+            let _ = write!(out, "numgen random mod {} vmap {{ ", targets.len());
+            for (i, c) in targets.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(", ");
+                }
+                let _ = write!(out, "{i} : goto {c}");
+            }
+            out.push_str(" }");
+        }
+        Stmt::MarkOr(b) => {
+            let _ = write!(out, "mark set mark or {b:#x}");
+        }
+        Stmt::MarkXor(b) => {
+            let _ = write!(out, "mark set mark xor {b:#x}");
+        }
+        Stmt::Masquerade => out.push_str("masquerade fully-random"),
+        Stmt::Reject(RejectWith::IcmpPortUnreachable) => out.push_str("reject"),
+        Stmt::Reject(RejectWith::TcpReset) => out.push_str("reject with tcp reset"),
+        Stmt::Dnat { addr, port } => {
+            let _ = write!(out, "dnat to {}", t.dnat_target(*addr, *port));
+        }
+        Stmt::UpdateSaddr { set } => {
+            let _ = write!(out, "update @{set} {{ {f} saddr }}");
+        }
+    }
+    if let Some(c) = &rule.comment {
+        let _ = write!(out, " comment \"{c}\"");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// JSON (libnftables-json(5)), written straight into a string: building a `serde_json::Value`
+// tree for 700,000 commands costs far more than the commands themselves.
+
+/// A JSON string literal.
+fn js(out: &mut String, s: &str) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+/// `"family":"ip","table":"dualstack-proxy"`.
+fn jft(out: &mut String, t: &Tokens) {
+    let _ = write!(out, "\"family\":\"{}\",\"table\":\"{TABLE}\"", t.nft_family);
+}
+
+fn json_op(out: &mut String, t: &Tokens, op: &Op) {
+    let f = t.nft_family;
+    match op {
+        Op::AddTable => {
+            let _ = write!(
+                out,
+                "{{\"add\":{{\"table\":{{\"family\":\"{f}\",\"name\":\"{TABLE}\"}}}}}}"
+            );
+        }
+        Op::DeleteTable => {
+            let _ = write!(
+                out,
+                "{{\"delete\":{{\"table\":{{\"family\":\"{f}\",\"name\":\"{TABLE}\"}}}}}}"
+            );
+        }
+        Op::AddChain(c) => {
+            out.push_str("{\"add\":{\"chain\":{");
+            jft(out, t);
+            out.push_str(",\"name\":");
+            js(out, &c.name);
+            if let Some(b) = c.base {
+                let kind = match b.kind {
+                    ChainType::Filter => "filter",
+                    ChainType::Nat => "nat",
+                };
+                let _ = write!(
+                    out,
+                    ",\"type\":\"{kind}\",\"hook\":\"{}\",\"prio\":{},\"policy\":\"accept\"",
+                    b.hook.as_str(),
+                    b.priority
+                );
+            }
+            out.push_str("}}}");
+        }
+        Op::FlushChain(c) | Op::DeleteChain(c) => {
+            let verb = if matches!(op, Op::FlushChain(_)) {
+                "flush"
+            } else {
+                "delete"
+            };
+            let _ = write!(out, "{{\"{verb}\":{{\"chain\":{{");
+            jft(out, t);
+            out.push_str(",\"name\":");
+            js(out, c);
+            out.push_str("}}}");
+        }
+        Op::AddRules { chain, rules } => {
+            for (i, rule) in rules.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str("{\"add\":{\"rule\":{");
+                jft(out, t);
+                out.push_str(",\"chain\":");
+                js(out, chain);
+                out.push_str(",\"expr\":[");
+                json_rule_exprs(out, t, rule);
+                out.push(']');
+                if let Some(c) = &rule.comment {
+                    out.push_str(",\"comment\":");
+                    js(out, c);
+                }
+                out.push_str("}}}");
+            }
+        }
+        Op::AddSet(s) => {
+            let kw = if s.is_map() { "map" } else { "set" };
+            let _ = write!(out, "{{\"add\":{{\"{kw}\":{{");
+            jft(out, t);
+            out.push_str(",\"name\":");
+            js(out, &s.name);
+            let a = t.addr_type;
+            let _ = match s.ty {
+                SetType::Addr => write!(out, ",\"type\":\"{a}\""),
+                SetType::AddrProtoPortVerdict => write!(
+                    out,
+                    ",\"type\":[\"{a}\",\"inet_proto\",\"inet_service\"],\"map\":\"verdict\""
+                ),
+                SetType::ProtoPortVerdict => {
+                    write!(
+                        out,
+                        ",\"type\":[\"inet_proto\",\"inet_service\"],\"map\":\"verdict\""
+                    )
+                }
+            };
+            if let Some(secs) = s.timeout_secs {
+                // nft 1.0.6's JSON parser knows no "dynamic" flag; the kernel adds it itself
+                // when a rule `update`s the set, and we never re-add an existing set.
+                let _ = write!(out, ",\"flags\":[\"timeout\"],\"timeout\":{secs}");
+            }
+            if let Some(c) = &s.comment {
+                out.push_str(",\"comment\":");
+                js(out, c);
+            }
+            out.push_str("}}}");
+        }
+        Op::DeleteSet(s) => {
+            out.push_str("{\"delete\":{\"set\":{");
+            jft(out, t);
+            out.push_str(",\"name\":");
+            js(out, s);
+            out.push_str("}}}");
+        }
+        Op::AddElements { set, elements } => {
+            out.push_str("{\"add\":{\"element\":{");
+            jft(out, t);
+            out.push_str(",\"name\":");
+            js(out, set);
+            out.push_str(",\"elem\":[");
+            for (i, e) in elements.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                json_element(out, e);
+            }
+            out.push_str("]}}}");
+        }
+        Op::DeleteElements { set, keys } => {
+            out.push_str("{\"delete\":{\"element\":{");
+            jft(out, t);
+            out.push_str(",\"name\":");
+            js(out, set);
+            out.push_str(",\"elem\":[");
+            for (i, k) in keys.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                json_key(out, k);
+            }
+            out.push_str("]}}}");
+        }
+    }
+}
+
+fn json_key(out: &mut String, k: &Key) {
+    let _ = match k {
+        Key::Addr(a) => write!(out, "\"{a}\""),
+        Key::AddrProtoPort(a, p, port) => {
+            write!(out, "{{\"concat\":[\"{a}\",\"{}\",{port}]}}", p.as_str())
+        }
+        Key::ProtoPort(p, port) => write!(out, "{{\"concat\":[\"{}\",{port}]}}", p.as_str()),
+    };
+}
+
+fn json_element(out: &mut String, e: &Element) {
+    if e.value.is_some() {
+        out.push('[');
+    }
+    match &e.comment {
+        Some(c) => {
+            out.push_str("{\"elem\":{\"val\":");
+            json_key(out, &e.key);
+            out.push_str(",\"comment\":");
+            js(out, c);
+            out.push_str("}}");
+        }
+        None => json_key(out, &e.key),
+    }
+    if let Some(v) = &e.value {
+        out.push(',');
+        json_verdict(out, v);
+        out.push(']');
+    }
+}
+
+fn json_verdict(out: &mut String, v: &Verdict) {
+    match v {
+        Verdict::Accept => out.push_str("{\"accept\":null}"),
+        Verdict::Drop => out.push_str("{\"drop\":null}"),
+        Verdict::Return => out.push_str("{\"return\":null}"),
+        Verdict::Jump(c) | Verdict::Goto(c) => {
+            let kw = if matches!(v, Verdict::Jump(_)) {
+                "jump"
+            } else {
+                "goto"
+            };
+            let _ = write!(out, "{{\"{kw}\":{{\"target\":");
+            js(out, c);
+            out.push_str("}}");
+        }
+    }
+}
+
+fn payload(out: &mut String, proto: &str, field: &str) {
+    let _ = write!(
+        out,
+        "{{\"payload\":{{\"protocol\":\"{proto}\",\"field\":\"{field}\"}}}}"
+    );
+}
+
+fn json_net(out: &mut String, n: &IpNet) {
+    let _ = if n.prefix_len() == n.max_prefix_len() {
+        write!(out, "\"{}\"", n.addr())
+    } else {
+        write!(
+            out,
+            "{{\"prefix\":{{\"addr\":\"{}\",\"len\":{}}}}}",
+            n.network(),
+            n.prefix_len()
+        )
+    };
+}
+
+const L4PROTO: &str = "{\"meta\":{\"key\":\"l4proto\"}}";
+const MARK: &str = "{\"meta\":{\"key\":\"mark\"}}";
+
+fn json_rule_exprs(out: &mut String, t: &Tokens, rule: &Rule) {
+    let f = t.nft_family;
+    for m in &rule.matches {
+        match m {
+            Match::CtStateNew => out.push_str(
+                "{\"match\":{\"op\":\"in\",\"left\":{\"ct\":{\"key\":\"state\"}},\"right\":\"new\"}}",
+            ),
+            Match::Addr { dir, negate, rhs } => {
+                let op = if *negate { "!=" } else { "==" };
+                let _ = write!(out, "{{\"match\":{{\"op\":\"{op}\",\"left\":");
+                payload(out, f, dir.as_str());
+                out.push_str(",\"right\":");
+                match rhs {
+                    AddrRhs::Addr(a) => {
+                        let _ = write!(out, "\"{a}\"");
+                    }
+                    AddrRhs::Nets(n) if n.len() == 1 => json_net(out, &n[0]),
+                    AddrRhs::Nets(n) => {
+                        out.push_str("{\"set\":[");
+                        for (i, x) in n.iter().enumerate() {
+                            if i > 0 {
+                                out.push(',');
+                            }
+                            json_net(out, x);
+                        }
+                        out.push_str("]}");
+                    }
+                    AddrRhs::Set(s) => {
+                        out.push('"');
+                        out.push('@');
+                        out.push_str(s);
+                        out.push('"');
+                    }
+                }
+                out.push_str("}}");
+            }
+            Match::FibLocal(d) => {
+                let _ = write!(
+                    out,
+                    "{{\"match\":{{\"op\":\"==\",\"left\":{{\"fib\":{{\"result\":\"type\",\"flags\":[\"{}\"]}}}},\"right\":\"local\"}}}}",
+                    d.as_str()
+                );
+            }
+            Match::L4Proto(p) => {
+                let _ = write!(
+                    out,
+                    "{{\"match\":{{\"op\":\"==\",\"left\":{L4PROTO},\"right\":\"{}\"}}}}",
+                    p.as_str()
+                );
+            }
+            Match::ThDport(p) => {
+                out.push_str("{\"match\":{\"op\":\"==\",\"left\":");
+                payload(out, "th", "dport");
+                let _ = write!(out, ",\"right\":{p}}}}}");
+            }
+            Match::MarkClear(m) => {
+                let _ = write!(
+                    out,
+                    "{{\"match\":{{\"op\":\"==\",\"left\":{{\"&\":[{MARK},{m}]}},\"right\":0}}}}"
+                );
+            }
+        }
+        out.push(',');
+    }
+    match &rule.stmt {
+        Stmt::Verdict(v) => json_verdict(out, v),
+        Stmt::Vmap { key, map } => {
+            out.push_str("{\"vmap\":{\"key\":{\"concat\":[");
+            if *key == VmapKey::DaddrProtoPort {
+                payload(out, f, "daddr");
+                out.push(',');
+            }
+            out.push_str(L4PROTO);
+            out.push(',');
+            payload(out, "th", "dport");
+            out.push_str("]},\"data\":");
+            js(out, &format!("@{map}"));
+            out.push_str("}}");
+        }
+        Stmt::Numgen { targets } => {
+            let _ = write!(
+                out,
+                "{{\"vmap\":{{\"key\":{{\"numgen\":{{\"mode\":\"random\",\"mod\":{},\"offset\":0}}}},\"data\":{{\"set\":[",
+                targets.len()
+            );
+            for (i, c) in targets.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                let _ = write!(out, "[{i},");
+                json_verdict(out, &Verdict::Goto(c.clone()));
+                out.push(']');
+            }
+            out.push_str("]}}}");
+        }
+        Stmt::MarkOr(b) | Stmt::MarkXor(b) => {
+            let op = if matches!(rule.stmt, Stmt::MarkOr(_)) {
+                "|"
+            } else {
+                "^"
+            };
+            let _ = write!(
+                out,
+                "{{\"mangle\":{{\"key\":{MARK},\"value\":{{\"{op}\":[{MARK},{b}]}}}}}}"
+            );
+        }
+        Stmt::Masquerade => out.push_str("{\"masquerade\":{\"flags\":[\"fully-random\"]}}"),
+        Stmt::Reject(RejectWith::IcmpPortUnreachable) => out.push_str("{\"reject\":null}"),
+        Stmt::Reject(RejectWith::TcpReset) => out.push_str("{\"reject\":{\"type\":\"tcp reset\"}}"),
+        Stmt::Dnat { addr, port } => {
+            let _ = write!(out, "{{\"dnat\":{{\"addr\":\"{addr}\",\"port\":{port}}}}}");
+        }
+        Stmt::UpdateSaddr { set } => {
+            out.push_str("{\"set\":{\"op\":\"update\",\"elem\":");
+            payload(out, f, "saddr");
+            out.push_str(",\"set\":");
+            js(out, &format!("@{set}"));
+            out.push_str("}}");
+        }
+    }
+}

@@ -1,0 +1,164 @@
+//! The rendered transactions are accepted by the real `nft` in check mode (`nft -c`), as text
+//! and as JSON, full and incremental. Needs root and nft; run with `--ignored`.
+
+mod support;
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use dualstack_proxy::{DualStackProxier, Transaction};
+use support::*;
+
+fn nft_check(args: &[&str], input: &str) -> Result<(), String> {
+    let mut child = Command::new("nft")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("nft: {e}"))?;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    if out.status.success() {
+        Ok(())
+    } else {
+        let mut e = String::from_utf8_lossy(&out.stderr).into_owned();
+        e.truncate(3000);
+        Err(e)
+    }
+}
+
+fn check_both(tx: &Transaction, label: &str) {
+    let text = tx.to_text();
+    nft_check(&["-c", "-f", "-"], &text).unwrap_or_else(|e| panic!("{label} text refused:\n{e}"));
+    let json = tx.to_json_string();
+    nft_check(&["-c", "-j", "-f", "-"], &json)
+        .unwrap_or_else(|e| panic!("{label} json refused:\n{e}"));
+}
+
+#[test]
+#[ignore = "needs root and nft"]
+fn nft_accepts_the_full_ruleset_of_every_scenario_as_text_and_json() {
+    let (svcs, slices) = world();
+    for cfg in [node_config(), node_config_all_nodeports()] {
+        let mut p = DualStackProxier::new(&cfg);
+        let r = p.update(&svcs, &slices, Instant::now()).unwrap();
+        for f in r.families() {
+            check_both(&f.transaction, &format!("{:?} full", f.transaction.family));
+        }
+    }
+}
+
+#[test]
+#[ignore = "needs root and nft"]
+fn nft_accepts_full_then_incremental_transactions_in_one_batch() {
+    let (svcs, slices) = world();
+    let mut p = DualStackProxier::new(&node_config());
+    let t0 = Instant::now();
+    let full = p.update(&svcs, &slices, t0).unwrap();
+    // Drop half the Services and every slice of the rest: chains go stale, elements change.
+    let half: Vec<_> = svcs.iter().step_by(2).cloned().collect();
+    let inc = p
+        .update(&half, &[], t0 + Duration::from_millis(10))
+        .unwrap();
+    for (a, b) in full.families().iter().zip(inc.families()) {
+        let text = format!("{}{}", a.transaction.to_text(), b.transaction.to_text());
+        nft_check(&["-c", "-f", "-"], &text).unwrap_or_else(|e| panic!("refused:\n{e}"));
+        let mut cmds = a.transaction.to_json()["nftables"]
+            .as_array()
+            .unwrap()
+            .clone();
+        cmds.extend(
+            b.transaction.to_json()["nftables"].as_array().unwrap()[1..]
+                .iter()
+                .cloned(),
+        );
+        let json = serde_json::json!({"nftables": cmds}).to_string();
+        nft_check(&["-c", "-j", "-f", "-"], &json).unwrap_or_else(|e| panic!("json refused:\n{e}"));
+    }
+}
+
+/// Applies `steps` (nft input files, `-j` for JSON) one after another in a fresh network
+/// namespace, then lists the ruleset.
+fn apply_in_netns(steps: &[(bool, String)]) -> Result<String, String> {
+    let dir = std::env::temp_dir().join(format!("dualstack-proxy-nft-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut script = String::from("set -e\n");
+    for (i, (json, body)) in steps.iter().enumerate() {
+        let path = dir.join(format!("step{i}"));
+        std::fs::write(&path, body).unwrap();
+        let j = if *json { "-j " } else { "" };
+        script.push_str(&format!("nft {j}-f {}\n", path.display()));
+    }
+    script.push_str("nft list ruleset\n");
+    let out = Command::new("unshare")
+        .args(["-n", "sh", "-c", &script])
+        .output()
+        .map_err(|e| e.to_string())?;
+    let _ = std::fs::remove_dir_all(&dir);
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        let mut e = String::from_utf8_lossy(&out.stderr).into_owned();
+        e.truncate(3000);
+        Err(e)
+    }
+}
+
+#[test]
+#[ignore = "needs root, unshare and nft"]
+fn kernel_takes_full_incremental_and_stale_chain_deletion_in_a_netns() {
+    let (svcs, slices) = world();
+    let mut p = DualStackProxier::new(&node_config());
+    let t0 = Instant::now();
+    let full = p.update(&svcs, &slices, t0).unwrap();
+    let half: Vec<_> = svcs.iter().step_by(2).cloned().collect();
+    let inc = p
+        .update(&half, &slices, t0 + Duration::from_millis(10))
+        .unwrap();
+    let later = p.sync(t0 + Duration::from_secs(2));
+    // Back again: chains that were deleted come back.
+    let again = p
+        .update(&svcs, &slices, t0 + Duration::from_secs(3))
+        .unwrap();
+    for (i, fam) in [0usize, 1].iter().enumerate() {
+        let steps: Vec<(bool, String)> = [&full, &inc, &later, &again]
+            .iter()
+            .enumerate()
+            .map(|(n, r)| {
+                let tx = &r.families()[*fam].transaction;
+                // Alternate text and JSON.
+                if std::env::var_os("NFT_TEXT_ONLY").is_some() || n % 2 == 0 {
+                    (false, tx.to_text())
+                } else {
+                    (true, tx.to_json_string())
+                }
+            })
+            .filter(|(_, s)| {
+                !s.is_empty() && s != "{\"nftables\":[{\"metainfo\":{\"json_schema_version\":1}}]}"
+            })
+            .collect();
+        let listed = apply_in_netns(&steps).unwrap_or_else(|e| panic!("family {i}: {e}"));
+        assert!(listed.contains("dualstack-proxy"));
+        assert!(
+            later.families()[*fam]
+                .transaction
+                .ops
+                .iter()
+                .any(|o| matches!(o, dualstack_proxy::nft::Op::DeleteChain(_)))
+        );
+    }
+    // What the kernel holds equals a fresh full render of the same inputs.
+    let mut fresh = DualStackProxier::new(&node_config());
+    fresh.update(&svcs, &slices, t0).unwrap();
+    assert_eq!(
+        p.family(dualstack_ipam::IpFamily::IPv4).ruleset(),
+        fresh.family(dualstack_ipam::IpFamily::IPv4).ruleset()
+    );
+}
