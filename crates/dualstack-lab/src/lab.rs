@@ -529,44 +529,98 @@ fn unescape_mount(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// Stops every process the lab runs: the recorded server and agents, and every process inside
-/// one of the lab's namespaces (pods, shims, commands from `exec`).
+/// Stops every process the lab runs: the recorded server and agents first (so nothing new is
+/// spawned), then, until a scan finds none, every process inside one of the lab's namespaces
+/// or naming the lab's dir on its command line (pods, shims, commands from `exec`), with all
+/// their descendants (a pod process whose namespace was already detached is still a child of
+/// its shim).
 fn stop_processes(l: &Layout) -> Result<()> {
-    let mut pids: Vec<u32> = Vec::new();
+    let mut recorded_pids: Vec<u32> = Vec::new();
     if let Ok(dir) = fs::read_dir(l.dir.join("run")) {
         for e in dir.flatten() {
             if let Some(pid) = recorded(&e.path()) {
-                pids.push(pid);
+                recorded_pids.push(pid);
             }
         }
     }
+    kill_and_wait(&recorded_pids);
+    for _ in 0..50 {
+        let pids = lab_processes(l);
+        if pids.is_empty() {
+            break;
+        }
+        kill_and_wait(&pids);
+    }
+    Ok(())
+}
+
+/// The processes of the lab still running (see [`stop_processes`]), with their descendants.
+fn lab_processes(l: &Layout) -> Vec<u32> {
     let inodes: HashSet<u64> = mounts_under(&l.dir)
         .into_iter()
         .filter(|(_, t)| t == "nsfs")
         .filter_map(|(p, _)| fs::metadata(&p).ok().map(|m| m.ino()))
         .collect();
+    let dir = l.dir.to_string_lossy().into_owned();
     let me = std::process::id();
-    if let Ok(procs) = fs::read_dir("/proc") {
-        for e in procs.flatten() {
-            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
-                continue;
-            };
-            if pid == me {
-                continue;
-            }
-            if let Ok(m) = fs::metadata(e.path().join("ns/net"))
-                && inodes.contains(&m.ino())
-            {
-                pids.push(pid);
-            }
+    let mut parent: Vec<(u32, u32)> = Vec::new();
+    let mut found: HashSet<u32> = HashSet::new();
+    let Ok(procs) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    for e in procs.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        let Ok(stat) = fs::read_to_string(e.path().join("stat")) else {
+            continue;
+        };
+        let Some(after) = stat.rfind(')').map(|i| &stat[i + 2..]) else {
+            continue;
+        };
+        if after.starts_with('Z') {
+            continue;
+        }
+        if let Some(ppid) = after.split_whitespace().nth(1).and_then(|p| p.parse().ok()) {
+            parent.push((pid, ppid));
+        }
+        let in_lab = fs::metadata(e.path().join("ns/net")).is_ok_and(|m| inodes.contains(&m.ino()));
+        // Our own daemons by their command line (`dualstack server|agent|shim ... DIR ...`),
+        // never a shell or tool that merely mentions the dir (such as the caller of `down`).
+        let names_lab = fs::read(e.path().join("cmdline")).is_ok_and(|c| {
+            let args: Vec<&[u8]> = c.split(|b| *b == 0).collect();
+            let daemon = args
+                .get(1)
+                .is_some_and(|a| matches!(*a, b"server" | b"agent" | b"shim"));
+            daemon && String::from_utf8_lossy(&c).contains(dir.as_str())
+        });
+        if in_lab || names_lab {
+            found.insert(pid);
         }
     }
-    pids.sort_unstable();
-    pids.dedup();
-    for &pid in &pids {
+    // Descendants, to a fixed point.
+    loop {
+        let before = found.len();
+        for (pid, ppid) in &parent {
+            if found.contains(ppid) {
+                found.insert(*pid);
+            }
+        }
+        if found.len() == before {
+            break;
+        }
+    }
+    found.into_iter().collect()
+}
+
+/// SIGKILLs `pids` and waits (up to 10 s) until none is running.
+fn kill_and_wait(pids: &[u32]) {
+    for &pid in pids {
         let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
     }
-    // Wait (briefly) until they are gone, so their namespaces can go too.
     let deadline = Instant::now() + Duration::from_secs(10);
     while pids.iter().any(|p| {
         fs::read_to_string(format!("/proc/{p}/stat"))
@@ -577,7 +631,6 @@ fn stop_processes(l: &Layout) -> Result<()> {
     {
         std::thread::sleep(Duration::from_millis(10));
     }
-    Ok(())
 }
 
 /// Detaches every mount under the lab's dir (namespace files of hosts and pods) and removes

@@ -412,7 +412,8 @@ fn a_three_node_lab_gives_every_pod_both_families_and_pods_reach_each_other_on_b
     for ip in &freed {
         assert!(
             !held.contains(ip),
-            "{ip} still reserved after delete: {held:?}"
+            "{ip} still reserved after delete: {held:?}\n{}",
+            lab.logs()
         );
     }
 

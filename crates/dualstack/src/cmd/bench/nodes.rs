@@ -69,6 +69,33 @@ impl Lab {
     }
 }
 
+impl Lab {
+    /// The shims of this lab (processes running `dualstack shim` for a pod under its dir):
+    /// how many, and their RSS together (MiB).
+    fn shims_rss(&self) -> Result<(usize, f64)> {
+        let dir = self.dir.path().to_string_lossy().to_string();
+        let (mut n, mut total) = (0, 0.0);
+        for e in std::fs::read_dir("/proc")?.flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+                continue;
+            };
+            let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+            let args: Vec<String> = cmd
+                .split(|b| *b == 0)
+                .map(|a| String::from_utf8_lossy(a).to_string())
+                .collect();
+            if args.get(1).is_some_and(|a| a == "shim")
+                && args.iter().any(|a| a.contains(&dir))
+                && let Ok(r) = rss_of(pid)
+            {
+                n += 1;
+                total += r;
+            }
+        }
+        Ok((n, total))
+    }
+}
+
 impl Drop for Lab {
     fn drop(&mut self) {
         if let Ok(exe) = std::env::current_exe() {
@@ -192,6 +219,19 @@ pub fn run(args: NodesArgs) -> Result<()> {
         report.row(
             format!("agent RSS with {} pods", args.pods),
             format!("{rss:.1} MiB"),
+            "",
+            None,
+        );
+        let (shims, shim_mib) = lab.shims_rss()?;
+        report.row(
+            format!(
+                "container supervisors (`dualstack shim`) with {} pods",
+                args.pods
+            ),
+            format!(
+                "{shims} processes, {:.2} MiB RSS each",
+                shim_mib / shims.max(1) as f64
+            ),
             "",
             None,
         );
