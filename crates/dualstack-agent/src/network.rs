@@ -15,25 +15,11 @@ use std::sync::Mutex;
 
 use async_trait::async_trait;
 use ipnet::IpNet;
-use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-/// What identifies a pod's attachment to the network (CNI's runtime config).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Attachment {
-    /// The sandbox id (CNI_CONTAINERID).
-    pub container_id: String,
-    /// The namespace file (CNI_NETNS).
-    pub netns: PathBuf,
-    /// The interface name in the pod (CNI_IFNAME).
-    pub ifname: String,
-    /// `K8S_POD_NAMESPACE`.
-    pub pod_namespace: String,
-    /// `K8S_POD_NAME`.
-    pub pod_name: String,
-    /// `K8S_POD_UID`.
-    pub pod_uid: String,
-}
+/// What identifies a pod's attachment to the network: CNI's attachment parameters and the pod
+/// identity (the CNI runtime's own type, kept in `sandbox.json`).
+pub use dualstack_cni::runtime::Attachment;
 
 /// Network failures.
 #[derive(Debug, Error)]
@@ -221,17 +207,6 @@ impl CniNetwork {
     }
 }
 
-fn cni_attachment(a: &Attachment) -> dualstack_cni::runtime::Attachment {
-    dualstack_cni::runtime::Attachment {
-        container_id: a.container_id.clone(),
-        netns: a.netns.clone(),
-        ifname: a.ifname.clone(),
-        pod_namespace: a.pod_namespace.clone(),
-        pod_name: a.pod_name.clone(),
-        pod_uid: a.pod_uid.clone(),
-    }
-}
-
 #[async_trait]
 impl PodNetwork for CniNetwork {
     async fn configure(&self, pod_cidrs: &[IpNet]) -> Result<(), NetworkError> {
@@ -243,7 +218,7 @@ impl PodNetwork for CniNetwork {
     async fn setup(&self, a: &Attachment) -> Result<Vec<IpAddr>, NetworkError> {
         let r = self
             .runtime
-            .add(&cni_attachment(a))
+            .add(a)
             .await
             .map_err(|e| NetworkError::Plugin(e.to_string()))?;
         Ok(r.pod_ips())
@@ -251,7 +226,7 @@ impl PodNetwork for CniNetwork {
 
     async fn teardown(&self, a: &Attachment) -> Result<(), NetworkError> {
         self.runtime
-            .del(&cni_attachment(a))
+            .del(a)
             .await
             .map_err(|e| NetworkError::Plugin(e.to_string()))
     }

@@ -32,8 +32,9 @@ use crate::types::{self, CniErrorResult, CniResult, NetworkConfigList};
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// One attachment of a pod to the network: the spec's attachment parameters plus the pod
-/// identity that goes into `CNI_ARGS`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// identity that goes into `CNI_ARGS`. Serializable, so a runtime can keep it with its sandbox
+/// (the agent's `sandbox.json`) for DEL after a restart.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Attachment {
     /// `CNI_CONTAINERID`: the sandbox id.
     pub container_id: String,
