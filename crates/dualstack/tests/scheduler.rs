@@ -17,17 +17,11 @@ use serde_json::{Value, json};
 const WAIT: Duration = Duration::from_secs(15);
 
 fn call(s: &TestServer, method: &str, path: &str, body: Option<&Value>, ct: &str) -> (u16, Value) {
-    let text = body.map(|b| b.to_string());
-    let (code, out) = s
-        .request(method, path, text.as_deref(), body.map(|_| ct))
-        .expect("curl");
-    (code, serde_json::from_str(&out).unwrap_or(Value::Null))
+    s.json_call(method, path, body, ct)
 }
 
 fn create(s: &TestServer, path: &str, body: Value) -> Value {
-    let (code, out) = call(s, "POST", path, Some(&body), "application/json");
-    assert_eq!(code, 201, "POST {path}: {out}");
-    out
+    s.create_json(path, body)
 }
 
 fn get(s: &TestServer, path: &str) -> Value {

@@ -195,6 +195,32 @@ impl TestServer {
         self.data_dir.join("pki/ca.crt")
     }
 
+    /// An admin request with a JSON body of content type `ct`; the answer's status and JSON body
+    /// (`Null` when the body is not JSON).
+    pub fn json_call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&serde_json::Value>,
+        ct: &str,
+    ) -> (u16, serde_json::Value) {
+        let text = body.map(|b| b.to_string());
+        let (code, out) = self
+            .request(method, path, text.as_deref(), body.map(|_| ct))
+            .expect("curl");
+        (
+            code,
+            serde_json::from_str(&out).unwrap_or(serde_json::Value::Null),
+        )
+    }
+
+    /// POSTs a JSON object and asserts 201; returns the created object.
+    pub fn create_json(&self, path: &str, body: serde_json::Value) -> serde_json::Value {
+        let (code, out) = self.json_call("POST", path, Some(&body), "application/json");
+        assert_eq!(code, 201, "POST {path}: {out}");
+        out
+    }
+
     /// One HTTPS request with any token (empty: none), any body (sent from a file, so bodies of
     /// several MiB work) and extra headers; returns status, response headers and body.
     pub fn call(
