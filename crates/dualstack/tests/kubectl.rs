@@ -117,6 +117,17 @@ fn scenario(s: &TestServer, k: &Kubectl, sfx: &str, generators: bool) {
         wide.contains("app=web") && wide.contains("80/TCP"),
         "{wide}"
     );
+    // A dual-stack Service shows the ClusterIPs of both families.
+    let svc: serde_json::Value =
+        serde_json::from_str(&s.kubectl_ok(k, &["get", "svc", "web", "-n", &ns, "-o", "json"]))
+            .unwrap();
+    let ips: Vec<&str> = svc["spec"]["clusterIPs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i.as_str().unwrap())
+        .collect();
+    assert!(wide.contains(&ips.join(",")), "{wide}");
     let pods = s.kubectl_ok(k, &["get", "pods", "-n", &ns, "-o", "wide"]);
     assert!(
         pods.lines().next().unwrap().starts_with("NAME")

@@ -314,10 +314,19 @@ impl Strategy for PodStrategy {
             reason.into(),
             restarts.to_string().into(),
             age_cell(&p.metadata, now),
-            st.pod_ip
-                .filter(|i| !i.is_empty())
-                .unwrap_or_else(|| "<none>".into())
-                .into(),
+            // Every family's address, primary first (upstream prints podIP alone).
+            Some(
+                st.pod_ips
+                    .iter()
+                    .flatten()
+                    .map(|i| i.ip.as_str())
+                    .collect::<Vec<_>>()
+                    .join(","),
+            )
+            .filter(|i| !i.is_empty())
+            .or(st.pod_ip.filter(|i| !i.is_empty()))
+            .unwrap_or_else(|| "<none>".into())
+            .into(),
             spec.node_name
                 .filter(|i| !i.is_empty())
                 .unwrap_or_else(|| "<none>".into())

@@ -410,10 +410,13 @@ impl Strategy for ServiceStrategy {
 
     fn row(&self, svc: &Service, now: jiff::Timestamp) -> Vec<Value> {
         let spec = svc.spec.clone().unwrap_or_default();
+        // Every family's ClusterIP, primary first (upstream prints clusterIP alone); headless
+        // Services show `None` as upstream.
         let cluster_ip = spec
             .cluster_ips
             .as_ref()
-            .and_then(|c| c.first().cloned())
+            .filter(|c| !c.is_empty())
+            .map(|c| c.join(","))
             .unwrap_or_else(|| "<none>".into());
         vec![
             svc.metadata.name.clone().unwrap_or_default().into(),
