@@ -163,16 +163,19 @@ impl Daemon {
     fn source_name(&self) -> String {
         match &self.settings.source {
             ConfigSource::File(p) => format!("file {}", p.display()),
-            ConfigSource::ConfigMap(_) => format!(
-                "ConfigMap {CONFIGMAP_NAMESPACE}/{CONFIGMAP_NAME} key {CONFIGMAP_KEY:?}"
-            ),
+            ConfigSource::ConfigMap(_) => {
+                format!("ConfigMap {CONFIGMAP_NAMESPACE}/{CONFIGMAP_NAME} key {CONFIGMAP_KEY:?}")
+            }
         }
     }
 
     async fn read(&self) -> Result<Read, String> {
         match &self.settings.source {
             ConfigSource::File(path) => match tokio::fs::read(path).await {
-                Ok(bytes) => Ok(Read::Text(String::from_utf8_lossy(&bytes).into_owned(), None)),
+                Ok(bytes) => Ok(Read::Text(
+                    String::from_utf8_lossy(&bytes).into_owned(),
+                    None,
+                )),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Read::Missing(format!(
                     "No config file found at {:?}, using default values",
                     path.display().to_string()
@@ -342,7 +345,9 @@ async fn watch_configmap(client: kube::Client, notify: Arc<Notify>) {
                 initial = false;
             }
             Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_)) => notify.notify_one(),
-            Err(e) => tracing::warn!(error = %e, "watching the ip-masq-agent ConfigMap failed; retrying"),
+            Err(e) => {
+                tracing::warn!(error = %e, "watching the ip-masq-agent ConfigMap failed; retrying")
+            }
         }
     }
 }
@@ -413,8 +418,15 @@ mod tests {
 
         std::fs::write(&path, "nonMasqueradeCIDRs: [10.244.0.0/16, 10.0.0.1/8]\n").unwrap();
         d.sync().await;
-        assert_eq!(nft.0.lock().unwrap().len(), 4, "no rule sync on a bad config");
-        assert_eq!(d.config.non_masquerade_cidrs, ["10.244.0.0/16", "fc00::/48"]);
+        assert_eq!(
+            nft.0.lock().unwrap().len(),
+            4,
+            "no rule sync on a bad config"
+        );
+        assert_eq!(
+            d.config.non_masquerade_cidrs,
+            ["10.244.0.0/16", "fc00::/48"]
+        );
         assert!(
             d.last_error.as_ref().unwrap().1.contains("\"10.0.0.1/8\""),
             "{:?}",

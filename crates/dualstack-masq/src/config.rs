@@ -155,9 +155,7 @@ impl MasqConfig {
             Value::Null => {}
             Value::Object(m) => c.overlay(&m)?,
             other => {
-                return Err(ConfigError::NotAnObject {
-                    kind: kind(&other),
-                });
+                return Err(ConfigError::NotAnObject { kind: kind(&other) });
             }
         }
         c.validate(enable_ipv6)?;
@@ -221,7 +219,8 @@ impl MasqConfig {
                             });
                         }
                     };
-                    let nanos = parse_go_duration(s).ok_or_else(|| ConfigError::Duration(s.into()))?;
+                    let nanos =
+                        parse_go_duration(s).ok_or_else(|| ConfigError::Duration(s.into()))?;
                     if nanos <= 0 {
                         return Err(ConfigError::NonPositiveResync(s.into()));
                     }
@@ -569,7 +568,9 @@ mod tests {
             ),
         ] {
             assert_eq!(
-                MasqConfig::parse(text, false, true).unwrap_err().to_string(),
+                MasqConfig::parse(text, false, true)
+                    .unwrap_err()
+                    .to_string(),
                 want,
                 "{text}"
             );

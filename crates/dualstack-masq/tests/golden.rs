@@ -46,7 +46,9 @@ fn scenarios() -> Vec<(&'static str, MasqConfig, MasqFlags)> {
         ),
         (
             "masq-link-local-both",
-            cfg("nonMasqueradeCIDRs: [10.244.0.0/16, fc00::/7]\nmasqLinkLocal: true\nmasqLinkLocalIPv6: true"),
+            cfg(
+                "nonMasqueradeCIDRs: [10.244.0.0/16, fc00::/7]\nmasqLinkLocal: true\nmasqLinkLocalIPv6: true",
+            ),
             v6_flags(),
         ),
         (
@@ -113,7 +115,12 @@ fn return_rules_are_upstreams_for_each_family() {
         ),
         (
             MasqConfig::new(false),
-            &["169.254.0.0/16", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"],
+            &[
+                "169.254.0.0/16",
+                "10.0.0.0/8",
+                "172.16.0.0/12",
+                "192.168.0.0/16",
+            ],
             &["fe80::/10"],
         ),
         (
@@ -166,7 +173,10 @@ fn return_rules_are_upstreams_for_each_family() {
 #[test]
 fn to_ports_probabilities_are_upstreams() {
     for (ports, want) in [
-        ("1024-29999,32768-65535", vec![Some(0.469292562840114), None]),
+        (
+            "1024-29999,32768-65535",
+            vec![Some(0.469292562840114), None],
+        ),
         (
             "1024-29999,32768-49151,61000-65535",
             vec![Some(0.5807279140612474), Some(0.7831739961759082), None],
