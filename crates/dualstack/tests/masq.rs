@@ -103,7 +103,11 @@ impl Lab {
 
     fn json(&self, args: &[&str]) -> Value {
         let out = self.kubectl(&[args, &["-o", "json"]].concat(), None);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         serde_json::from_slice(&out.stdout).unwrap()
     }
 
@@ -215,17 +219,20 @@ spec:
         let seen = |suffix: &str| {
             peers
                 .lines()
+                .rev()
                 .filter_map(|l| l.split_once(' '))
-                .filter(|(p, _)| *p == format!("/{tag}-{suffix}"))
+                .find(|(p, _)| *p == format!("/{tag}-{suffix}"))
                 .map(|(_, a)| a.to_string())
-                .last()
                 .unwrap_or_else(|| panic!("outside never saw /{tag}-{suffix}:\n{peers}"))
         };
         ([ips[0], ips[1]], [seen("4"), seen("6")])
     }
 
     fn masq_table(&self, family: &str) -> String {
-        self.exec("node-1", &["nft", "list", "table", family, "dualstack-masq"])
+        self.exec(
+            "node-1",
+            &["nft", "list", "table", family, "dualstack-masq"],
+        )
     }
 }
 
@@ -263,8 +270,7 @@ fn configmap(config: &str) -> String {
 /// `InvalidConfig` Event on the ConfigMap and a log line, both naming the bad entry). Every
 /// connection gets its replies (the pod exits 0), so `outside` routes to the pod CIDRs.
 #[test]
-fn pods_reach_outside_masqueraded_then_with_their_own_addresses_and_a_bad_config_changes_nothing()
-{
+fn pods_reach_outside_masqueraded_then_with_their_own_addresses_and_a_bad_config_changes_nothing() {
     let mut lab = Lab::up(1);
     let cm = lab.json(&["get", "configmap", "-n", "kube-system", "ip-masq-agent"]);
     let config = cm["data"]["config"].as_str().unwrap().to_string();
@@ -277,7 +283,12 @@ fn pods_reach_outside_masqueraded_then_with_their_own_addresses_and_a_bad_config
         let v6 = lab.masq_table("ip6");
         (v4.contains("masquerade") && v6.contains("fc00::/48")).then_some(())
     })
-    .unwrap_or_else(|| panic!("no masq tables on node-1:\n{}", tail(&lab.log("node-1"), 30)));
+    .unwrap_or_else(|| {
+        panic!(
+            "no masq tables on node-1:\n{}",
+            tail(&lab.log("node-1"), 30)
+        )
+    });
     let (ips, seen) = lab.probe("masq");
     assert_eq!(seen, [NODE1_V4, NODE1_V6], "pod {ips:?}");
 
