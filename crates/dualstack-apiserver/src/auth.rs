@@ -300,6 +300,16 @@ pub fn authorize_node(node: &str, a: &Attributes<'_>, graph: &dyn NodeGraph) -> 
             }
             _ => Err(format!("node '{node}' cannot {} pods", a.verb)),
         },
+        // Ours: every node's ip-masq-agent (inside `dualstack agent`) reads its configuration
+        // with the node's credentials; upstream runs it as a DaemonSet with a ConfigMap mount.
+        ("", "configmaps")
+            if read
+                && a.subresource.is_none()
+                && a.namespace == Some(MASQ_CONFIGMAP.0)
+                && a.name == Some(MASQ_CONFIGMAP.1) =>
+        {
+            Ok(())
+        }
         ("", "configmaps") => {
             if a.verb != "get" {
                 return Err("can only get individual resources of this type".into());
@@ -718,6 +728,9 @@ pub const DISCOVERY_PATHS: &[&str] = &[
     "/openapi/*",
 ];
 
+/// The ConfigMap of ip-masq-agent (namespace, name) every node may get, list and watch by name.
+pub const MASQ_CONFIGMAP: (&str, &str) = ("kube-system", "ip-masq-agent");
+
 /// Why a node's rules review is incomplete.
 pub const RULES_INCOMPLETE: &str = "node authorizer rules that depend on the object (pods bound to the node, pod lists by spec.nodeName) are decided per request";
 
@@ -793,6 +806,14 @@ pub fn rules(
             &["coordination.k8s.io"],
             &["leases"],
             &[node],
+        ));
+    }
+    if namespace == MASQ_CONFIGMAP.0 {
+        out.push(rule(
+            &["get", "list", "watch"],
+            &[""],
+            &["configmaps"],
+            &[MASQ_CONFIGMAP.1],
         ));
     }
     let configmaps: BTreeSet<String> = graph
@@ -1042,6 +1063,41 @@ mod tests {
         }))
         .unwrap();
         Pods(vec![pod])
+    }
+
+    #[test]
+    fn a_node_reads_the_ip_masq_agent_configmap_by_name_only() {
+        let g = NoPods;
+        let u = &node("n1");
+        for verb in ["get", "list", "watch"] {
+            assert_eq!(
+                authorize(
+                    u,
+                    &attrs(
+                        verb,
+                        "",
+                        "configmaps",
+                        Some("kube-system"),
+                        Some("ip-masq-agent")
+                    ),
+                    &g
+                ),
+                Ok(()),
+                "{verb}"
+            );
+        }
+        for (verb, ns, name) in [
+            ("list", "kube-system", None),
+            ("update", "kube-system", Some("ip-masq-agent")),
+            ("delete", "kube-system", Some("ip-masq-agent")),
+            ("get", "default", Some("ip-masq-agent")),
+            ("get", "kube-system", Some("other")),
+        ] {
+            assert!(
+                authorize(u, &attrs(verb, "", "configmaps", Some(ns), name), &g).is_err(),
+                "{verb} {ns} {name:?}"
+            );
+        }
     }
 
     #[test]

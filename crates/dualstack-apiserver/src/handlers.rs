@@ -284,13 +284,20 @@ async fn handle_inner(
         .as_ref()
         .and_then(|p| p.fields.required_value("spec.nodeName"))
         .map(str::to_string);
+    // As upstream's RequestInfoFactory: a list or watch narrowed by `metadata.name=` is
+    // authorized as a request for that name.
+    let name_sel = params
+        .as_ref()
+        .filter(|_| matches!(verb, "list" | "watch"))
+        .and_then(|p| p.fields.required_value("metadata.name"))
+        .map(str::to_string);
     let attrs = Attributes {
         verb,
         group: &info.group,
         resource: &info.resource,
         subresource: info.subresource.as_deref(),
         namespace: info.namespace.as_deref(),
-        name: info.name.as_deref(),
+        name: info.name.as_deref().or(name_sel.as_deref()),
         node_name_selector: node_sel.as_deref(),
     };
     if let Err(reason) = authorize(user, &attrs, &crate::authz::CacheGraph::new(rc)) {

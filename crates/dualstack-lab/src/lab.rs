@@ -196,6 +196,7 @@ pub async fn up(opts: &UpOptions) -> Result<UpReport> {
     let client = wait_for_server(&l, opts.timeout).await?;
     fs::copy(l.server_dir().join("kubeconfig"), l.kubeconfig())
         .context("copying the admin kubeconfig")?;
+    ensure_masq_configmap(&client, &state, opts.timeout).await?;
 
     for node in &plan.nodes {
         if !alive(&l.pid(&node.name)) {
@@ -204,6 +205,7 @@ pub async fn up(opts: &UpOptions) -> Result<UpReport> {
         }
     }
     wait_for_nodes(&client, plan, opts.timeout, &l).await?;
+    route_outside(&l, plan, &client, opts.timeout).await?;
     Ok(UpReport {
         plan: plan.clone(),
         kubeconfig: l.kubeconfig(),
@@ -370,8 +372,86 @@ fn start_agent(l: &Layout, plan: &Plan, node: &plan::Host, exe: &Path) -> Result
         .arg(&dir)
         .arg("--cni-conf-dir")
         .arg(dir.join("net.d"))
-        .args(["--cni-bin-dir", "/usr/lib/cni"]);
+        .args(["--cni-bin-dir", "/usr/lib/cni"])
+        .arg("--masq-agent");
     spawn_recorded(l, &node.name, cmd, Some(&l.netns(&node.name)))
+}
+
+/// Creates `kube-system/ip-masq-agent` with [`plan::masq_config`] unless it exists (a lab that
+/// is brought up again keeps what its user made of it).
+async fn ensure_masq_configmap(
+    client: &kube::Client,
+    state: &State,
+    timeout: Duration,
+) -> Result<()> {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    let cidrs: Vec<ipnet::IpNet> = state
+        .server_flags
+        .iter()
+        .filter_map(|f| f.strip_prefix("--cluster-cidr="))
+        .flat_map(|v| v.split(','))
+        .filter_map(|c| c.trim().parse().ok())
+        .collect();
+    let cm: ConfigMap = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "ip-masq-agent", "namespace": "kube-system"},
+        "data": {"config": plan::masq_config(&cidrs)},
+    }))?;
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), "kube-system");
+    let deadline = Instant::now() + timeout;
+    loop {
+        // kube-system appears with the server's bootstrap, just after it answers.
+        match api.create(&Default::default(), &cm).await {
+            Ok(_) => return Ok(()),
+            Err(kube::Error::Api(e)) if e.code == 409 => return Ok(()),
+            Err(e) if Instant::now() > deadline => {
+                return Err(e).context("creating the ConfigMap kube-system/ip-masq-agent");
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
+/// Gives the outside host a route to every node's podCIDRs via that node (both families), as a
+/// cloud network's route table would, so pod traffic that is not masqueraded gets its replies.
+async fn route_outside(
+    l: &Layout,
+    plan: &Plan,
+    client: &kube::Client,
+    timeout: Duration,
+) -> Result<()> {
+    let nodes: Api<Node> = Api::all(client.clone());
+    let deadline = Instant::now() + timeout;
+    let cidrs = loop {
+        let list = nodes.list(&ListParams::default()).await?;
+        let cidrs: Vec<(String, Vec<ipnet::IpNet>)> = list
+            .items
+            .iter()
+            .map(|n| {
+                let c = n
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.pod_cidrs.clone())
+                    .unwrap_or_default()
+                    .iter()
+                    .filter_map(|c| c.parse().ok())
+                    .collect();
+                (n.metadata.name.clone().unwrap_or_default(), c)
+            })
+            .collect();
+        if cidrs.iter().all(|(_, c)| !c.is_empty()) || Instant::now() > deadline {
+            break cidrs;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let nl = dualstack_host::netlink::Netlink::connect_in(&l.netns(OUTSIDE))?;
+    let eth0 = nl
+        .link_by_name("eth0")
+        .await?
+        .context("no eth0 in the outside host")?;
+    for (dst, via) in plan::outside_routes(plan, &cidrs) {
+        nl.add_route(dst, via, Some(eth0.index)).await?;
+    }
+    Ok(())
 }
 
 async fn wait_for_server(l: &Layout, timeout: Duration) -> Result<kube::Client> {

@@ -136,6 +136,47 @@ impl Plan {
     }
 }
 
+/// The ip-masq-agent configuration `up` puts in the ConfigMap `kube-system/ip-masq-agent`:
+/// upstream's default list (RFC 1918) plus every `--cluster-cidr` entry, so pod-to-pod traffic
+/// keeps its addresses in both families (the default list has no IPv6 range) while traffic to
+/// the `outside` host (203.0.113.100, 2001:db8:1::100, outside every entry) is masqueraded.
+pub fn masq_config(cluster_cidrs: &[ipnet::IpNet]) -> String {
+    let mut out = String::from(
+        "# dualstack up: ip-masq-agent's configuration for this lab (both families)\nnonMasqueradeCIDRs:\n",
+    );
+    for c in ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"] {
+        out += &format!("  - {c}\n");
+    }
+    for c in cluster_cidrs {
+        out += &format!("  - {}\n", c.trunc());
+    }
+    out += "resyncInterval: 60s\n";
+    out
+}
+
+/// The outside host's routes to the pod networks, as a cloud's route table: each node's
+/// podCIDRs via that node's address of the same family.
+pub fn outside_routes(
+    plan: &Plan,
+    pod_cidrs: &[(String, Vec<ipnet::IpNet>)],
+) -> Vec<(ipnet::IpNet, IpAddr)> {
+    let mut out = Vec::new();
+    for (node, cidrs) in pod_cidrs {
+        let Some(h) = plan.nodes.iter().find(|h| &h.name == node) else {
+            continue;
+        };
+        for c in cidrs {
+            let via: IpAddr = if c.addr().is_ipv4() {
+                h.v4.into()
+            } else {
+                h.v6.into()
+            };
+            out.push((*c, via));
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -190,5 +231,37 @@ mod tests {
             macs.iter().all(|m| m[0] & 0x03 == 0x02),
             "locally administered, unicast"
         );
+    }
+
+    #[test]
+    fn outside_routes_go_to_each_node_by_family_and_the_masq_config_names_the_cluster_cidrs() {
+        let p = plan(2, false).unwrap();
+        let routes = outside_routes(
+            &p,
+            &[
+                (
+                    "node-2".into(),
+                    vec![
+                        "10.244.1.0/24".parse().unwrap(),
+                        "fc00:0:0:1::/64".parse().unwrap(),
+                    ],
+                ),
+                ("gone".into(), vec!["10.244.9.0/24".parse().unwrap()]),
+            ],
+        );
+        let got: Vec<String> = routes.iter().map(|(c, v)| format!("{c} via {v}")).collect();
+        assert_eq!(
+            got,
+            [
+                "10.244.1.0/24 via 203.0.113.12",
+                "fc00:0:0:1::/64 via 2001:db8:1::12"
+            ]
+        );
+        let c = masq_config(&[
+            "10.244.0.0/16".parse().unwrap(),
+            "fc00::/48".parse().unwrap(),
+        ]);
+        assert!(c.contains("  - fc00::/48\n"), "{c}");
+        assert!(!c.contains("203.0.113"), "{c}");
     }
 }

@@ -50,6 +50,9 @@ enum Command {
     Exec(cmd::exec::ExecArgs),
     /// Remove a lab made by `up`: processes, namespaces, mounts, files. Safe to run twice.
     Down(cmd::down::DownArgs),
+    /// ip-masq-agent for both families: masquerades traffic to destinations outside
+    /// `nonMasqueradeCIDRs` to the node's address (nftables tables `ip`/`ip6 dualstack-masq`).
+    MasqAgent(cmd::masq_agent::MasqAgentArgs),
 }
 
 fn main() -> ExitCode {
@@ -69,6 +72,7 @@ fn main() -> ExitCode {
         Command::Up(args) => cmd::up::run(args),
         Command::Exec(args) => cmd::exec::run(args),
         Command::Down(args) => cmd::down::run(args),
+        Command::MasqAgent(args) => cmd::masq_agent::run(args),
         Command::Cni(_) => return cmd::cni::run(),
     };
     match result {

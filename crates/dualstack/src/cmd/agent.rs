@@ -82,6 +82,9 @@ pub struct AgentArgs {
 
     #[command(flatten)]
     pub gates: crate::flags::FeatureGateFlags,
+
+    #[command(flatten)]
+    pub masq: crate::cmd::masq_agent::AgentMasqArgs,
 }
 
 impl AgentArgs {
@@ -161,6 +164,10 @@ pub fn run(args: AgentArgs) -> Result<()> {
     rt.block_on(async move {
         let client = client(&args.kubeconfig).await?;
         tracing::info!(node = %config.node_name, ips = ?config.node_ips, "starting the node agent");
+        if let Some(masq) = args.masq.settings(&client, &config)? {
+            let nft = Arc::new(dualstack_agent::masq::NftCommand);
+            tokio::spawn(dualstack_agent::masq::run(masq, nft));
+        }
         tokio::select! {
             r = dualstack_agent::run(client, config, network) => r.map_err(anyhow::Error::from),
             _ = crate::cmd::controller_manager::shutdown_signal() => Ok(()),
