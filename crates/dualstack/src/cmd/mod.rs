@@ -6,6 +6,7 @@ pub mod cni;
 pub mod controller_manager;
 pub mod down;
 pub mod exec;
+pub mod proxy;
 pub mod server;
 pub mod shim;
 pub mod token;
