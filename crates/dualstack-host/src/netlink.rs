@@ -270,6 +270,19 @@ impl Netlink {
             .map_err(req_err(format!("set link {index} up")))
     }
 
+    /// Turns hairpin mode of a bridge port on or off (`ip link set NAME type bridge_slave
+    /// hairpin on`): with it, the bridge may send a frame back out of the port it came in on,
+    /// which a pod reaching its own Service needs (the DNATed packet returns to its sender).
+    pub async fn set_hairpin(&self, index: u32, on: bool) -> Result<(), NetlinkError> {
+        let msg = rtnetlink::LinkBridgePort::new(index).hairpin(on).build();
+        self.handle
+            .link()
+            .set_port(msg)
+            .execute()
+            .await
+            .map_err(req_err(format!("set hairpin {on} on link {index}")))
+    }
+
     /// Deletes the link called `name`; `Ok(false)` when there is none. Deleting one end of a
     /// veth pair deletes both.
     pub async fn delete_link(&self, name: &str) -> Result<bool, NetlinkError> {
