@@ -148,14 +148,24 @@ pub fn pool_routes(plan: &Plan, pools: &[String]) -> Vec<(ipnet::IpNet, Vec<IpAd
         };
         let nets: Vec<ipnet::IpNet> = match (p.parse::<ipnet::IpNet>(), r.first, r.last) {
             (Ok(net), _, _) => vec![net.trunc()],
-            (_, IpAddr::V4(a), IpAddr::V4(b)) => ipnet::Ipv4Subnets::new(a, b, 0).map(Into::into).collect(),
-            (_, IpAddr::V6(a), IpAddr::V6(b)) => ipnet::Ipv6Subnets::new(a, b, 0).map(Into::into).collect(),
+            (_, IpAddr::V4(a), IpAddr::V4(b)) => {
+                ipnet::Ipv4Subnets::new(a, b, 0).map(Into::into).collect()
+            }
+            (_, IpAddr::V6(a), IpAddr::V6(b)) => {
+                ipnet::Ipv6Subnets::new(a, b, 0).map(Into::into).collect()
+            }
             _ => continue,
         };
         let via: Vec<IpAddr> = plan
             .nodes
             .iter()
-            .map(|n| if r.first.is_ipv4() { IpAddr::V4(n.v4) } else { IpAddr::V6(n.v6) })
+            .map(|n| {
+                if r.first.is_ipv4() {
+                    IpAddr::V4(n.v4)
+                } else {
+                    IpAddr::V6(n.v6)
+                }
+            })
             .collect();
         out.extend(nets.into_iter().map(|n| (n, via.clone())));
     }
@@ -167,7 +177,13 @@ mod tests {
     #[test]
     fn the_outside_host_routes_each_pool_over_every_node_of_its_family() {
         let p = plan(2, false).unwrap();
-        let r = pool_routes(&p, &["198.51.100.0/24".to_string(), "2001:db8:1b::/112".to_string()]);
+        let r = pool_routes(
+            &p,
+            &[
+                "198.51.100.0/24".to_string(),
+                "2001:db8:1b::/112".to_string(),
+            ],
+        );
         let text: Vec<String> = r
             .iter()
             .map(|(n, via)| format!("{n} via {via:?}"))

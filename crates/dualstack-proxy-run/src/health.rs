@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use dualstack_proxy::HealthCheck;
@@ -146,7 +146,9 @@ pub fn health_check_body(hc: &HealthCheck, proxy_healthy: bool) -> String {
     )
 }
 
-type Checks = Arc<Mutex<BTreeMap<u16, HealthCheck>>>;
+/// Per port: the check of each family (`[IPv4, IPv6]`); a request is answered with the count
+/// of its own family, as upstream's per-family health servers do.
+type Checks = Arc<Mutex<BTreeMap<u16, [Option<HealthCheck>; 2]>>>;
 
 /// The health-check node port servers: one listener per port, on every address of both
 /// families (`[::]`, or `0.0.0.0` where IPv6 is off).
@@ -159,9 +161,14 @@ pub struct HealthCheckServers {
 impl HealthCheckServers {
     /// Makes the servers match `wanted`: new ports get a listener, gone ones are closed,
     /// counts are updated in place.
-    pub async fn sync(&mut self, wanted: Vec<HealthCheck>, shared: &Shared) {
-        let by_port: BTreeMap<u16, HealthCheck> =
-            wanted.into_iter().map(|h| (h.node_port, h)).collect();
+    pub async fn sync(&mut self, v4: Vec<HealthCheck>, v6: Vec<HealthCheck>, shared: &Shared) {
+        let mut by_port: BTreeMap<u16, [Option<HealthCheck>; 2]> = BTreeMap::new();
+        for (i, list) in [v4, v6].into_iter().enumerate() {
+            for h in list {
+                let port = h.node_port;
+                by_port.entry(port).or_default()[i] = Some(h);
+            }
+        }
         self.servers.retain(|port, task| {
             let keep = by_port.contains_key(port);
             if !keep {
@@ -187,11 +194,26 @@ impl HealthCheckServers {
             let checks = self.checks.clone();
             let shared = shared.clone();
             let port = *port;
-            let app = Router::new().fallback(move || {
+            let app = Router::new().fallback(move |ConnectInfo(peer): ConnectInfo<SocketAddr>| {
                 let checks = checks.clone();
                 let shared = shared.clone();
                 async move {
-                    let hc = checks.lock().expect("not poisoned").get(&port).cloned();
+                    let v6 = match peer.ip() {
+                        std::net::IpAddr::V4(_) => false,
+                        std::net::IpAddr::V6(a) => a.to_ipv4_mapped().is_none(),
+                    };
+                    let hc = checks
+                        .lock()
+                        .expect("not poisoned")
+                        .get(&port)
+                        .and_then(|c| {
+                            c[usize::from(v6)].clone().or_else(|| {
+                                c[usize::from(!v6)].clone().map(|mut h| {
+                                    h.local_endpoints = 0;
+                                    h
+                                })
+                            })
+                        });
                     let healthy = shared
                         .health
                         .lock()
@@ -216,7 +238,8 @@ impl HealthCheckServers {
             self.servers.insert(
                 port,
                 tokio::spawn(async move {
-                    let _ = axum::serve(l, app).await;
+                    let _ = axum::serve(l, app.into_make_service_with_connect_info::<SocketAddr>())
+                        .await;
                 }),
             );
         }

@@ -202,6 +202,8 @@ pub async fn local_addresses() -> Vec<IpAddr> {
     }
 }
 
+// Events are moved once into the channel; boxing them buys nothing.
+#[allow(clippy::large_enum_variant)]
 enum Ev {
     Svc(watcher::Event<Service>),
     Slice(watcher::Event<EndpointSlice>),
@@ -399,7 +401,8 @@ impl Loop {
                     .insert(c.metadata.name.clone().unwrap_or_default(), cidrs_of(&c));
             }
             watcher::Event::Delete(c) => {
-                self.cidrs.remove(&c.metadata.name.clone().unwrap_or_default());
+                self.cidrs
+                    .remove(&c.metadata.name.clone().unwrap_or_default());
             }
         }
         self.refresh_config();
@@ -439,7 +442,7 @@ impl Loop {
         let mut local = self.local.clone();
         for ip in &self.node_ips {
             if !local.contains(ip) {
-                local.push(ip.clone());
+                local.push(*ip);
             }
         }
         let nc = NodeConfig {
@@ -545,8 +548,9 @@ impl Loop {
             self.proxier.request_full_sync();
         }
         self.pacer.ran(now, ok);
-        let checks = self.proxier.health_checks();
-        self.hc.sync(checks, &self.shared).await;
+        let v4 = self.proxier.family(IpFamily::IPv4).health_checks();
+        let v6 = self.proxier.family(IpFamily::IPv6).health_checks();
+        self.hc.sync(v4, v6, &self.shared).await;
     }
 }
 

@@ -53,7 +53,11 @@ pub struct ProxyFlags {
     /// A list of CIDR ranges that contain valid node IPs, or alternatively, the single string
     /// 'primary'. If set, connections to NodePort services will only be accepted on node IPs
     /// in one of the indicated ranges. Default: the node's primary IP of each family.
-    #[arg(long = "nodeport-addresses", value_name = "strings", default_value = "")]
+    #[arg(
+        long = "nodeport-addresses",
+        value_name = "strings",
+        default_value = ""
+    )]
     pub nodeport_addresses: String,
 
     /// If using the pure iptables proxy, SNAT all traffic sent via Service cluster IPs.
@@ -177,7 +181,9 @@ impl ProxyFlags {
             );
         }
         if self.sync_period.is_zero() {
-            bail!("KubeProxyConfiguration.NFTables.SyncPeriod: Invalid value: 0s: must be greater than 0");
+            bail!(
+                "KubeProxyConfiguration.NFTables.SyncPeriod: Invalid value: 0s: must be greater than 0"
+            );
         }
         let service_cidrs = if self.service_cluster_ip_range.trim().is_empty() {
             Vec::new()
