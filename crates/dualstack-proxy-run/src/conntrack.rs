@@ -104,3 +104,33 @@ impl Conntrack for RecordingConntrack {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dualstack_proxy::{Protocol, ServiceKey, ServicePortName};
+
+    #[test]
+    fn a_removed_udp_endpoint_is_flushed_per_service_address_and_node_port_in_its_family() {
+        let ep = RemovedUdpEndpoint {
+            service_port: ServicePortName {
+                service: ServiceKey::new("ns", "dns"),
+                port_name: "dns".to_string(),
+                protocol: Protocol::Udp,
+            },
+            service_ips: vec!["fd00::10".parse().unwrap()],
+            port: 53,
+            node_port: Some(30053),
+            endpoint: "fc00::5".parse().unwrap(),
+            endpoint_port: 5353,
+        };
+        let text: Vec<String> = flush_args(&ep).iter().map(|a| a.join(" ")).collect();
+        assert_eq!(
+            text,
+            [
+                "-D -f ipv6 -p udp --orig-dst fd00::10 --orig-port-dst 53 --dst-nat fc00::5",
+                "-D -f ipv6 -p udp --orig-port-dst 30053 --dst-nat fc00::5",
+            ]
+        );
+    }
+}

@@ -245,3 +245,41 @@ impl HealthCheckServers {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dualstack_proxy::ServiceKey;
+
+    #[test]
+    fn the_health_check_body_is_upstreams_json() {
+        let hc = HealthCheck {
+            service: ServiceKey::new("default", "web"),
+            node_port: 31000,
+            local_endpoints: 1,
+        };
+        let v: serde_json::Value = serde_json::from_str(&health_check_body(&hc, true)).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({
+                "service": {"namespace": "default", "name": "web"},
+                "localEndpoints": 1,
+                "serviceProxyHealthy": true
+            })
+        );
+    }
+
+    #[test]
+    fn healthz_fails_when_a_change_waits_longer_than_twice_the_sync_period() {
+        let now = jiff::Timestamp::now();
+        let mut h = ProxyHealth {
+            sync_period: Duration::from_secs(30),
+            ..Default::default()
+        };
+        assert!(!h.healthy(now), "never synced");
+        h.last_updated = Some(now);
+        assert!(h.healthy(now));
+        h.pending_since = Some(now - jiff::SignedDuration::from_secs(61));
+        assert!(!h.healthy(now));
+    }
+}

@@ -185,7 +185,9 @@ impl Drop for Netns {
 /// kube-proxy's iptables layout for one family.
 fn iptables_text(n: u32, v6: bool) -> String {
     let mut chains = String::from("*nat\n:OUTPUT ACCEPT [0:0]\n:KUBE-SERVICES - [0:0]\n");
-    let mut rules = String::from("-A OUTPUT -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n");
+    let mut rules = String::from(
+        "-A OUTPUT -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n",
+    );
     let mask = if v6 { 128 } else { 32 };
     for i in 0..n {
         let last = i + 1 == n;
@@ -272,9 +274,8 @@ pub fn run(args: ProxyBenchArgs) -> Result<()> {
     let ns = Netns::new(&args.work_dir)?;
     // The endpoint server: one listener per family, created inside the namespace.
     // `[::]` takes both families (bindv6only is 0).
-    let listener = dualstack_host::netns::run_in(&ns.path, || {
-        TcpListener::bind(("::", TARGET_PORT))
-    })??;
+    let listener =
+        dualstack_host::netns::run_in(&ns.path, || TcpListener::bind(("::", TARGET_PORT)))??;
     std::thread::spawn(move || {
         for s in listener.incoming() {
             drop(s);
@@ -350,9 +351,14 @@ pub fn run(args: ProxyBenchArgs) -> Result<()> {
             (t4 + t6).as_secs_f64(),
         ));
     }
-    println!("connect latency to the last Service's ClusterIP, p50 / p99 ({} connects each):", args.connects);
+    println!(
+        "connect latency to the last Service's ClusterIP, p50 / p99 ({} connects each):",
+        args.connects
+    );
     println!();
-    println!("| Services (×2 families, ×10 endpoints) | ours IPv4 | ours IPv6 | iptables layout IPv4 | iptables layout IPv6 | iptables-restore (both) |");
+    println!(
+        "| Services (×2 families, ×10 endpoints) | ours IPv4 | ours IPv6 | iptables layout IPv4 | iptables layout IPv6 | iptables-restore (both) |"
+    );
     println!("|---|---|---|---|---|---|");
     for r in &latency_rows {
         println!("{r}");
@@ -360,9 +366,18 @@ pub fn run(args: ProxyBenchArgs) -> Result<()> {
     println!();
     println!("nftables sync (both families):");
     println!();
-    println!("apply: {}", if args.nft_text { "nft -f - (text)" } else { "nft -j -f - (JSON)" });
+    println!(
+        "apply: {}",
+        if args.nft_text {
+            "nft -f - (text)"
+        } else {
+            "nft -j -f - (JSON)"
+        }
+    );
     println!();
-    println!("| Services | full: ops | render | apply | total | one-Service change: ops | render | render + apply | proxier memory |");
+    println!(
+        "| Services | full: ops | render | apply | total | one-Service change: ops | render | render + apply | proxier memory |"
+    );
     println!("|---|---|---|---|---|---|---|---|---|");
     for r in &sync_rows {
         println!("{r}");
