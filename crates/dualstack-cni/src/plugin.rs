@@ -426,6 +426,13 @@ async fn setup(
         })
         .await
         .map_err(netlink_error)?;
+    // Hairpin (kubelet's `hairpin-veth`): a pod reaching its own Service gets its packets
+    // back through the port they came in on.
+    if let Some(host) = nl.link_by_name(&host_name).await.map_err(netlink_error)? {
+        nl.set_hairpin(host.index, true)
+            .await
+            .map_err(netlink_error)?;
+    }
     if !created {
         // A repeated ADD finds our own pair; anything else is a name clash.
         match nl.link_by_name(&host_name).await.map_err(netlink_error)? {

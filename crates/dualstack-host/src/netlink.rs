@@ -270,6 +270,19 @@ impl Netlink {
             .map_err(req_err(format!("set link {index} up")))
     }
 
+    /// Turns hairpin mode of a bridge port on or off (`ip link set NAME type bridge_slave
+    /// hairpin on`): with it, the bridge may send a frame back out of the port it came in on,
+    /// which a pod reaching its own Service needs (the DNATed packet returns to its sender).
+    pub async fn set_hairpin(&self, index: u32, on: bool) -> Result<(), NetlinkError> {
+        let msg = rtnetlink::LinkBridgePort::new(index).hairpin(on).build();
+        self.handle
+            .link()
+            .set_port(msg)
+            .execute()
+            .await
+            .map_err(req_err(format!("set hairpin {on} on link {index}")))
+    }
+
     /// Deletes the link called `name`; `Ok(false)` when there is none. Deleting one end of a
     /// veth pair deletes both.
     pub async fn delete_link(&self, name: &str) -> Result<bool, NetlinkError> {
@@ -374,6 +387,67 @@ impl Netlink {
             Err(e) if errno_of(&e) == Some(EEXIST) => Ok(false),
             Err(e) => Err(req_err(op())(e)),
         }
+    }
+
+    /// Every address of every link in the namespace, both families (for a node's local
+    /// addresses).
+    pub async fn all_addresses(&self) -> Result<Vec<IpAddr>, NetlinkError> {
+        let mut stream = self.handle.address().get().execute();
+        let mut out = Vec::new();
+        while let Some(msg) = stream
+            .try_next()
+            .await
+            .map_err(req_err("list addresses".to_string()))?
+        {
+            let mut addr = None;
+            let mut local = None;
+            for a in &msg.attributes {
+                match a {
+                    AddressAttribute::Address(ip) => addr = Some(*ip),
+                    AddressAttribute::Local(ip) => local = Some(*ip),
+                    _ => {}
+                }
+            }
+            out.extend(local.or(addr));
+        }
+        Ok(out)
+    }
+
+    /// Adds (or replaces) a route to `dst` over several next hops at once (ECMP, as a BGP
+    /// speaker installs one prefix learned from several peers). Every gateway must be of
+    /// `dst`'s family.
+    pub async fn replace_multipath_route(
+        &self,
+        dst: IpNet,
+        gateways: &[IpAddr],
+    ) -> Result<(), NetlinkError> {
+        use rtnetlink::packet_route::route::RouteNextHop;
+        let op = || format!("add route {dst} via {gateways:?}");
+        let hops: Vec<RouteNextHop> = gateways
+            .iter()
+            .map(|gw| {
+                let mut nh = RouteNextHop::default();
+                nh.attributes
+                    .push(RouteAttribute::Gateway(RouteAddress::from(*gw)));
+                nh
+            })
+            .collect();
+        let msg = RouteMessageBuilder::<IpAddr>::new()
+            .destination_prefix(dst.addr(), dst.prefix_len())
+            .map_err(|e| NetlinkError::Request {
+                op: format!("{}: {e}", op()),
+                errno: None,
+                source: rtnetlink::Error::RequestFailed,
+            })?
+            .multipath(hops)
+            .build();
+        self.handle
+            .route()
+            .add(msg)
+            .replace()
+            .execute()
+            .await
+            .map_err(req_err(op()))
     }
 
     /// The routes of the main table of one family (`v6` false: IPv4).

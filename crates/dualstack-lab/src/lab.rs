@@ -200,10 +200,11 @@ pub async fn up(opts: &UpOptions) -> Result<UpReport> {
 
     for node in &plan.nodes {
         if !alive(&l.pid(&node.name)) {
-            start_agent(&l, plan, node, &opts.exe)?;
+            start_agent(&l, &state, node, &opts.exe)?;
             started = true;
         }
     }
+    announce_pools(&l, &state).await?;
     wait_for_nodes(&client, plan, opts.timeout, &l).await?;
     route_outside(&l, plan, &client, opts.timeout).await?;
     Ok(UpReport {
@@ -213,6 +214,37 @@ pub async fn up(opts: &UpOptions) -> Result<UpReport> {
         elapsed: start.elapsed(),
         started,
     })
+}
+
+/// The values of `--NAME=VALUE` entries of the server flags.
+fn flag_values<'a>(flags: &'a [String], name: &str) -> Vec<&'a str> {
+    let prefix = format!("--{name}=");
+    flags
+        .iter()
+        .filter_map(|f| f.strip_prefix(prefix.as_str()))
+        .collect()
+}
+
+/// Makes the LoadBalancer pools reachable from the outside host: ECMP routes via the nodes
+/// (what a BGP announcement from every node would install). Replaced on every `up`.
+async fn announce_pools(l: &Layout, state: &State) -> Result<()> {
+    let pools: Vec<String> = flag_values(&state.server_flags, "loadbalancer-ip-pool")
+        .iter()
+        .flat_map(|v| v.split(','))
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect();
+    let routes = plan::pool_routes(&state.plan, &pools);
+    if routes.is_empty() {
+        return Ok(());
+    }
+    let nl = dualstack_host::netlink::Netlink::connect_in(&l.netns(OUTSIDE))?;
+    for (dst, via) in routes {
+        nl.replace_multipath_route(dst, &via)
+            .await
+            .with_context(|| format!("routing {dst} from the outside host"))?;
+    }
+    Ok(())
 }
 
 fn free_port() -> Result<u16> {
@@ -337,7 +369,8 @@ fn start_server(l: &Layout, state: &State, exe: &Path) -> Result<()> {
     spawn_recorded(l, "server", cmd, None)
 }
 
-fn start_agent(l: &Layout, plan: &Plan, node: &plan::Host, exe: &Path) -> Result<()> {
+fn start_agent(l: &Layout, state: &State, node: &plan::Host, exe: &Path) -> Result<()> {
+    let plan = &state.plan;
     let dir = l.node_dir(&node.name);
     fs::create_dir_all(dir.join("net.d"))?;
     // The node's credentials: a node token, the server on the node's own loopback.
@@ -374,6 +407,10 @@ fn start_agent(l: &Layout, plan: &Plan, node: &plan::Host, exe: &Path) -> Result
         .arg(dir.join("net.d"))
         .args(["--cni-bin-dir", "/usr/lib/cni"])
         .arg("--masq-agent");
+    // The in-agent Service proxy detects pod traffic by the cluster's pod ranges.
+    if let Some(cidr) = flag_values(&state.server_flags, "cluster-cidr").last() {
+        cmd.arg(format!("--cluster-cidr={cidr}"));
+    }
     spawn_recorded(l, &node.name, cmd, Some(&l.netns(&node.name)))
 }
 

@@ -177,8 +177,67 @@ pub fn outside_routes(
     out
 }
 
+/// The routes the outside host gets for the LoadBalancer pools, as a BGP speaker peering
+/// with every node would install them: each pool (as CIDRs) via every node's segment address
+/// of the pool's family (ECMP). Entries that do not parse are skipped (the server refuses
+/// them anyway).
+pub fn pool_routes(plan: &Plan, pools: &[String]) -> Vec<(ipnet::IpNet, Vec<IpAddr>)> {
+    let mut out = Vec::new();
+    for p in pools {
+        let Ok(r) = dualstack_ipam::lb_pool::PoolRange::parse(p) else {
+            continue;
+        };
+        let nets: Vec<ipnet::IpNet> = match (p.parse::<ipnet::IpNet>(), r.first, r.last) {
+            (Ok(net), _, _) => vec![net.trunc()],
+            (_, IpAddr::V4(a), IpAddr::V4(b)) => {
+                ipnet::Ipv4Subnets::new(a, b, 0).map(Into::into).collect()
+            }
+            (_, IpAddr::V6(a), IpAddr::V6(b)) => {
+                ipnet::Ipv6Subnets::new(a, b, 0).map(Into::into).collect()
+            }
+            _ => continue,
+        };
+        let via: Vec<IpAddr> = plan
+            .nodes
+            .iter()
+            .map(|n| {
+                if r.first.is_ipv4() {
+                    IpAddr::V4(n.v4)
+                } else {
+                    IpAddr::V6(n.v6)
+                }
+            })
+            .collect();
+        out.extend(nets.into_iter().map(|n| (n, via.clone())));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_outside_host_routes_each_pool_over_every_node_of_its_family() {
+        let p = plan(2, false).unwrap();
+        let r = pool_routes(
+            &p,
+            &[
+                "198.51.100.0/24".to_string(),
+                "2001:db8:1b::/112".to_string(),
+            ],
+        );
+        let text: Vec<String> = r
+            .iter()
+            .map(|(n, via)| format!("{n} via {via:?}"))
+            .collect();
+        assert_eq!(
+            text,
+            [
+                "198.51.100.0/24 via [203.0.113.11, 203.0.113.12]",
+                "2001:db8:1b::/112 via [2001:db8:1::11, 2001:db8:1::12]"
+            ]
+        );
+    }
+
     use super::*;
 
     #[test]

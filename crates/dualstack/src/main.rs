@@ -33,6 +33,9 @@ enum Command {
     /// The node agent (kubelet's side): registers the Node, renews its Lease, runs the pods
     /// bound to it as host processes in their own network namespaces.
     Agent(cmd::agent::AgentArgs),
+    /// The Service proxy on nftables (kube-proxy), both families: ClusterIPs, NodePorts,
+    /// externalIPs and LoadBalancer IPs to their endpoints.
+    Proxy(cmd::proxy::ProxyCommand),
     /// The supervisor of one container process (started by the agent).
     #[command(hide = true)]
     Shim(cmd::shim::ShimArgs),
@@ -66,6 +69,7 @@ fn main() -> ExitCode {
         Command::Shim(args) => cmd::shim::run(args),
         Command::Agent(args) => cmd::agent::run(args),
         Command::Server(args) => cmd::server::run(args),
+        Command::Proxy(args) => cmd::proxy::run(args),
         Command::ControllerManager(args) => cmd::controller_manager::run(args),
         Command::Token(args) => cmd::token::run(args),
         Command::Bench(args) => cmd::bench::run(args),

@@ -85,6 +85,28 @@ pub struct AgentArgs {
 
     #[command(flatten)]
     pub masq: crate::cmd::masq_agent::AgentMasqArgs,
+    /// Run the Service proxy (`dualstack proxy`) inside the agent for this node.
+    #[arg(long = "proxy", value_name = "bool", default_value = "true", num_args = 0..=1, default_missing_value = "true", value_parser = crate::flags::go_bool)]
+    pub run_proxy: bool,
+
+    /// The in-agent proxy's `--healthz-bind-address` (empty: off).
+    #[arg(
+        long = "proxy-healthz-bind-address",
+        value_name = "ipport",
+        default_value = "0.0.0.0:10256"
+    )]
+    pub proxy_healthz_bind_address: String,
+
+    /// The in-agent proxy's `--metrics-bind-address` (empty: off).
+    #[arg(
+        long = "proxy-metrics-bind-address",
+        value_name = "ipport",
+        default_value = "127.0.0.1:10249"
+    )]
+    pub proxy_metrics_bind_address: String,
+
+    #[command(flatten)]
+    pub proxy: crate::cmd::proxy::ProxyFlags,
 }
 
 impl AgentArgs {
@@ -161,12 +183,31 @@ pub fn run(args: AgentArgs) -> Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?;
+    let proxy = if args.run_proxy {
+        Some(args.proxy.resolve(
+            &config.node_name,
+            false,
+            &args.proxy_healthz_bind_address,
+            &args.proxy_metrics_bind_address,
+        )?)
+    } else {
+        None
+    };
     rt.block_on(async move {
-        let client = client(&args.kubeconfig).await?;
+        let client = client(&args.kubeconfig, "kubelet").await?;
         tracing::info!(node = %config.node_name, ips = ?config.node_ips, "starting the node agent");
         if let Some(masq) = args.masq.settings(&client, &config)? {
             let nft = Arc::new(dualstack_agent::masq::NftCommand);
             tokio::spawn(dualstack_agent::masq::run(masq, nft));
+        }
+        if let Some(proxy) = proxy {
+            // Same process, its own client (kube-proxy's User-Agent), same node credentials.
+            let pclient = crate::cmd::agent::client(&args.kubeconfig, "kube-proxy").await?;
+            tokio::spawn(async move {
+                if let Err(e) = dualstack_proxy_run::run(pclient, proxy, dualstack_proxy_run::Kernel::default()).await {
+                    tracing::error!(error = %e, "the Service proxy stopped; Services are not proxied on this node");
+                }
+            });
         }
         tokio::select! {
             r = dualstack_agent::run(client, config, network) => r.map_err(anyhow::Error::from),
@@ -175,9 +216,9 @@ pub fn run(args: AgentArgs) -> Result<()> {
     })
 }
 
-/// The API client of the kubeconfig, with kubelet's User-Agent shape (so its writes are
-/// recorded under the field manager `kubelet`, as upstream's).
-async fn client(kubeconfig: &str) -> Result<kube::Client> {
+/// The API client of the kubeconfig, with the User-Agent shape of `component` (`kubelet`,
+/// `kube-proxy`; so writes are recorded under that field manager, as upstream's).
+pub async fn client(kubeconfig: &str, component: &str) -> Result<kube::Client> {
     let mut config = if kubeconfig.is_empty() {
         kube::Config::infer()
             .await
@@ -190,7 +231,7 @@ async fn client(kubeconfig: &str) -> Result<kube::Client> {
             .with_context(|| format!("loading kubeconfig {kubeconfig}"))?
     };
     let ua = format!(
-        "kubelet/{} ({}/{}) dualstack/{}",
+        "{component}/{} ({}/{}) dualstack/{}",
         dualstack_apiserver::discovery::GIT_VERSION,
         std::env::consts::OS,
         if std::env::consts::ARCH == "x86_64" {

@@ -11,6 +11,10 @@ use crate::cmd::server::ServerArgs;
 /// The default data dir of `up`, `exec` and `down`.
 pub const DEFAULT_LAB_DIR: &str = "/var/lib/dualstack/lab";
 
+/// The lab's LoadBalancer pools unless `--loadbalancer-ip-pool` is given: documentation
+/// ranges apart from the segment's (TEST-NET-2 and a /112 of 2001:db8:1b::/48).
+pub const DEFAULT_LB_POOLS: [&str; 2] = ["198.51.100.0/24", "2001:db8:1b::/112"];
+
 /// `dualstack up ...`
 #[derive(Debug, Clone, Args)]
 pub struct UpArgs {
@@ -48,7 +52,8 @@ pub struct UpArgs {
     #[arg(long = "service-node-port-range", value_name = "portRange")]
     pub service_node_port_range: Option<String>,
 
-    /// Address pools for Services of type LoadBalancer (repeatable).
+    /// Address pools for Services of type LoadBalancer (repeatable; default
+    /// 198.51.100.0/24 and 2001:db8:1b::/112). The outside host routes them via the nodes.
     #[arg(long = "loadbalancer-ip-pool", value_name = "CIDR|FIRST-LAST")]
     pub loadbalancer_ip_pool: Vec<String>,
 
@@ -90,7 +95,12 @@ impl UpArgs {
                 flags.push(format!("{flag}={v}"));
             }
         }
-        for p in &self.loadbalancer_ip_pool {
+        let pools: Vec<String> = if self.loadbalancer_ip_pool.is_empty() {
+            DEFAULT_LB_POOLS.iter().map(|s| s.to_string()).collect()
+        } else {
+            self.loadbalancer_ip_pool.clone()
+        };
+        for p in &pools {
             flags.push(format!("--loadbalancer-ip-pool={p}"));
         }
         let server = ServerArgs::try_parse_from(

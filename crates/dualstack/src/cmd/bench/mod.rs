@@ -8,6 +8,7 @@ use clap::{Args, Subcommand};
 mod api;
 mod controllers;
 mod nodes;
+mod proxy;
 mod services;
 mod support;
 
@@ -30,6 +31,9 @@ enum Suite {
     /// Issue 9 (root): `up --nodes 3` to all Ready, pod create → Running with two addresses,
     /// agent memory with 100 pods.
     Nodes(nodes::NodesArgs),
+    /// Issue 10 (root): connect latency through our nftables ruleset vs kube-proxy's
+    /// iptables layout at 10 / 1,000 / 10,000 Services, full and one-Service syncs, memory.
+    Proxy(proxy::ProxyBenchArgs),
 }
 
 /// Runs a suite.
@@ -39,5 +43,6 @@ pub fn run(args: BenchArgs) -> Result<()> {
         Suite::Services(a) => services::run(a),
         Suite::Controllers(a) => controllers::run(a),
         Suite::Nodes(a) => nodes::run(a),
+        Suite::Proxy(a) => proxy::run(a),
     }
 }
