@@ -262,6 +262,9 @@ fn schemas() -> Map<String, Value> {
     generator.subschema_for::<api::coordination::v1::Lease>();
     generator.subschema_for::<api::networking::v1::ServiceCIDR>();
     generator.subschema_for::<api::networking::v1::IPAddress>();
+    generator.subschema_for::<api::apps::v1::Deployment>();
+    generator.subschema_for::<api::apps::v1::ReplicaSet>();
+    generator.subschema_for::<api::autoscaling::v1::Scale>();
     generator.subschema_for::<k8s_openapi::apimachinery::pkg::apis::meta::v1::Status>();
     generator.take_definitions(true).into_iter().collect()
 }
