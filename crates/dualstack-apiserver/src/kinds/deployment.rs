@@ -335,7 +335,10 @@ mod tests {
         let ApiError::Invalid { errors, .. } = e else {
             panic!("{e:?}")
         };
-        assert_eq!(errors[0].body(), "spec.selector: Required value");
+        assert_eq!(
+            format!("{}: {}", errors[0].field.as_str(), errors[0].body()),
+            "spec.selector: Required value"
+        );
         let d = decoded(json!({"metadata": {"name": "web"}, "spec": {
             "selector": {"matchLabels": {"app": "web"}},
             "strategy": {"rollingUpdate": {"maxSurge": 0, "maxUnavailable": "0%"}},
@@ -343,7 +346,7 @@ mod tests {
         .unwrap();
         let errs = DeploymentStrategyImpl.validate(&Ctx::system("t"), &d);
         assert_eq!(
-            errs[0].body(),
+            format!("{}: {}", errs[0].field.as_str(), errs[0].body()),
             "spec.strategy.rollingUpdate.maxUnavailable: Invalid value: 0: may not be 0 when `maxSurge` is 0"
         );
     }

@@ -363,7 +363,7 @@ mod tests {
         s.defaults(&mut bad);
         let errs = s.validate(&ctx, &bad);
         assert_eq!(
-            errs[0].body(),
+            format!("{}: {}", errs[0].field.as_str(), errs[0].body()),
             "spec.template.metadata.labels: Invalid value: map[string]string{\"app\":\"db\"}: `selector` does not match template `labels`"
         );
         let mut empty = rs(&[], &[("app", "web")]);
