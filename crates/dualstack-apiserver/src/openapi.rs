@@ -681,6 +681,11 @@ mod tests {
                 "IPAddress",
                 r#""networking.k8s.io""#,
             ),
+            (
+                "/apis/apps/v1/namespaces/{namespace}/deployments/{name}",
+                "Deployment",
+                r#""apps""#,
+            ),
         ];
         for (path, kind, group) in expected {
             let item = paths
@@ -716,7 +721,7 @@ mod tests {
                 format!("group: {group}\nkind: {kind}\nversion: v1\n")
             );
         }
-        assert_eq!(paths.len(), 11, "one path per served kind");
+        assert_eq!(paths.len(), 13, "one path per served kind");
     }
 
     #[tokio::test]

@@ -27,12 +27,7 @@ fn try_get(s: &TestServer, path: &str) -> Option<Value> {
 }
 
 fn merge(s: &TestServer, path: &str, body: Value) -> Value {
-    let (code, out) = s.json_call(
-        "PATCH",
-        path,
-        Some(&body),
-        "application/merge-patch+json",
-    );
+    let (code, out) = s.json_call("PATCH", path, Some(&body), "application/merge-patch+json");
     assert_eq!(code, 200, "PATCH {path}: {out}");
     out
 }
@@ -137,10 +132,15 @@ fn deployments_scale_roll_out_roll_back_and_are_garbage_collected() {
     .expect("3 bound pods");
     let rs_list = get(&s, "/apis/apps/v1/namespaces/default/replicasets")["items"].clone();
     let rs = &rs_list[0];
-    let hash = rs["metadata"]["labels"]["pod-template-hash"].as_str().unwrap();
+    let hash = rs["metadata"]["labels"]["pod-template-hash"]
+        .as_str()
+        .unwrap();
     assert_eq!(rs["metadata"]["name"], format!("web-{hash}"));
     assert_eq!(rs["metadata"]["ownerReferences"][0]["kind"], "Deployment");
-    assert_eq!(rs["metadata"]["annotations"]["deployment.kubernetes.io/revision"], "1");
+    assert_eq!(
+        rs["metadata"]["annotations"]["deployment.kubernetes.io/revision"],
+        "1"
+    );
     let pod = &live(&pods(&s, "app=web"))[0];
     let pod_name = pod["metadata"]["name"].as_str().unwrap();
     assert!(pod_name.starts_with(&format!("web-{hash}-")), "{pod_name}");
@@ -154,7 +154,10 @@ fn deployments_scale_roll_out_roll_back_and_are_garbage_collected() {
         (d["status"]["availableReplicas"] == 3).then_some(())
     })
     .expect("3 available");
-    s.kubectl_ok(&k, &["rollout", "status", "deployment/web", "--timeout=20s"]);
+    s.kubectl_ok(
+        &k,
+        &["rollout", "status", "deployment/web", "--timeout=20s"],
+    );
 
     // Scale through the scale subresource.
     s.kubectl_ok(&k, &["scale", "deployment/web", "--replicas=5"]);
@@ -195,16 +198,28 @@ fn deployments_scale_roll_out_roll_back_and_are_garbage_collected() {
         done["metadata"]["annotations"]["deployment.kubernetes.io/revision"],
         "2"
     );
-    s.kubectl_ok(&k, &["rollout", "status", "deployment/web", "--timeout=20s"]);
+    s.kubectl_ok(
+        &k,
+        &["rollout", "status", "deployment/web", "--timeout=20s"],
+    );
     let history = s.kubectl_ok(&k, &["rollout", "history", "deployment/web"]);
-    assert!(history.contains("REVISION") && history.contains('1') && history.contains('2'), "{history}");
+    assert!(
+        history.contains("REVISION") && history.contains('1') && history.contains('2'),
+        "{history}"
+    );
 
     // Tables.
     let table = s.kubectl_ok(&k, &["get", "deploy,rs", "-o", "wide"]);
     assert!(table.contains("READY   UP-TO-DATE   AVAILABLE"), "{table}");
-    assert!(table.contains("deployment.apps/web   5/5     5            5"), "{table}");
+    assert!(
+        table.contains("deployment.apps/web   5/5     5            5"),
+        "{table}"
+    );
     assert!(table.contains("DESIRED   CURRENT   READY"), "{table}");
-    assert!(table.contains("CONTAINERS") && table.contains("SELECTOR"), "{table}");
+    assert!(
+        table.contains("CONTAINERS") && table.contains("SELECTOR"),
+        "{table}"
+    );
     assert!(table.contains("app=web,pod-template-hash="), "{table}");
 
     // Undo: back to the first template (its ReplicaSet again, revision 3).
@@ -236,8 +251,14 @@ fn deployments_scale_roll_out_roll_back_and_are_garbage_collected() {
     .expect("replica sets and pods collected");
 
     // Foreground: the owner waits with `foregroundDeletion` until its dependents are gone.
-    s.kubectl_ok(&k, &["create", "deployment", "fg", "--image=x", "--replicas=2"]);
-    eventually(WAIT, || (live(&pods(&s, "app=fg")).len() == 2).then_some(())).expect("fg pods");
+    s.kubectl_ok(
+        &k,
+        &["create", "deployment", "fg", "--image=x", "--replicas=2"],
+    );
+    eventually(WAIT, || {
+        (live(&pods(&s, "app=fg")).len() == 2).then_some(())
+    })
+    .expect("fg pods");
     let (code, out) = s.json_call(
         "DELETE",
         "/apis/apps/v1/namespaces/default/deployments/fg",
@@ -258,8 +279,14 @@ fn deployments_scale_roll_out_roll_back_and_are_garbage_collected() {
     assert!(pods(&s, "app=fg").is_empty());
 
     // Orphan: the ReplicaSet stays, without its owner reference.
-    s.kubectl_ok(&k, &["create", "deployment", "or", "--image=x", "--replicas=1"]);
-    eventually(WAIT, || (live(&pods(&s, "app=or")).len() == 1).then_some(())).expect("or pod");
+    s.kubectl_ok(
+        &k,
+        &["create", "deployment", "or", "--image=x", "--replicas=1"],
+    );
+    eventually(WAIT, || {
+        (live(&pods(&s, "app=or")).len() == 1).then_some(())
+    })
+    .expect("or pod");
     s.kubectl_ok(&k, &["delete", "deployment", "or", "--cascade=orphan"]);
     eventually(WAIT, || {
         try_get(&s, "/apis/apps/v1/namespaces/default/deployments/or")
@@ -307,7 +334,11 @@ spec:
         image: x
 "#;
     let out = s.kubectl_stdin(&k, &["apply", "-f", "-"], manifest);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let pending = eventually(WAIT, || {
         let p = live(&pods(&s, "app=spread"));
         let bound: Vec<String> = p
@@ -331,7 +362,9 @@ spec:
     eventually(WAIT, || {
         let ev = get(
             &s,
-            &format!("/api/v1/namespaces/default/events?fieldSelector=involvedObject.name={pending}"),
+            &format!(
+                "/api/v1/namespaces/default/events?fieldSelector=involvedObject.name={pending}"
+            ),
         );
         ev["items"]
             .as_array()?

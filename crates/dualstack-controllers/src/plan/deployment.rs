@@ -120,7 +120,7 @@ fn is_recreate(d: &Deployment) -> bool {
 #[derive(Debug, Clone, PartialEq)]
 pub enum RsAction {
     /// Create the new ReplicaSet.
-    Create(ReplicaSet),
+    Create(Box<ReplicaSet>),
     /// Set `spec.replicas` and the annotations of an existing one.
     Update {
         /// Its name.
@@ -279,16 +279,12 @@ pub fn sync(d: &Deployment, rss: &[&ReplicaSet], now: jiff::Timestamp) -> Plan {
     let spec = d.spec.clone().unwrap_or_default();
     let want = replicas_of(d);
     let template = spec.template.clone();
-    let new_rs = rss
-        .iter()
-        .copied()
-        .filter(|r| {
-            r.spec
-                .as_ref()
-                .and_then(|s| s.template.as_ref())
-                .is_some_and(|t| without_hash(t) == without_hash(&template))
-        })
-        .next_back();
+    let new_rs = rss.iter().copied().rfind(|r| {
+        r.spec
+            .as_ref()
+            .and_then(|s| s.template.as_ref())
+            .is_some_and(|t| without_hash(t) == without_hash(&template))
+    });
     let olds: Vec<&ReplicaSet> = rss
         .iter()
         .copied()
@@ -340,7 +336,7 @@ pub fn sync(d: &Deployment, rss: &[&ReplicaSet], now: jiff::Timestamp) -> Plan {
             let name = rs.metadata.name.clone().unwrap_or_default();
             planned.insert(name.clone(), initial);
             created_name = Some(name.clone());
-            actions.push(RsAction::Create(rs));
+            actions.push(RsAction::Create(Box::new(rs)));
             name
         }
     };

@@ -178,6 +178,12 @@ mod tests {
         }
     }
 
+    type Case = (
+        &'static str,
+        Vec<GcObject<&'static str>>,
+        Vec<GcAction<&'static str>>,
+    );
+
     fn del(at: &'static str, propagation: &'static str) -> GcAction<&'static str> {
         GcAction::Delete {
             at,
@@ -188,11 +194,7 @@ mod tests {
 
     #[test]
     fn gc_decisions_follow_upstreams_propagation_modes() {
-        let cases: Vec<(
-            &str,
-            Vec<GcObject<&'static str>>,
-            Vec<GcAction<&'static str>>,
-        )> = vec![
+        let cases: Vec<Case> = vec![
             (
                 "background: the owner is gone, its dependent goes",
                 vec![

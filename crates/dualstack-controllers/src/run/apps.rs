@@ -225,25 +225,27 @@ async fn sync_deployment(
     let d_ref = reference("Deployment", &d.metadata);
     for action in &plan.actions {
         match action {
-            RsAction::Create(rs) => match rs_api.create(&PostParams::default(), rs).await {
-                Ok(created) => {
-                    let rs_name = created.metadata.name.clone().unwrap_or_default();
-                    let n = created.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0);
-                    rss.write_through(created);
-                    recorder
-                        .record(
-                            &d_ref,
-                            "Normal",
-                            "ScalingReplicaSet",
-                            &format!("Scaled up replica set {rs_name} from 0 to {n}"),
-                        )
-                        .await;
+            RsAction::Create(rs) => {
+                match rs_api.create(&PostParams::default(), rs.as_ref()).await {
+                    Ok(created) => {
+                        let rs_name = created.metadata.name.clone().unwrap_or_default();
+                        let n = created.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0);
+                        rss.write_through(created);
+                        recorder
+                            .record(
+                                &d_ref,
+                                "Normal",
+                                "ScalingReplicaSet",
+                                &format!("Scaled up replica set {rs_name} from 0 to {n}"),
+                            )
+                            .await;
+                    }
+                    Err(error) => {
+                        tracing::warn!(deployment = %name, %error, "creating a replica set failed");
+                        return;
+                    }
                 }
-                Err(error) => {
-                    tracing::warn!(deployment = %name, %error, "creating a replica set failed");
-                    return;
-                }
-            },
+            }
             RsAction::Update {
                 name: rs_name,
                 replicas,
