@@ -339,7 +339,10 @@ fn message<M: Message + Default + ToJson>(raw: &[u8]) -> Result<Value, ApiError>
 
 /// The JSON of a `raw` message of `api_version`/`kind`, `None` for a kind not decoded here.
 fn message_json(api_version: &str, kind: &str, raw: &[u8]) -> Option<Result<Value, ApiError>> {
-    use k8s_pb::api::{authentication, authorization, coordination, discovery, networking, policy};
+    use k8s_pb::api::{
+        apps, authentication, authorization, autoscaling, coordination, discovery, networking,
+        policy,
+    };
     Some(match (api_version, kind) {
         ("v1", "Namespace") => message::<core::Namespace>(raw),
         ("v1", "Node") => message::<core::Node>(raw),
@@ -352,6 +355,9 @@ fn message_json(api_version: &str, kind: &str, raw: &[u8]) -> Option<Result<Valu
         ("coordination.k8s.io/v1", "Lease") => message::<coordination::v1::Lease>(raw),
         ("networking.k8s.io/v1", "ServiceCIDR") => message::<networking::v1::ServiceCIDR>(raw),
         ("networking.k8s.io/v1", "IPAddress") => message::<networking::v1::IPAddress>(raw),
+        ("apps/v1", "Deployment") => message::<apps::v1::Deployment>(raw),
+        ("apps/v1", "ReplicaSet") => message::<apps::v1::ReplicaSet>(raw),
+        ("autoscaling/v1", "Scale") => message::<autoscaling::v1::Scale>(raw),
         ("policy/v1", "Eviction") => message::<policy::v1::Eviction>(raw),
         ("authorization.k8s.io/v1", "SelfSubjectAccessReview") => {
             message::<authorization::v1::SelfSubjectAccessReview>(raw)

@@ -50,6 +50,11 @@ macro_rules! coordination {
         concat!("io.k8s.api.coordination.v1.", $name)
     };
 }
+macro_rules! apps {
+    ($name:literal) => {
+        concat!("io.k8s.api.apps.v1.", $name)
+    };
+}
 macro_rules! meta {
     ($name:literal) => {
         concat!("io.k8s.apimachinery.pkg.apis.meta.v1.", $name)
@@ -345,7 +350,9 @@ pub fn key_default(definition: Option<&str>, key: &str) -> Option<Value> {
 pub fn has_status_subresource(api_version: &str, kind: &str) -> bool {
     matches!(
         (api_version, kind),
-        ("v1", "Namespace" | "Node" | "Pod" | "Service") | ("networking.k8s.io/v1", "ServiceCIDR")
+        ("v1", "Namespace" | "Node" | "Pod" | "Service")
+            | ("networking.k8s.io/v1", "ServiceCIDR")
+            | ("apps/v1", "Deployment" | "ReplicaSet")
     )
 }
 
@@ -382,6 +389,8 @@ pub const ROOTS: &[(&str, &str, &str)] = &[
         "IPAddress",
         networking!("IPAddress"),
     ),
+    ("apps/v1", "Deployment", apps!("Deployment")),
+    ("apps/v1", "ReplicaSet", apps!("ReplicaSet")),
 ];
 
 /// Definitions marked `+structType=atomic` upstream.
@@ -452,6 +461,28 @@ pub const PROPERTIES: &[Property] = &[
     Property::new(networking!("ServiceCIDR"), "status", Shape::Struct(networking!("ServiceCIDRStatus"))),
     // IPAddress
     Property::new(networking!("IPAddress"), "metadata", Shape::Struct(meta!("ObjectMeta"))),
+    // Deployment
+    Property::new(apps!("Deployment"), "metadata", Shape::Struct(meta!("ObjectMeta"))),
+    Property::new(apps!("Deployment"), "spec", Shape::Struct(apps!("DeploymentSpec"))),
+    Property::new(apps!("Deployment"), "status", Shape::Struct(apps!("DeploymentStatus"))),
+    // DeploymentSpec
+    Property::new(apps!("DeploymentSpec"), "selector", Shape::Struct(meta!("LabelSelector"))),
+    Property::new(apps!("DeploymentSpec"), "template", Shape::Struct(core!("PodTemplateSpec"))),
+    Property::new(apps!("DeploymentSpec"), "strategy", Shape::Struct(apps!("DeploymentStrategy"))).patch("retainKeys", ""),
+    // DeploymentStatus
+    Property::new(apps!("DeploymentStatus"), "conditions", Shape::List(Some(apps!("DeploymentCondition")))).patch("merge", "type").list("map", &["type"]),
+    // ReplicaSet
+    Property::new(apps!("ReplicaSet"), "metadata", Shape::Struct(meta!("ObjectMeta"))),
+    Property::new(apps!("ReplicaSet"), "spec", Shape::Struct(apps!("ReplicaSetSpec"))),
+    Property::new(apps!("ReplicaSet"), "status", Shape::Struct(apps!("ReplicaSetStatus"))),
+    // ReplicaSetSpec
+    Property::new(apps!("ReplicaSetSpec"), "selector", Shape::Struct(meta!("LabelSelector"))),
+    Property::new(apps!("ReplicaSetSpec"), "template", Shape::Struct(core!("PodTemplateSpec"))),
+    // ReplicaSetStatus
+    Property::new(apps!("ReplicaSetStatus"), "conditions", Shape::List(Some(apps!("ReplicaSetCondition")))).patch("merge", "type").list("map", &["type"]),
+    // PodTemplateSpec
+    Property::new(core!("PodTemplateSpec"), "metadata", Shape::Struct(meta!("ObjectMeta"))),
+    Property::new(core!("PodTemplateSpec"), "spec", Shape::Struct(core!("PodSpec"))),
     // ObjectMeta
     Property::new(meta!("ObjectMeta"), "labels", Shape::Map(None)),
     Property::new(meta!("ObjectMeta"), "annotations", Shape::Map(None)),

@@ -98,6 +98,65 @@ impl LabelSelector {
         self.0.is_empty()
     }
 
+    /// upstream's `metav1.LabelSelectorAsSelector` of an API `LabelSelector` (`matchLabels`
+    /// then `matchExpressions`); an empty selector matches everything (callers treat a missing
+    /// one as matching nothing, as upstream does).
+    pub fn from_api(
+        sel: &k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector,
+    ) -> Result<Self, SelectorError> {
+        let mut reqs: Vec<LabelRequirement> = sel
+            .match_labels
+            .iter()
+            .flatten()
+            .map(|(k, v)| LabelRequirement::In(k.clone(), vec![v.clone()]))
+            .collect();
+        for e in sel.match_expressions.iter().flatten() {
+            let values = e.values.clone().unwrap_or_default();
+            reqs.push(match e.operator.as_str() {
+                "In" => LabelRequirement::In(e.key.clone(), values),
+                "NotIn" => LabelRequirement::NotIn(e.key.clone(), values),
+                "Exists" => LabelRequirement::Exists(e.key.clone()),
+                "DoesNotExist" => LabelRequirement::DoesNotExist(e.key.clone()),
+                op => {
+                    return Err(SelectorError(format!(
+                        "{op:?} is not a valid label selector operator"
+                    )));
+                }
+            });
+        }
+        Ok(LabelSelector(reqs))
+    }
+
+    /// upstream's `metav1.FormatLabelSelector`: `app=web`, `k in (a,b)`, `<none>` when empty.
+    pub fn format_api(
+        sel: &k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector,
+    ) -> String {
+        let mut parts: Vec<String> = sel
+            .match_labels
+            .iter()
+            .flatten()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        for e in sel.match_expressions.iter().flatten() {
+            let mut values = e.values.clone().unwrap_or_default();
+            values.sort();
+            parts.push(match e.operator.as_str() {
+                "In" if values.len() == 1 => format!("{}={}", e.key, values[0]),
+                "NotIn" if values.len() == 1 => format!("{}!={}", e.key, values[0]),
+                "In" => format!("{} in ({})", e.key, values.join(",")),
+                "NotIn" => format!("{} notin ({})", e.key, values.join(",")),
+                "Exists" => e.key.clone(),
+                "DoesNotExist" => format!("!{}", e.key),
+                _ => String::new(),
+            });
+        }
+        if parts.is_empty() {
+            "<none>".to_string()
+        } else {
+            parts.join(",")
+        }
+    }
+
     /// Whether `labels` satisfy every requirement.
     pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
         self.matches_with(|k| labels.get(k).map(String::as_str))

@@ -158,6 +158,7 @@ fn sub_kind(sub: &str) -> Option<(&'static str, &'static str, &'static str)> {
     match sub {
         "eviction" => Some(("policy", "v1", "Eviction")),
         "binding" => Some(("", "v1", "Binding")),
+        "scale" => Some(("autoscaling", "v1", "Scale")),
         _ => None,
     }
 }

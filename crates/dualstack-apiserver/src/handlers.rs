@@ -317,6 +317,10 @@ async fn handle_inner(
     };
     let node_restricted =
         user.node_name().is_some() && def.plural == "pods" && def.group.is_empty();
+    if info.subresource.as_deref() == Some(SCALE) {
+        let name = info.name.as_deref().expect("named");
+        return scale(&api, user, verb, ns, name, &q, &headers, &body).await;
+    }
     match verb {
         "get" => {
             let name = info.name.as_deref().expect("named");
@@ -579,11 +583,18 @@ fn delete_options(
                 .map_err(|_| ApiError::BadRequest(format!("invalid gracePeriodSeconds: {g}")))?,
         );
     }
+    if let Some(p) = q.get("propagationPolicy") {
+        opts.propagation_policy = Some(p.clone());
+    }
+    if let Some(o) = q.get("orphanDependents") {
+        opts.orphan_dependents = Some(o == "true");
+    }
     let mut dry = false;
     if !body.is_empty() {
         let v = decode_delete_options_body(headers, body)?;
         dry = apply_delete_options(&mut opts, &v);
     }
+    validate_propagation(&opts)?;
     clamp_grace_period(&mut opts);
     Ok((opts, dry))
 }
@@ -617,9 +628,45 @@ fn apply_delete_options(opts: &mut DeleteOpts, v: &Value) -> bool {
             .and_then(Value::as_str)
             .map(str::to_string);
     }
+    if let Some(p) = v.get("propagationPolicy").and_then(Value::as_str) {
+        opts.propagation_policy = Some(p.to_string());
+    }
+    if let Some(o) = v.get("orphanDependents").and_then(Value::as_bool) {
+        opts.orphan_dependents = Some(o);
+    }
     v.get("dryRun")
         .and_then(Value::as_array)
         .is_some_and(|d| d.iter().any(|x| x == "All"))
+}
+
+/// upstream's `ValidateDeleteOptions` of the propagation options.
+fn validate_propagation(opts: &DeleteOpts) -> Result<(), ApiError> {
+    use dualstack_apimachinery::field::{FieldError, Path};
+    let mut errors = Vec::new();
+    if opts.orphan_dependents.is_some() && opts.propagation_policy.is_some() {
+        errors.push(FieldError::invalid(
+            &Path::new("propagationPolicy"),
+            opts.propagation_policy.clone().unwrap_or_default(),
+            "orphanDependents and deletionPropagation cannot be both set",
+        ));
+    }
+    if let Some(p) = opts.propagation_policy.as_deref()
+        && !matches!(p, "Orphan" | "Background" | "Foreground")
+    {
+        errors.push(FieldError::not_supported(
+            &Path::new("propagationPolicy"),
+            p,
+            &["Background", "Foreground", "Orphan", "nil"],
+        ));
+    }
+    if errors.is_empty() {
+        return Ok(());
+    }
+    Err(ApiError::Invalid {
+        kind: dualstack_apimachinery::status::GroupKind::new("meta.k8s.io", "DeleteOptions"),
+        name: String::new(),
+        errors,
+    })
 }
 
 fn clamp_grace_period(opts: &mut DeleteOpts) {
@@ -694,6 +741,106 @@ async fn evict(
     Ok(json_response(
         StatusCode::CREATED,
         serde_json::to_vec(&status).unwrap_or_default(),
+        &ctx.warnings,
+    ))
+}
+
+/// The `scale` subresource of Deployments and ReplicaSets.
+const SCALE: &str = "scale";
+
+/// `GET/PUT/PATCH <workload>/NAME/scale`: an `autoscaling/v1` Scale view of `spec.replicas`
+/// (upstream's `ScaleREST`); a write changes only `spec.replicas` of the object, through its
+/// normal update (so the generation moves), with the Scale's `resourceVersion` as precondition.
+#[allow(clippy::too_many_arguments)]
+async fn scale(
+    api: &Arc<dyn ResourceApi>,
+    user: &UserInfo,
+    verb: &str,
+    ns: Option<&str>,
+    name: &str,
+    q: &Query,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Response, ApiError> {
+    use dualstack_apimachinery::field::{FieldError, Path};
+    let entry = api.get(ns, name).await?;
+    let current: Value = serde_json::from_slice(&entry.output)
+        .map_err(|e| ApiError::Internal(format!("decoding stored object: {e}")))?;
+    let current_scale = crate::kinds::replicaset::scale_of(&current);
+    if verb == "get" {
+        return Ok(json_response(
+            StatusCode::OK,
+            serde_json::to_vec(&current_scale).unwrap_or_default(),
+            &[],
+        ));
+    }
+    if body.len() > MAX_BODY_BYTES {
+        return Err(ApiError::TooLarge(MAX_BODY_BYTES));
+    }
+    let wanted: Value = if verb == "patch" {
+        let ct = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        let patch_value: Value = serde_json::from_slice(body)
+            .or_else(|_| decode_text(BodyFormat::Yaml, body))
+            .map_err(|e| ApiError::BadRequest(format!("error decoding patch: {e}")))?;
+        let err =
+            |e: dualstack_apimachinery::patch::PatchError| ApiError::BadRequest(e.to_string());
+        match PatchType::from_content_type(ct)? {
+            PatchType::Json => {
+                dualstack_apimachinery::patch::json_patch(&current_scale, &patch_value)
+                    .map_err(err)?
+            }
+            PatchType::Strategic => dualstack_apimachinery::patch::strategic_merge_patch(
+                &current_scale,
+                &patch_value,
+                "autoscaling/v1",
+                "Scale",
+            )
+            .map_err(err)?,
+            PatchType::Merge | PatchType::Apply => {
+                dualstack_apimachinery::patch::merge_patch(&current_scale, &patch_value)
+            }
+        }
+    } else {
+        let ct = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok());
+        match BodyFormat::from_content_type(ct)? {
+            BodyFormat::Protobuf => {
+                dualstack_apimachinery::protobuf::decode(body, "autoscaling/v1", "Scale")?
+            }
+            f => decode_text(f, body)?,
+        }
+    };
+    let replicas = wanted["spec"]["replicas"].as_i64().unwrap_or(0);
+    if replicas < 0 {
+        return Err(ApiError::Invalid {
+            kind: dualstack_apimachinery::status::GroupKind::new("autoscaling", "Scale"),
+            name: name.to_string(),
+            errors: vec![FieldError::invalid(
+                &Path::new("spec").child("replicas"),
+                replicas,
+                "must be greater than or equal to 0",
+            )],
+        });
+    }
+    let mut patch = json!({"spec": {"replicas": replicas}});
+    if let Some(rv) = wanted["metadata"]["resourceVersion"].as_str()
+        && !rv.is_empty()
+    {
+        patch["metadata"] = json!({"resourceVersion": rv});
+    }
+    let mut ctx = build_ctx(user, q, headers)?;
+    let (w, _) = api
+        .patch(&mut ctx, ns, name, None, PatchType::Merge, patch)
+        .await?;
+    let updated: Value = serde_json::from_slice(&w.output)
+        .map_err(|e| ApiError::Internal(format!("decoding stored object: {e}")))?;
+    Ok(json_response(
+        StatusCode::OK,
+        serde_json::to_vec(&crate::kinds::replicaset::scale_of(&updated)).unwrap_or_default(),
         &ctx.warnings,
     ))
 }

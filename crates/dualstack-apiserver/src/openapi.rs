@@ -262,6 +262,9 @@ fn schemas() -> Map<String, Value> {
     generator.subschema_for::<api::coordination::v1::Lease>();
     generator.subschema_for::<api::networking::v1::ServiceCIDR>();
     generator.subschema_for::<api::networking::v1::IPAddress>();
+    generator.subschema_for::<api::apps::v1::Deployment>();
+    generator.subschema_for::<api::apps::v1::ReplicaSet>();
+    generator.subschema_for::<api::autoscaling::v1::Scale>();
     generator.subschema_for::<k8s_openapi::apimachinery::pkg::apis::meta::v1::Status>();
     generator.take_definitions(true).into_iter().collect()
 }
@@ -678,6 +681,11 @@ mod tests {
                 "IPAddress",
                 r#""networking.k8s.io""#,
             ),
+            (
+                "/apis/apps/v1/namespaces/{namespace}/deployments/{name}",
+                "Deployment",
+                r#""apps""#,
+            ),
         ];
         for (path, kind, group) in expected {
             let item = paths
@@ -713,7 +721,7 @@ mod tests {
                 format!("group: {group}\nkind: {kind}\nversion: v1\n")
             );
         }
-        assert_eq!(paths.len(), 11, "one path per served kind");
+        assert_eq!(paths.len(), 13, "one path per served kind");
     }
 
     #[tokio::test]

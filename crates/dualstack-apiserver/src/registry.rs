@@ -99,6 +99,40 @@ pub struct DeleteOpts {
     pub precondition_uid: Option<String>,
     /// `preconditions.resourceVersion`.
     pub precondition_rv: Option<String>,
+    /// `propagationPolicy` (`Orphan`, `Background`, `Foreground`).
+    pub propagation_policy: Option<String>,
+    /// The deprecated `orphanDependents`.
+    pub orphan_dependents: Option<bool>,
+}
+
+/// The finalizer of an owner whose dependents are orphaned (`metav1.FinalizerOrphanDependents`).
+pub const ORPHAN_FINALIZER: &str = "orphan";
+/// The finalizer of an owner deleted in the foreground (`metav1.FinalizerDeleteDependents`).
+pub const FOREGROUND_FINALIZER: &str = "foregroundDeletion";
+
+/// upstream's `deletionFinalizersForGarbageCollection`: the object's finalizers after a delete
+/// with `opts` (both GC finalizers removed, then the one the options ask for added back; no
+/// option keeps what the object has). None when they do not change.
+pub fn gc_finalizers(current: &[String], opts: &DeleteOpts) -> Option<Vec<String>> {
+    let has = |f: &str| current.iter().any(|x| x == f);
+    let (orphan, foreground) = match (opts.propagation_policy.as_deref(), opts.orphan_dependents) {
+        (Some("Orphan"), _) | (None, Some(true)) => (true, false),
+        (Some("Foreground"), _) => (false, true),
+        (Some(_), _) | (None, Some(false)) => (false, false),
+        (None, None) => (has(ORPHAN_FINALIZER), has(FOREGROUND_FINALIZER)),
+    };
+    let mut out: Vec<String> = current
+        .iter()
+        .filter(|f| *f != ORPHAN_FINALIZER && *f != FOREGROUND_FINALIZER)
+        .cloned()
+        .collect();
+    if orphan {
+        out.push(ORPHAN_FINALIZER.into());
+    }
+    if foreground {
+        out.push(FOREGROUND_FINALIZER.into());
+    }
+    (out != current).then_some(out)
 }
 
 /// `now`, truncated to seconds as `metav1.Time` is.
@@ -712,7 +746,10 @@ impl<S: Strategy> Registry<S> {
                 .strategy
                 .grace_period(&obj, opts.grace_period_seconds)
                 .filter(|&g| g > 0);
-            let finalizers = self.pending_finalizers(&obj);
+            let current_fins = meta.finalizers.clone().unwrap_or_default();
+            let gc_fins = gc_finalizers(&current_fins, opts);
+            let finalizers =
+                self.pending_finalizers(&obj) || gc_fins.as_ref().is_some_and(|f| !f.is_empty());
             if finalizers || grace.is_some() {
                 // Mark for deletion and let finalizers / the kubelet finish it.
                 let mut marked = obj.clone();
@@ -721,14 +758,20 @@ impl<S: Strategy> Registry<S> {
                 let already = m.deletion_timestamp.is_some();
                 let current_grace = m.deletion_grace_period_seconds.unwrap_or(0);
                 let new_grace = grace.unwrap_or(0);
-                if already && (grace.is_none() || new_grace >= current_grace) {
+                if let Some(f) = gc_fins.clone() {
+                    m.finalizers = (!f.is_empty()).then_some(f);
+                }
+                if already && gc_fins.is_none() && (grace.is_none() || new_grace >= current_grace) {
                     return Ok(Deleted::Pending(Written {
                         output: entry.output.clone(),
                         revision: entry.kv.mod_revision,
                     }));
                 }
-                m.deletion_timestamp = Some(Time(now + jiff::SignedDuration::from_secs(new_grace)));
-                m.deletion_grace_period_seconds = Some(new_grace);
+                if !already || (grace.is_some() && new_grace < current_grace) {
+                    m.deletion_timestamp =
+                        Some(Time(now + jiff::SignedDuration::from_secs(new_grace)));
+                    m.deletion_grace_period_seconds = Some(new_grace);
+                }
                 self.strategy.on_delete_marked(&mut marked);
                 let mut value =
                     serde_json::to_value(&marked).map_err(|e| ApiError::Internal(e.to_string()))?;

@@ -33,18 +33,30 @@ pub const NODE_LIFECYCLE: &str = "node-lifecycle-controller";
 /// `--controllers` name of the scheduler. Upstream's scheduler is its own binary
 /// (kube-scheduler); here it runs with the controllers, on by default, under the same Lease.
 pub const SCHEDULER: &str = "scheduler";
+/// `--controllers` name of the ReplicaSet controller (upstream `replicaset-controller`).
+pub const REPLICASET: &str = "replicaset-controller";
+/// `--controllers` name of the Deployment controller (upstream `deployment-controller`).
+pub const DEPLOYMENT: &str = "deployment-controller";
+/// `--controllers` name of the garbage collector (upstream `garbage-collector-controller`).
+pub const GARBAGE_COLLECTOR: &str = "garbage-collector-controller";
 /// Every controller this binary knows, in start order.
-pub const ALL_CONTROLLERS: [&str; 6] = [
+pub const ALL_CONTROLLERS: [&str; 9] = [
     NODE_IPAM,
     NODE_LIFECYCLE,
     ENDPOINTSLICE,
     ENDPOINTS,
     SERVICE_LB,
     SCHEDULER,
+    REPLICASET,
+    DEPLOYMENT,
+    GARBAGE_COLLECTOR,
 ];
 
 /// Upstream's old short names, accepted as aliases (kube-controller-manager keeps them too).
-const ALIASES: [(&str, &str); 6] = [
+const ALIASES: [(&str, &str); 9] = [
+    ("replicaset", REPLICASET),
+    ("deployment", DEPLOYMENT),
+    ("garbagecollector", GARBAGE_COLLECTOR),
     ("nodeipam", NODE_IPAM),
     ("nodelifecycle", NODE_LIFECYCLE),
     ("endpointslice", ENDPOINTSLICE),

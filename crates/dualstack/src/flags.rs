@@ -128,7 +128,8 @@ pub struct ControllerFlags {
     /// disables them all. Controllers: node-ipam-controller (runs only with
     /// --allocate-node-cidrs), node-lifecycle-controller, endpointslice-controller,
     /// endpoints-controller, service-lb-controller (runs only with --loadbalancer-ip-pool),
-    /// scheduler (kube-scheduler's default-scheduler, built in here).
+    /// scheduler (kube-scheduler's default-scheduler, built in here), replicaset-controller,
+    /// deployment-controller, garbage-collector-controller.
     #[arg(long = "controllers", value_name = "strings", default_value = "*")]
     pub controllers: String,
 

@@ -6,6 +6,189 @@ use serde_json::{Map, Value};
 
 use super::{Fields, ToJson};
 
+impl ToJson for k8s_pb::api::apps::v1::Deployment {
+    fn to_json(&self) -> Value {
+        let mut f = Fields(Map::new());
+        f.message("metadata", &self.metadata);
+        f.message("spec", &self.spec);
+        f.message("status", &self.status);
+        Value::Object(f.0)
+    }
+}
+
+impl ToJson for k8s_pb::api::apps::v1::DeploymentCondition {
+    fn to_json(&self) -> Value {
+        let mut f = Fields(Map::new());
+        f.scalar("type", &self.r#type, super::Rule::Always);
+        f.scalar("status", &self.status, super::Rule::Always);
+        f.message("lastUpdateTime", &self.last_update_time);
+        f.message("lastTransitionTime", &self.last_transition_time);
+        f.scalar("reason", &self.reason, super::Rule::OmitEmpty);
+        f.scalar("message", &self.message, super::Rule::OmitEmpty);
+        Value::Object(f.0)
+    }
+}
+
+impl ToJson for k8s_pb::api::apps::v1::DeploymentSpec {
+    fn to_json(&self) -> Value {
+        let mut f = Fields(Map::new());
+        f.scalar("replicas", &self.replicas, super::Rule::Pointer);
+        f.message("selector", &self.selector);
+        f.message("template", &self.template);
+        f.message("strategy", &self.strategy);
+        f.scalar(
+            "minReadySeconds",
+            &self.min_ready_seconds,
+            super::Rule::OmitEmpty,
+        );
+        f.scalar(
+            "revisionHistoryLimit",
+            &self.revision_history_limit,
+            super::Rule::Pointer,
+        );
+        f.scalar("paused", &self.paused, super::Rule::OmitEmpty);
+        f.scalar(
+            "progressDeadlineSeconds",
+            &self.progress_deadline_seconds,
+            super::Rule::Pointer,
+        );
+        Value::Object(f.0)
+    }
+}
+
+impl ToJson for k8s_pb::api::apps::v1::DeploymentStatus {
+    fn to_json(&self) -> Value {
+        let mut f = Fields(Map::new());
+        f.scalar(
+            "observedGeneration",
+            &self.observed_generation,
+            super::Rule::OmitEmpty,
+        );
+        f.scalar("replicas", &self.replicas, super::Rule::OmitEmpty);
+        f.scalar(
+            "updatedReplicas",
+            &self.updated_replicas,
+            super::Rule::OmitEmpty,
+        );
+        f.scalar(
+            "readyReplicas",
+            &self.ready_replicas,
+            super::Rule::OmitEmpty,
+        );
+        f.scalar(
+            "availableReplicas",
+            &self.available_replicas,
+            super::Rule::OmitEmpty,
+        );
+        f.scalar(
+            "unavailableReplicas",
+            &self.unavailable_replicas,
+            super::Rule::OmitEmpty,
+        );
+        f.scalar(
+            "terminatingReplicas",
+            &self.terminating_replicas,
+            super::Rule::Pointer,
+        );
+        f.list("conditions", &self.conditions, false);
+        f.scalar(
+            "collisionCount",
+            &self.collision_count,
+            super::Rule::Pointer,
+        );
+        Value::Object(f.0)
+    }
+}
+
+impl ToJson for k8s_pb::api::apps::v1::DeploymentStrategy {
+    fn to_json(&self) -> Value {
+        let mut f = Fields(Map::new());
+        f.scalar("type", &self.r#type, super::Rule::OmitEmpty);
+        f.message("rollingUpdate", &self.rolling_update);
+        Value::Object(f.0)
+    }
+}
+
+impl ToJson for k8s_pb::api::apps::v1::ReplicaSet {
+    fn to_json(&self) -> Value {
+        let mut f = Fields(Map::new());
+        f.message("metadata", &self.metadata);
+        f.message("spec", &self.spec);
+        f.message("status", &self.status);
+        Value::Object(f.0)
+    }
+}
+
+impl ToJson for k8s_pb::api::apps::v1::ReplicaSetCondition {
+    fn to_json(&self) -> Value {
+        let mut f = Fields(Map::new());
+        f.scalar("type", &self.r#type, super::Rule::Always);
+        f.scalar("status", &self.status, super::Rule::Always);
+        f.message("lastTransitionTime", &self.last_transition_time);
+        f.scalar("reason", &self.reason, super::Rule::OmitEmpty);
+        f.scalar("message", &self.message, super::Rule::OmitEmpty);
+        Value::Object(f.0)
+    }
+}
+
+impl ToJson for k8s_pb::api::apps::v1::ReplicaSetSpec {
+    fn to_json(&self) -> Value {
+        let mut f = Fields(Map::new());
+        f.scalar("replicas", &self.replicas, super::Rule::Pointer);
+        f.scalar(
+            "minReadySeconds",
+            &self.min_ready_seconds,
+            super::Rule::OmitEmpty,
+        );
+        f.message("selector", &self.selector);
+        f.message("template", &self.template);
+        Value::Object(f.0)
+    }
+}
+
+impl ToJson for k8s_pb::api::apps::v1::ReplicaSetStatus {
+    fn to_json(&self) -> Value {
+        let mut f = Fields(Map::new());
+        f.scalar("replicas", &self.replicas, super::Rule::Always);
+        f.scalar(
+            "fullyLabeledReplicas",
+            &self.fully_labeled_replicas,
+            super::Rule::OmitEmpty,
+        );
+        f.scalar(
+            "readyReplicas",
+            &self.ready_replicas,
+            super::Rule::OmitEmpty,
+        );
+        f.scalar(
+            "availableReplicas",
+            &self.available_replicas,
+            super::Rule::OmitEmpty,
+        );
+        f.scalar(
+            "terminatingReplicas",
+            &self.terminating_replicas,
+            super::Rule::Pointer,
+        );
+        f.scalar(
+            "observedGeneration",
+            &self.observed_generation,
+            super::Rule::OmitEmpty,
+        );
+        f.list("conditions", &self.conditions, false);
+        Value::Object(f.0)
+    }
+}
+
+impl ToJson for k8s_pb::api::apps::v1::RollingUpdateDeployment {
+    fn to_json(&self) -> Value {
+        let mut f = Fields(Map::new());
+        f.message("maxUnavailable", &self.max_unavailable);
+        f.message("maxSurge", &self.max_surge);
+        Value::Object(f.0)
+    }
+}
+
 impl ToJson for k8s_pb::api::authentication::v1::ExtraValue {
     fn to_json(&self) -> Value {
         self.items.to_json()
@@ -166,6 +349,33 @@ impl ToJson for k8s_pb::api::authorization::v1::SubjectRulesReviewStatus {
             &self.evaluation_error,
             super::Rule::OmitEmpty,
         );
+        Value::Object(f.0)
+    }
+}
+
+impl ToJson for k8s_pb::api::autoscaling::v1::Scale {
+    fn to_json(&self) -> Value {
+        let mut f = Fields(Map::new());
+        f.message("metadata", &self.metadata);
+        f.message("spec", &self.spec);
+        f.message("status", &self.status);
+        Value::Object(f.0)
+    }
+}
+
+impl ToJson for k8s_pb::api::autoscaling::v1::ScaleSpec {
+    fn to_json(&self) -> Value {
+        let mut f = Fields(Map::new());
+        f.scalar("replicas", &self.replicas, super::Rule::OmitEmpty);
+        Value::Object(f.0)
+    }
+}
+
+impl ToJson for k8s_pb::api::autoscaling::v1::ScaleStatus {
+    fn to_json(&self) -> Value {
+        let mut f = Fields(Map::new());
+        f.scalar("replicas", &self.replicas, super::Rule::Always);
+        f.scalar("selector", &self.selector, super::Rule::OmitEmpty);
         Value::Object(f.0)
     }
 }
@@ -1792,6 +2002,15 @@ impl ToJson for k8s_pb::api::core::v1::PodStatus {
         );
         f.map("allocatedResources", &self.allocated_resources, false);
         f.message("resources", &self.resources);
+        Value::Object(f.0)
+    }
+}
+
+impl ToJson for k8s_pb::api::core::v1::PodTemplateSpec {
+    fn to_json(&self) -> Value {
+        let mut f = Fields(Map::new());
+        f.message("metadata", &self.metadata);
+        f.message("spec", &self.spec);
         Value::Object(f.0)
     }
 }

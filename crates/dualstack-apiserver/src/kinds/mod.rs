@@ -12,6 +12,7 @@ use crate::registry::Storage;
 use crate::resource::Strategy;
 
 pub mod configmap;
+pub mod deployment;
 pub mod endpoints;
 pub mod endpointslice;
 pub mod event;
@@ -20,6 +21,7 @@ pub mod lease;
 pub mod namespace;
 pub mod node;
 pub mod pod;
+pub mod replicaset;
 pub mod service;
 pub mod servicecidr;
 
@@ -46,6 +48,14 @@ pub fn all(storage: &Storage, alloc: Arc<service::ServiceAllocators>) -> Vec<Arc
             storage.clone(),
         )),
         Arc::new(TypedApi::new(ipaddress::IpAddressStrategy, storage.clone())),
+        Arc::new(TypedApi::new(
+            deployment::DeploymentStrategyImpl,
+            storage.clone(),
+        )),
+        Arc::new(TypedApi::new(
+            replicaset::ReplicaSetStrategy,
+            storage.clone(),
+        )),
     ]
 }
 
@@ -87,6 +97,8 @@ impl KindsDecorator {
             entry(lease::LeaseStrategy),
             entry(servicecidr::ServiceCidrStrategy),
             entry(ipaddress::IpAddressStrategy),
+            entry(deployment::DeploymentStrategyImpl),
+            entry(replicaset::ReplicaSetStrategy),
         ]
         .into_iter()
         .collect();

@@ -4,7 +4,7 @@
 use dualstack_api::pod::{normalize_pod_ips, validate_pod_status_ips};
 use dualstack_apimachinery::field::{ErrorList, FieldError, Path};
 use dualstack_apimachinery::validation::{NameRule, is_dns1123_label};
-use k8s_openapi::api::core::v1::{Container, Pod, PodSecurityContext, PodStatus};
+use k8s_openapi::api::core::v1::{Container, Pod, PodSecurityContext, PodSpec, PodStatus};
 
 use crate::resource::{Column, Ctx, ResourceDef, Strategy, age_cell};
 
@@ -137,6 +137,51 @@ fn validate_containers(path: &Path, containers: &[Container], required: bool) ->
     errs
 }
 
+/// `SetDefaults_PodSpec` and the containers' defaults (also run on the pod templates of
+/// Deployments and ReplicaSets; the service account and service links are the Pod's own).
+pub fn default_pod_spec(spec: &mut PodSpec) {
+    spec.restart_policy.get_or_insert_with(|| "Always".into());
+    spec.dns_policy.get_or_insert_with(|| "ClusterFirst".into());
+    spec.termination_grace_period_seconds
+        .get_or_insert(DEFAULT_GRACE_SECONDS);
+    spec.scheduler_name
+        .get_or_insert_with(|| "default-scheduler".into());
+    spec.security_context
+        .get_or_insert_with(PodSecurityContext::default);
+    spec.containers.iter_mut().for_each(default_container);
+    spec.init_containers
+        .iter_mut()
+        .flatten()
+        .for_each(default_container);
+}
+
+/// The PodSpec rules we check, under `sp` (`spec`, `spec.template.spec`).
+pub fn validate_pod_spec(sp: &Path, spec: &PodSpec) -> ErrorList {
+    let mut errs = validate_containers(&sp.child("containers"), &spec.containers, true);
+    errs.extend(validate_containers(
+        &sp.child("initContainers"),
+        spec.init_containers.as_deref().unwrap_or_default(),
+        false,
+    ));
+    if let Some(rp) = spec.restart_policy.as_deref()
+        && !matches!(rp, "Always" | "OnFailure" | "Never")
+    {
+        errs.push(FieldError::not_supported(
+            &sp.child("restartPolicy"),
+            rp,
+            &["Always", "Never", "OnFailure"],
+        ));
+    }
+    if let Some(g) = spec.termination_grace_period_seconds.filter(|&g| g < 0) {
+        errs.push(FieldError::invalid(
+            &sp.child("terminationGracePeriodSeconds"),
+            g,
+            "must be greater than or equal to 0",
+        ));
+    }
+    errs
+}
+
 fn phase(p: &Pod) -> String {
     p.status
         .as_ref()
@@ -153,23 +198,11 @@ impl Strategy for PodStrategy {
 
     fn defaults(&self, p: &mut Pod) {
         if let Some(spec) = p.spec.as_mut() {
-            spec.restart_policy.get_or_insert_with(|| "Always".into());
-            spec.dns_policy.get_or_insert_with(|| "ClusterFirst".into());
-            spec.termination_grace_period_seconds
-                .get_or_insert(DEFAULT_GRACE_SECONDS);
-            spec.scheduler_name
-                .get_or_insert_with(|| "default-scheduler".into());
-            spec.security_context
-                .get_or_insert_with(PodSecurityContext::default);
+            default_pod_spec(spec);
             spec.enable_service_links.get_or_insert(true);
             if spec.service_account_name.is_none() {
                 spec.service_account_name = Some("default".into());
             }
-            spec.containers.iter_mut().for_each(default_container);
-            spec.init_containers
-                .iter_mut()
-                .flatten()
-                .for_each(default_container);
         }
         normalize_pod_ips(p);
     }
@@ -186,29 +219,7 @@ impl Strategy for PodStrategy {
         let Some(spec) = &p.spec else {
             return vec![FieldError::required(&Path::new("spec"), "")];
         };
-        let sp = Path::new("spec");
-        let mut errs = validate_containers(&sp.child("containers"), &spec.containers, true);
-        errs.extend(validate_containers(
-            &sp.child("initContainers"),
-            spec.init_containers.as_deref().unwrap_or_default(),
-            false,
-        ));
-        if let Some(rp) = spec.restart_policy.as_deref()
-            && !matches!(rp, "Always" | "OnFailure" | "Never")
-        {
-            errs.push(FieldError::not_supported(
-                &sp.child("restartPolicy"),
-                rp,
-                &["Always", "Never", "OnFailure"],
-            ));
-        }
-        if let Some(g) = spec.termination_grace_period_seconds.filter(|&g| g < 0) {
-            errs.push(FieldError::invalid(
-                &sp.child("terminationGracePeriodSeconds"),
-                g,
-                "must be greater than or equal to 0",
-            ));
-        }
+        let mut errs = validate_pod_spec(&Path::new("spec"), spec);
         errs.extend(validate_pod_status_ips(p));
         errs
     }

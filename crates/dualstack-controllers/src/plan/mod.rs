@@ -14,14 +14,21 @@
 //!   affinity, pod count) and the fewest-pods score, with upstream's `FailedScheduling` texts.
 //! * [`nodelifecycle`]: node health from Leases and heartbeats, `Unknown` conditions, the
 //!   `NoSchedule` condition taints, pods marked not ready.
+//! * [`replicaset`], [`deployment`]: pods of a ReplicaSet (diff, delete ranking, status);
+//!   a Deployment's ReplicaSets (template hash, revisions, rolling update / Recreate steps,
+//!   conditions).
+//! * [`gc`]: the garbage collector over owner references (background, foreground, orphan).
 //! * [`trigger`]: the `endpoints.kubernetes.io/last-change-trigger-time` tracker.
 
+pub mod deployment;
 pub mod endpoints;
 pub mod endpointslice;
+pub mod gc;
 pub mod leader;
 pub mod loadbalancer;
 pub mod nodeipam;
 pub mod nodelifecycle;
 pub mod pods;
+pub mod replicaset;
 pub mod scheduler;
 pub mod trigger;

@@ -67,6 +67,10 @@ pub enum NodeReason {
     Selector,
     /// No room for one more pod.
     TooManyPods,
+    /// The pod's required anti-affinity (`kubernetes.io/hostname`) matches a pod on the node.
+    AntiAffinity,
+    /// A pod on the node has required anti-affinity matching this pod.
+    ExistingAntiAffinity,
 }
 
 impl NodeReason {
@@ -79,13 +83,20 @@ impl NodeReason {
             }
             NodeReason::Selector => "node(s) didn't match Pod's node affinity/selector".into(),
             NodeReason::TooManyPods => "Too many pods".into(),
+            NodeReason::AntiAffinity => "node(s) didn't match pod anti-affinity rules".into(),
+            NodeReason::ExistingAntiAffinity => {
+                "node(s) didn't satisfy existing pods anti-affinity rules".into()
+            }
         }
     }
 
     /// Whether evicting lower-priority pods could help (upstream's `Unschedulable` status, as
     /// opposed to `UnschedulableAndUnresolvable`).
     fn preemption_could_help(&self) -> bool {
-        matches!(self, NodeReason::TooManyPods)
+        matches!(
+            self,
+            NodeReason::TooManyPods | NodeReason::AntiAffinity | NodeReason::ExistingAntiAffinity
+        )
     }
 }
 
@@ -96,6 +107,101 @@ pub struct Candidate<'a> {
     pub node: &'a Node,
     /// Pods on it, counting the ones this scheduler just bound.
     pub pods: usize,
+    /// Those pods (non-terminal), for inter-pod anti-affinity.
+    pub neighbours: &'a [std::sync::Arc<Pod>],
+}
+
+/// The topology key whose required anti-affinity terms are honoured.
+pub const HOSTNAME_TOPOLOGY: &str = "kubernetes.io/hostname";
+
+/// Whether `term` (a required pod affinity term of `owner`) selects `other`: same namespace
+/// (or one listed in `namespaces`), and its label selector matches.
+fn term_selects(
+    term: &k8s_openapi::api::core::v1::PodAffinityTerm,
+    owner: &Pod,
+    other: &Pod,
+) -> bool {
+    let owner_ns = owner.metadata.namespace.as_deref().unwrap_or("");
+    let other_ns = other.metadata.namespace.as_deref().unwrap_or("");
+    let in_ns = match term.namespaces.as_deref() {
+        Some(list) if !list.is_empty() => list.iter().any(|n| n == other_ns),
+        _ => owner_ns == other_ns,
+    };
+    if !in_ns {
+        return false;
+    }
+    let Some(sel) = &term.label_selector else {
+        return false;
+    };
+    let empty = std::collections::BTreeMap::new();
+    let labels = other.metadata.labels.as_ref().unwrap_or(&empty);
+    label_selector_matches(sel, labels)
+}
+
+/// `metav1.LabelSelectorAsSelector(sel).Matches(labels)`.
+pub fn label_selector_matches(
+    sel: &k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector,
+    labels: &std::collections::BTreeMap<String, String>,
+) -> bool {
+    sel.match_labels
+        .iter()
+        .flatten()
+        .all(|(k, v)| labels.get(k) == Some(v))
+        && sel.match_expressions.iter().flatten().all(|e| {
+            let values = e.values.as_deref().unwrap_or_default();
+            let got = labels.get(&e.key);
+            match e.operator.as_str() {
+                "In" => got.is_some_and(|v| values.contains(v)),
+                "NotIn" => got.is_none_or(|v| !values.contains(v)),
+                "Exists" => got.is_some(),
+                "DoesNotExist" => got.is_none(),
+                _ => false,
+            }
+        })
+}
+
+/// The required anti-affinity terms of `pod` on `kubernetes.io/hostname`.
+fn hostname_anti_affinity(pod: &Pod) -> &[k8s_openapi::api::core::v1::PodAffinityTerm] {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.affinity.as_ref())
+        .and_then(|a| a.pod_anti_affinity.as_ref())
+        .and_then(|a| {
+            a.required_during_scheduling_ignored_during_execution
+                .as_deref()
+        })
+        .unwrap_or_default()
+}
+
+/// upstream's `InterPodAffinity` filter for required anti-affinity with the hostname topology:
+/// the node fails when one of the pod's terms selects a pod on it, or when a pod on it has a
+/// term selecting this pod.
+fn anti_affinity(pod: &Pod, c: &Candidate<'_>) -> Option<NodeReason> {
+    let host =
+        |t: &&k8s_openapi::api::core::v1::PodAffinityTerm| t.topology_key == HOSTNAME_TOPOLOGY;
+    let others = c
+        .neighbours
+        .iter()
+        .filter(|o| o.metadata.uid.is_none() || o.metadata.uid != pod.metadata.uid);
+    for other in others.clone() {
+        if hostname_anti_affinity(pod)
+            .iter()
+            .filter(host)
+            .any(|t| term_selects(t, pod, other))
+        {
+            return Some(NodeReason::AntiAffinity);
+        }
+    }
+    for other in others {
+        if hostname_anti_affinity(other)
+            .iter()
+            .filter(host)
+            .any(|t| term_selects(t, other, pod))
+        {
+            return Some(NodeReason::ExistingAntiAffinity);
+        }
+    }
+    None
 }
 
 /// What to do with a pending pod.
@@ -313,7 +419,7 @@ pub fn filter(pod: &Pod, c: &Candidate<'_>) -> Option<NodeReason> {
     if allocatable_pods(c.node) <= c.pods {
         return Some(NodeReason::TooManyPods);
     }
-    None
+    anti_affinity(pod, c)
 }
 
 /// upstream's `FitError.Error()` for the nodes' reasons, with the default preemption plugin's
@@ -530,7 +636,11 @@ mod tests {
         leaked
             .iter()
             .zip(pods)
-            .map(|(node, &pods)| Candidate { node, pods })
+            .map(|(node, &pods)| Candidate {
+                node,
+                pods,
+                neighbours: &[],
+            })
             .collect()
     }
 
@@ -696,7 +806,11 @@ mod tests {
             ("one slot left", pod(), node("n"), 109, None),
         ];
         for (name, pod, node, pods, want) in cases {
-            let c = Candidate { node: &node, pods };
+            let c = Candidate {
+                node: &node,
+                pods,
+                neighbours: &[],
+            };
             assert_eq!(filter(&pod, &c), want, "{name}");
         }
     }
@@ -713,7 +827,8 @@ mod tests {
                 &p,
                 &Candidate {
                     node: &cordoned,
-                    pods: 0
+                    pods: 0,
+                    neighbours: &[],
                 }
             ),
             None
@@ -725,7 +840,14 @@ mod tests {
         let mut n = node("n");
         n.status.as_mut().unwrap().allocatable = None;
         assert_eq!(
-            filter(&pod(), &Candidate { node: &n, pods: 0 }),
+            filter(
+                &pod(),
+                &Candidate {
+                    node: &n,
+                    pods: 0,
+                    neighbours: &[],
+                }
+            ),
             Some(NodeReason::TooManyPods)
         );
     }
@@ -925,5 +1047,75 @@ mod tests {
             scheduled_message("default", "p", "n1"),
             "Successfully assigned default/p to n1"
         );
+    }
+
+    #[test]
+    fn required_anti_affinity_on_hostname_spreads_and_then_refuses_with_upstreams_text() {
+        let web = |name: &str| -> Pod {
+            serde_json::from_value(json!({
+                "metadata": {"name": name, "namespace": "default", "uid": name, "labels": {"app": "web"}},
+                "spec": {"containers": [{"name": "c"}], "affinity": {"podAntiAffinity": {
+                    "requiredDuringSchedulingIgnoredDuringExecution": [{
+                        "labelSelector": {"matchLabels": {"app": "web"}},
+                        "topologyKey": HOSTNAME_TOPOLOGY}]}}},
+            }))
+            .unwrap()
+        };
+        let nodes = [node("a"), node("b"), node("c")];
+        let mut placed: BTreeMap<String, Vec<std::sync::Arc<Pod>>> = BTreeMap::new();
+        for i in 0..3 {
+            let p = web(&format!("web-{i}"));
+            let cands: Vec<Candidate<'_>> = nodes
+                .iter()
+                .map(|n| {
+                    let on = placed
+                        .get(n.metadata.name.as_deref().unwrap())
+                        .map(Vec::as_slice)
+                        .unwrap_or_default();
+                    Candidate {
+                        node: n,
+                        pods: on.len(),
+                        neighbours: on,
+                    }
+                })
+                .collect();
+            let Decision::Bind(n) = schedule(&p, &cands, 0) else {
+                panic!("pod {i} not placed")
+            };
+            drop(cands);
+            placed.entry(n).or_default().push(std::sync::Arc::new(p));
+        }
+        assert_eq!(placed.len(), 3, "one pod per node");
+        let cands: Vec<Candidate<'_>> = nodes
+            .iter()
+            .map(|n| {
+                let on = placed[n.metadata.name.as_deref().unwrap()].as_slice();
+                Candidate {
+                    node: n,
+                    pods: 1,
+                    neighbours: on,
+                }
+            })
+            .collect();
+        assert_eq!(
+            schedule(&web("web-3"), &cands, 0),
+            Decision::Unschedulable(
+                "0/3 nodes are available: 3 node(s) didn't match pod anti-affinity rules. preemption: 0/3 nodes are available: 3 No preemption victims found for incoming pod.".into()
+            )
+        );
+        // A pod without the rule is kept off by the existing pods' anti-affinity.
+        let mut plain = web("plain");
+        plain.spec.as_mut().unwrap().affinity = None;
+        let Decision::Unschedulable(m) = schedule(&plain, &cands, 0) else {
+            panic!()
+        };
+        assert!(
+            m.contains("3 node(s) didn't satisfy existing pods anti-affinity rules"),
+            "{m}"
+        );
+        // Other namespaces do not count.
+        let mut other = web("other");
+        other.metadata.namespace = Some("other".into());
+        assert!(matches!(schedule(&other, &cands, 0), Decision::Bind(_)));
     }
 }

@@ -2,15 +2,18 @@
 //!
 //! [`ControllerManager::run`] campaigns for the Lease ([`lease`]) and, while leading, runs the
 //! enabled controllers: [`nodeipam`], [`nodelifecycle`], [`endpoints`] (EndpointSlices and
-//! Endpoints), [`loadbalancer`] and the [`scheduler`]. Each controller owns its watchers and writers in a `JoinSet`, so losing the
+//! Endpoints), [`loadbalancer`], the [`scheduler`], [`apps`] (ReplicaSets, Deployments) and
+//! the garbage collector ([`gc`]). Each controller owns its watchers and writers in a `JoinSet`, so losing the
 //! Lease (dropping the controllers' future) stops every request at once.
 //!
 //! Only standard API semantics are used (list/watch, create, replace with `resourceVersion`,
 //! strategic and merge patches, the `status` subresource, core/v1 Events, coordination/v1
 //! Leases), so the same code runs against any Kubernetes API server.
 
+pub mod apps;
 pub mod endpoints;
 pub mod events;
+pub mod gc;
 pub mod informer;
 pub mod lease;
 pub mod loadbalancer;
@@ -29,8 +32,9 @@ use kube::Client;
 use thiserror::Error;
 
 use crate::config::{
-    ControllerSelection, ENDPOINTS, ENDPOINTSLICE, EndpointSliceOptions, LeaderElectionConfig,
-    NODE_IPAM, NODE_LIFECYCLE, SCHEDULER, SERVICE_LB,
+    ControllerSelection, DEPLOYMENT, ENDPOINTS, ENDPOINTSLICE, EndpointSliceOptions,
+    GARBAGE_COLLECTOR, LeaderElectionConfig, NODE_IPAM, NODE_LIFECYCLE, REPLICASET, SCHEDULER,
+    SERVICE_LB,
 };
 use crate::metrics::Metrics;
 use crate::plan::nodeipam::NodeIpamError;
@@ -108,6 +112,11 @@ impl ControllerManager {
         if sel.enabled(SCHEDULER) {
             out.push(SCHEDULER);
         }
+        for c in [REPLICASET, DEPLOYMENT, GARBAGE_COLLECTOR] {
+            if sel.enabled(c) {
+                out.push(c);
+            }
+        }
         out
     }
 
@@ -136,6 +145,23 @@ impl ControllerManager {
                 crate::plan::scheduler::DEFAULT_SCHEDULER,
             ));
             futures.push((SCHEDULER, scheduler::run(client.clone(), recorder).boxed()));
+        }
+        if active.contains(&REPLICASET) {
+            let recorder = Arc::new(events::Recorder::new(client.clone(), REPLICASET));
+            futures.push((
+                REPLICASET,
+                apps::run_replicasets(client.clone(), recorder).boxed(),
+            ));
+        }
+        if active.contains(&DEPLOYMENT) {
+            let recorder = Arc::new(events::Recorder::new(client.clone(), DEPLOYMENT));
+            futures.push((
+                DEPLOYMENT,
+                apps::run_deployments(client.clone(), recorder).boxed(),
+            ));
+        }
+        if active.contains(&GARBAGE_COLLECTOR) {
+            futures.push((GARBAGE_COLLECTOR, gc::run(client.clone()).boxed()));
         }
         let enabled = endpoints::Enabled {
             slices: active.contains(&ENDPOINTSLICE),

@@ -161,6 +161,27 @@ fn pod_counts(pods: &Cache<Pod>, q: &mut Queues) -> HashMap<String, usize> {
     counts
 }
 
+/// The pods each node holds (bound non-terminal ones and the ones we assumed), for inter-pod
+/// anti-affinity.
+fn pods_by_node(pods: &Cache<Pod>, q: &Queues) -> HashMap<String, Vec<Arc<Pod>>> {
+    let mut out: HashMap<String, Vec<Arc<Pod>>> = HashMap::new();
+    for p in pods.list() {
+        if holds_room(&p)
+            && let Some(n) = plan::bound_node(&p)
+        {
+            out.entry(n.to_string()).or_default().push(p.clone());
+        }
+    }
+    for (key, node) in &q.assumed {
+        if let Some(p) = pods.get(key)
+            && plan::bound_node(&p).is_none()
+        {
+            out.entry(node.clone()).or_default().push(p);
+        }
+    }
+    out
+}
+
 async fn bind(client: Client, pod: Arc<Pod>, node: String, recorder: Arc<Recorder>) -> Outcome {
     let ns = pod.metadata.namespace.clone().unwrap_or_default();
     let name = pod.metadata.name.clone().unwrap_or_default();
@@ -244,6 +265,7 @@ pub async fn run(client: Client, recorder: Arc<Recorder>) -> Result<(), RunError
         if !q.active.is_empty() {
             let node_list = nodes.list();
             let mut counts = pod_counts(&pods, &mut q);
+            let mut by_node = pods_by_node(&pods, &q);
             while let Some(key) = q.active.pop_front() {
                 q.queued.remove(&key);
                 let Some(pod) = pods.get(&key) else {
@@ -256,17 +278,19 @@ pub async fn run(client: Client, recorder: Arc<Recorder>) -> Result<(), RunError
                 }
                 let candidates: Vec<Candidate<'_>> = node_list
                     .iter()
-                    .map(|n| Candidate {
-                        node: n.as_ref(),
-                        pods: counts
-                            .get(n.metadata.name.as_deref().unwrap_or(""))
-                            .copied()
-                            .unwrap_or(0),
+                    .map(|n| {
+                        let name = n.metadata.name.as_deref().unwrap_or("");
+                        Candidate {
+                            node: n.as_ref(),
+                            pods: counts.get(name).copied().unwrap_or(0),
+                            neighbours: by_node.get(name).map(Vec::as_slice).unwrap_or_default(),
+                        }
                     })
                     .collect();
                 match plan::schedule(&pod, &candidates, rng.next()) {
                     Decision::Bind(node) => {
                         *counts.entry(node.clone()).or_default() += 1;
+                        by_node.entry(node.clone()).or_default().push(pod.clone());
                         q.unschedulable.remove(&key);
                         q.assumed.insert(key, node.clone());
                         inflight.push(Box::pin(
