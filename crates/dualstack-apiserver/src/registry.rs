@@ -643,9 +643,18 @@ impl<S: Strategy> Registry<S> {
             }));
         }
         let key = entry.kv.key.clone();
-        // Finalization: an object being deleted whose last finalizer went away is removed.
-        let finished =
-            new.metadata().deletion_timestamp.is_some() && !self.pending_finalizers(&new);
+        // Finalization (upstream's `shouldDeleteDuringUpdate`): an object whose delete request
+        // has come, whose last finalizer went away and whose grace period is over (none, or
+        // 0) is removed. A pod in its grace period is not: its kubelet's status updates while
+        // it stops the containers must not end it before the kubelet deletes it with grace 0.
+        let grace_over = old
+            .metadata()
+            .deletion_grace_period_seconds
+            .is_none_or(|g| g == 0);
+        let finished = old.metadata().deletion_timestamp.is_some()
+            && grace_over
+            && new.metadata().deletion_timestamp.is_some()
+            && !self.pending_finalizers(&new);
         let mut hooks = hooks;
         let mut txn = Txn::new().when(Compare::mod_revision(&key, entry.kv.mod_revision));
         if finished {
