@@ -83,6 +83,9 @@ pub enum AddrRhs {
 pub enum Match {
     /// `ct state new`.
     CtStateNew,
+    /// `numgen random mod N == 0`: holds with probability 1/N. Only rendering makes it, when it
+    /// spells [`Stmt::Numgen`] as a cascade of rules (see [`cascade`]); the model never holds it.
+    NumgenZero(u32),
     /// `ip saddr 10.0.0.0/8`, `ip daddr != { ... }`, `ip daddr @set`.
     Addr {
         /// Source or destination.
@@ -147,7 +150,8 @@ pub enum Stmt {
         /// The map name.
         map: String,
     },
-    /// `numgen random mod N vmap { 0 : goto A , 1 : goto B }`.
+    /// Go to one of the chains at random, each with probability 1/N (written to the kernel as
+    /// a cascade of `numgen random mod K == 0` rules, see [`cascade`]).
     Numgen {
         /// The chains chosen among, in order.
         targets: Vec<String>,
@@ -455,12 +459,12 @@ fn text_op(out: &mut String, t: &Tokens, op: &Op) {
             let _ = write!(out, "delete chain {f} {TABLE} {c}");
         }
         Op::AddRules { chain, rules } => {
-            for (i, rule) in rules.iter().enumerate() {
+            for (i, rule) in rules.iter().flat_map(cascade).enumerate() {
                 if i > 0 {
                     out.push('\n');
                 }
                 let _ = write!(out, "add rule {f} {TABLE} {chain} ");
-                text_rule(out, t, rule);
+                text_rule(out, t, &rule);
             }
         }
         Op::AddSet(s) => {
@@ -547,6 +551,35 @@ fn text_nets(out: &mut String, nets: &[IpNet]) {
     out.push_str(" }");
 }
 
+/// How a rule is written to the kernel. A [`Stmt::Numgen`] choice among N chains becomes N
+/// rules, `numgen random mod (N-i) == 0 goto CHAIN_i` for i < N-1 and a plain `goto` last: each
+/// chain is taken with probability 1/N (the cascade iptables' `statistic` rules make), and no
+/// set is made. Upstream's `numgen random mod N vmap { ... }` makes an anonymous set per
+/// Service, and the kernel finds sets by walking the table's sets, so loading 10,000 Services
+/// that way is quadratic (BENCHMARKS.md, "Where nft's time goes"). Every other rule is written
+/// as it is.
+fn cascade(rule: &Rule) -> Vec<Rule> {
+    let Stmt::Numgen { targets } = &rule.stmt else {
+        return vec![rule.clone()];
+    };
+    let n = targets.len();
+    targets
+        .iter()
+        .enumerate()
+        .map(|(i, target)| {
+            let mut matches = rule.matches.clone();
+            if i + 1 < n {
+                matches.push(Match::NumgenZero(u32::try_from(n - i).unwrap_or(u32::MAX)));
+            }
+            Rule {
+                matches,
+                stmt: Stmt::Verdict(Verdict::Goto(target.clone())),
+                comment: rule.comment.clone(),
+            }
+        })
+        .collect()
+}
+
 /// The `nft` text of one rule (without the `add rule ...` prefix).
 pub fn rule_text(family: IpFamily, rule: &Rule) -> String {
     let mut s = String::new();
@@ -586,6 +619,9 @@ fn text_rule(out: &mut String, t: &Tokens, rule: &Rule) {
             }
             Match::MarkClear(m) => {
                 let _ = write!(out, "mark and {m:#x} == 0");
+            }
+            Match::NumgenZero(n) => {
+                let _ = write!(out, "numgen random mod {n} == 0");
             }
         }
         out.push(' ');
@@ -703,7 +739,8 @@ fn json_op(out: &mut String, t: &Tokens, op: &Op) {
             out.push_str("}}}");
         }
         Op::AddRules { chain, rules } => {
-            for (i, rule) in rules.iter().enumerate() {
+            for (i, rule) in rules.iter().flat_map(cascade).enumerate() {
+                let rule = &rule;
                 if i > 0 {
                     out.push(',');
                 }
@@ -921,6 +958,12 @@ fn json_rule_exprs(out: &mut String, t: &Tokens, rule: &Rule) {
                 let _ = write!(
                     out,
                     "{{\"match\":{{\"op\":\"==\",\"left\":{{\"&\":[{MARK},{m}]}},\"right\":0}}}}"
+                );
+            }
+            Match::NumgenZero(n) => {
+                let _ = write!(
+                    out,
+                    "{{\"match\":{{\"op\":\"==\",\"left\":{{\"numgen\":{{\"mode\":\"random\",\"mod\":{n},\"offset\":0}}}},\"right\":0}}}}"
                 );
             }
         }

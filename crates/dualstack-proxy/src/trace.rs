@@ -349,6 +349,8 @@ impl<'a> Tracer<'a> {
             Match::L4Proto(proto) => *proto == p.proto,
             Match::ThDport(port) => *port == st.dport,
             Match::MarkClear(m) => st.mark & m == 0,
+            // Only rendering makes it; the model the tracer reads chooses with `Stmt::Numgen`.
+            Match::NumgenZero(_) => true,
         }
     }
 }
