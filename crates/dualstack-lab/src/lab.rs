@@ -117,6 +117,30 @@ impl Layout {
     }
 }
 
+/// The programs the nodes run besides our own: `nft` (the Service proxy and the masq agent
+/// program the kernel through it) and `conntrack` (UDP flows of removed endpoints).
+fn require_tools() -> Result<()> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let missing: Vec<(&str, &str)> = [("nft", "nftables"), ("conntrack", "conntrack")]
+        .into_iter()
+        .filter(|(bin, _)| {
+            !std::env::split_paths(&path)
+                .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")])
+                .any(|d| d.join(bin).is_file())
+        })
+        .collect();
+    if !missing.is_empty() {
+        let bins: Vec<&str> = missing.iter().map(|(b, _)| *b).collect();
+        let pkgs: Vec<&str> = missing.iter().map(|(_, p)| *p).collect();
+        bail!(
+            "dualstack up needs {} on the machine: apt-get install -y {}",
+            bins.join(" and "),
+            pkgs.join(" ")
+        );
+    }
+    Ok(())
+}
+
 fn require_root(what: &str) -> Result<()> {
     if !nix::unistd::Uid::effective().is_root() {
         bail!(
@@ -131,6 +155,7 @@ fn require_root(what: &str) -> Result<()> {
 /// server and the agents keep running in the background.
 pub async fn up(opts: &UpOptions) -> Result<UpReport> {
     require_root("up")?;
+    require_tools()?;
     let start = Instant::now();
     let l = Layout::new(&opts.data_dir);
     fs::create_dir_all(&l.dir).with_context(|| format!("creating {}", l.dir.display()))?;
