@@ -9,122 +9,15 @@ mod common;
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::Duration;
 
-use common::{Kubectl, binary, eventually};
+use common::lab::Lab;
+use common::{binary, eventually};
 use serde_json::Value;
 
-/// A lab made by `dualstack up`, removed on drop.
-struct Lab {
-    dir: tempfile::TempDir,
-    kubectl: Kubectl,
-}
-
-fn require_root() {
-    assert!(
-        nix_is_root(),
-        "the lab tests need root (network namespaces); CI runs them as root"
-    );
-}
-
-fn nix_is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .map(|l| l.split_whitespace().nth(2) == Some("0"))
-        })
-        .unwrap_or(false)
-}
-
+/// What these tests add to the shared lab: pods and their phases.
 impl Lab {
-    fn up(nodes: usize, flags: &[&str]) -> Lab {
-        require_root();
-        let dir = tempfile::Builder::new()
-            .prefix("ds-lab-")
-            .tempdir()
-            .unwrap();
-        let lab = Lab {
-            dir,
-            kubectl: Kubectl::require("1.33"),
-        };
-        let out = lab.dualstack(&[&["up", "--nodes", &nodes.to_string()], flags].concat());
-        assert!(
-            out.status.success(),
-            "dualstack up failed:\n{}\n{}\nserver log:\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr),
-            std::fs::read_to_string(lab.path().join("logs/server.log")).unwrap_or_default()
-        );
-        lab
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-
-    fn dualstack(&self, args: &[&str]) -> Output {
-        let mut cmd = Command::new(binary());
-        cmd.arg(args[0]).arg("--data-dir").arg(self.path());
-        cmd.args(&args[1..]);
-        cmd.output().unwrap()
-    }
-
-    /// Runs a command on a lab host.
-    fn exec(&self, host: &str, cmd: &[&str]) -> Output {
-        self.dualstack(&[&["exec", host, "--"], cmd].concat())
-    }
-
-    fn kubectl(&self, args: &[&str]) -> Output {
-        Command::new(self.kubectl.path())
-            .arg("--kubeconfig")
-            .arg(self.path().join("kubeconfig"))
-            .args(args)
-            .output()
-            .unwrap()
-    }
-
-    fn kubectl_ok(&self, args: &[&str]) -> String {
-        let out = self.kubectl(args);
-        assert!(
-            out.status.success(),
-            "kubectl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    }
-
-    fn apply(&self, yaml: &str) {
-        let mut child = Command::new(self.kubectl.path())
-            .arg("--kubeconfig")
-            .arg(self.path().join("kubeconfig"))
-            .args(["apply", "-f", "-"])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        use std::io::Write;
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(yaml.as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
-        assert!(
-            out.status.success(),
-            "kubectl apply: {}\n{yaml}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
-    fn json(&self, args: &[&str]) -> Value {
-        serde_json::from_str(&self.kubectl_ok(&[args, &["-o", "json"]].concat())).unwrap()
-    }
-
     fn pod(&self, name: &str) -> Value {
         self.json(&["get", "pod", name])
     }
@@ -158,34 +51,6 @@ impl Lab {
                 serde_json::to_string_pretty(&self.pod(name)["status"]).unwrap()
             )
         })
-    }
-
-    fn logs(&self) -> String {
-        let mut out = String::new();
-        if let Ok(d) = std::fs::read_dir(self.path().join("logs")) {
-            for e in d.flatten() {
-                let text = std::fs::read_to_string(e.path()).unwrap_or_default();
-                let lines: Vec<&str> = text.lines().collect();
-                out += &format!(
-                    "--- {}\n{}\n",
-                    e.path().display(),
-                    lines[lines.len().saturating_sub(20)..].join("\n")
-                );
-            }
-        }
-        out
-    }
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        let out = self.dualstack(&["down"]);
-        if !out.status.success() {
-            eprintln!(
-                "dualstack down failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
     }
 }
 
@@ -285,7 +150,7 @@ fn family(ip: &IpAddr) -> u8 {
 #[test]
 fn a_three_node_lab_gives_every_pod_both_families_and_pods_reach_each_other_on_both() {
     let host_links_before = host_links();
-    let lab = Lab::up(3, &[]);
+    let lab = Lab::up("ds-lab-", 3, &[]);
     let nodes = nodes_json(&lab);
     assert_eq!(nodes.len(), 3);
     for n in &nodes {
@@ -469,6 +334,7 @@ fn host_links() -> String {
 #[test]
 fn pods_of_an_ipv6_primary_lab_list_ipv6_first() {
     let lab = Lab::up(
+        "ds-lab-",
         1,
         &[
             "--service-cluster-ip-range=fd00::/108,10.0.0.0/16",
@@ -496,7 +362,7 @@ fn pods_of_an_ipv6_primary_lab_list_ipv6_first() {
 /// `kubectl run` without a node: the scheduler binds the pod and its node runs it.
 #[test]
 fn kubectl_run_without_a_node_lands_on_a_node_and_runs() {
-    let lab = Lab::up(2, &[]);
+    let lab = Lab::up("ds-lab-", 2, &[]);
     lab.kubectl_ok(&[
         "run",
         "sleeper",
@@ -517,7 +383,7 @@ fn kubectl_run_without_a_node_lands_on_a_node_and_runs() {
 /// families; when it passes again the pod is back in both.
 #[test]
 fn a_failing_readiness_probe_takes_the_pod_out_of_both_families_slices() {
-    let lab = Lab::up(1, &[]);
+    let lab = Lab::up("ds-lab-", 1, &[]);
     let marker = "/tmp/ready-".to_string() + &lab.path().file_name().unwrap().to_string_lossy();
     let _ = std::fs::remove_file(&marker);
     lab.apply(&format!(
@@ -597,7 +463,7 @@ fn with_the_reference_cni_plugins_pods_get_both_families_and_reach_each_other() 
         Path::new("/usr/lib/cni/bridge").exists(),
         "needs Debian's containernetworking-plugins (scripts/test installs them)"
     );
-    let lab = Lab::up(2, &[]);
+    let lab = Lab::up("ds-lab-", 2, &[]);
     for n in nodes_json(&lab) {
         let name = n["metadata"]["name"].as_str().unwrap();
         let cidrs: Vec<&str> = n["spec"]["podCIDRs"]
@@ -650,7 +516,7 @@ fn with_the_reference_cni_plugins_pods_get_both_families_and_reach_each_other() 
 /// `dualstack down` removes every process, mount and file of the lab, and is safe twice.
 #[test]
 fn down_leaves_nothing_behind_and_is_safe_to_run_twice() {
-    let lab = Lab::up(1, &[]);
+    let lab = Lab::up("ds-lab-", 1, &[]);
     lab.apply(&web_pod("web", "node-1", "app: web"));
     lab.wait_running("web", false);
     let dir = lab.path().to_path_buf();
@@ -729,7 +595,7 @@ fn simulate_reboot(dir: &Path) {
 /// two addresses (its container restarted, as kubelet restarts containers after a reboot).
 #[test]
 fn up_after_a_reboot_brings_the_same_cluster_back() {
-    let lab = Lab::up(1, &[]);
+    let lab = Lab::up("ds-lab-", 1, &[]);
     lab.apply(&web_pod("web", "node-1", "app: web"));
     lab.apply(
         "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\nspec:\n  ipFamilyPolicy: RequireDualStack\n  selector: {app: web}\n  ports:\n  - port: 80\n    targetPort: 8080\n",

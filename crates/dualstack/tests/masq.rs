@@ -6,109 +6,43 @@
 mod common;
 
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{Kubectl, binary, eventually};
-use serde_json::Value;
+use common::lab::Lab;
+use common::{binary, eventually};
 
 const OUTSIDE_V4: &str = "203.0.113.100";
 const OUTSIDE_V6: &str = "2001:db8:1::100";
 const NODE1_V4: &str = "203.0.113.11";
 const NODE1_V6: &str = "2001:db8:1::11";
 
-/// A lab made by `dualstack up`, removed on drop.
-struct Lab {
-    dir: tempfile::TempDir,
-    kubectl: Kubectl,
+/// The shared lab, plus the server these tests run on the `outside` host (stopped on drop,
+/// before the lab goes).
+struct MasqLab {
+    lab: Lab,
     server: Option<Child>,
 }
 
-impl Lab {
-    fn up(nodes: usize) -> Lab {
-        let root = std::fs::read_to_string("/proc/self/status")
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find(|l| l.starts_with("Uid:"))
-                    .map(|l| l.split_whitespace().nth(2) == Some("0"))
-            })
-            .unwrap_or(false);
-        assert!(root, "the lab tests need root (network namespaces)");
-        let lab = Lab {
-            dir: tempfile::Builder::new()
-                .prefix("ds-masq-")
-                .tempdir()
-                .unwrap(),
-            kubectl: Kubectl::require("1.33"),
+impl std::ops::Deref for MasqLab {
+    type Target = Lab;
+    fn deref(&self) -> &Lab {
+        &self.lab
+    }
+}
+
+impl MasqLab {
+    fn up(nodes: usize) -> MasqLab {
+        MasqLab {
+            lab: Lab::up("ds-masq-", nodes, &[]),
             server: None,
-        };
-        let out = lab.dualstack(&["up", "--nodes", &nodes.to_string()]);
-        assert!(
-            out.status.success(),
-            "dualstack up failed:\n{}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        lab
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-
-    fn dualstack(&self, args: &[&str]) -> Output {
-        Command::new(binary())
-            .arg(args[0])
-            .arg("--data-dir")
-            .arg(self.path())
-            .args(&args[1..])
-            .output()
-            .unwrap()
-    }
-
-    fn exec(&self, host: &str, cmd: &[&str]) -> String {
-        let out = self.dualstack(&[&["exec", host, "--"], cmd].concat());
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn kubectl(&self, args: &[&str], stdin: Option<&str>) -> Output {
-        let mut child = Command::new(self.kubectl.path())
-            .arg("--kubeconfig")
-            .arg(self.path().join("kubeconfig"))
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut input = child.stdin.take().unwrap();
-        if let Some(s) = stdin {
-            use std::io::Write;
-            input.write_all(s.as_bytes()).unwrap();
         }
-        drop(input);
-        child.wait_with_output().unwrap()
     }
 
-    fn apply(&self, yaml: &str) {
-        let out = self.kubectl(&["apply", "-f", "-"], Some(yaml));
-        assert!(
-            out.status.success(),
-            "kubectl apply: {}\n{yaml}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
-    fn json(&self, args: &[&str]) -> Value {
-        let out = self.kubectl(&[args, &["-o", "json"]].concat(), None);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).unwrap()
+    /// Stdout of a command on a lab host.
+    fn exec(&self, host: &str, cmd: &[&str]) -> String {
+        String::from_utf8_lossy(&self.lab.exec(host, cmd).stdout).into_owned()
     }
 
     fn log(&self, process: &str) -> String {
@@ -236,18 +170,11 @@ spec:
     }
 }
 
-impl Drop for Lab {
+impl Drop for MasqLab {
     fn drop(&mut self) {
         if let Some(mut c) = self.server.take() {
             let _ = c.kill();
             let _ = c.wait();
-        }
-        let out = self.dualstack(&["down"]);
-        if !out.status.success() {
-            eprintln!(
-                "dualstack down failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
         }
     }
 }
@@ -271,7 +198,7 @@ fn configmap(config: &str) -> String {
 /// connection gets its replies (the pod exits 0), so `outside` routes to the pod CIDRs.
 #[test]
 fn pods_reach_outside_masqueraded_then_with_their_own_addresses_and_a_bad_config_changes_nothing() {
-    let mut lab = Lab::up(1);
+    let mut lab = MasqLab::up(1);
     let cm = lab.json(&["get", "configmap", "-n", "kube-system", "ip-masq-agent"]);
     let config = cm["data"]["config"].as_str().unwrap().to_string();
     assert!(config.contains("fc00::/48"), "{config}");

@@ -12,7 +12,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Kubectl, binary, eventually};
+use common::lab::Lab;
+use common::{binary, eventually};
 use serde_json::Value;
 
 /// The backend every test pod runs: HTTP on `http_port` (GET answers "<name> <peer>", POST
@@ -102,109 +103,17 @@ if mode == "keep":
     print("SECOND", get(), flush=True)
 "#;
 
-/// A lab made by `dualstack up`, removed on drop.
-struct Lab {
-    dir: tempfile::TempDir,
-    kubectl: Kubectl,
+/// A lab for these tests: the shared one, with the HTTP/UDP server and client scripts the
+/// pods run.
+fn up(nodes: usize) -> Lab {
+    let lab = Lab::up("ds-proxy-", nodes, &[]);
+    std::fs::write(lab.path().join("server.py"), SERVER_PY).unwrap();
+    std::fs::write(lab.path().join("client.py"), CLIENT_PY).unwrap();
+    lab
 }
 
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .map(|l| l.split_whitespace().nth(2) == Some("0"))
-        })
-        .unwrap_or(false)
-}
-
+/// What these tests add to the shared lab: pods, Services, running commands in pods.
 impl Lab {
-    fn up(nodes: usize) -> Lab {
-        assert!(
-            is_root(),
-            "the proxy e2e tests need root (network namespaces); CI runs them as root"
-        );
-        let dir = tempfile::Builder::new()
-            .prefix("ds-proxy-")
-            .tempdir()
-            .unwrap();
-        let lab = Lab {
-            dir,
-            kubectl: Kubectl::require("1.33"),
-        };
-        std::fs::write(lab.path().join("server.py"), SERVER_PY).unwrap();
-        std::fs::write(lab.path().join("client.py"), CLIENT_PY).unwrap();
-        let out = lab.dualstack(&["up", "--nodes", &nodes.to_string()]);
-        assert!(
-            out.status.success(),
-            "dualstack up failed:\n{}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr),
-        );
-        lab
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-
-    fn dualstack(&self, args: &[&str]) -> Output {
-        let mut cmd = Command::new(binary());
-        cmd.arg(args[0]).arg("--data-dir").arg(self.path());
-        cmd.args(&args[1..]);
-        cmd.output().unwrap()
-    }
-
-    /// Runs a command on a lab host (node-N, outside).
-    fn exec(&self, host: &str, cmd: &[&str]) -> Output {
-        self.dualstack(&[&["exec", host, "--"], cmd].concat())
-    }
-
-    fn kubectl_ok(&self, args: &[&str]) -> String {
-        let out = Command::new(self.kubectl.path())
-            .arg("--kubeconfig")
-            .arg(self.path().join("kubeconfig"))
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "kubectl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    }
-
-    fn apply(&self, yaml: &str) {
-        let mut child = Command::new(self.kubectl.path())
-            .arg("--kubeconfig")
-            .arg(self.path().join("kubeconfig"))
-            .args(["apply", "-f", "-"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        use std::io::Write;
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(yaml.as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
-        assert!(
-            out.status.success(),
-            "kubectl apply: {}\n{yaml}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
-    fn json(&self, args: &[&str]) -> Value {
-        serde_json::from_str(&self.kubectl_ok(&[args, &["-o", "json"]].concat())).unwrap()
-    }
-
     fn wait_ready(&self, name: &str) -> Value {
         eventually(Duration::from_secs(60), || {
             let p = self.json(&["get", "pod", name]);
@@ -269,40 +178,12 @@ spec:
         )
     }
 
-    fn logs(&self) -> String {
-        let mut out = String::new();
-        if let Ok(d) = std::fs::read_dir(self.path().join("logs")) {
-            for e in d.flatten() {
-                let text = std::fs::read_to_string(e.path()).unwrap_or_default();
-                let lines: Vec<&str> = text.lines().collect();
-                out += &format!(
-                    "--- {}\n{}\n",
-                    e.path().display(),
-                    lines[lines.len().saturating_sub(15)..].join("\n")
-                );
-            }
-        }
-        out
-    }
-
     fn svc(&self, name: &str) -> Value {
         self.json(&["get", "svc", name])
     }
 
     fn cluster_ips(&self, name: &str) -> Vec<IpAddr> {
         ips(&self.svc(name)["spec"]["clusterIPs"])
-    }
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        let out = self.dualstack(&["down"]);
-        if !out.status.success() {
-            eprintln!(
-                "dualstack down failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
     }
 }
 
@@ -405,7 +286,7 @@ fn wait_programmed(lab: &Lab, node: &str, ip: IpAddr) {
 /// second, and deleting a backend leaves only the others answering.
 #[test]
 fn services_answer_over_both_families_from_pods_nodes_and_outside() {
-    let lab = Lab::up(2);
+    let lab = up(2);
     lab.apply(&lab.server_pod("web-1", "node-1", "app: web, pod: web-1", 8080, 9090));
     lab.apply(&lab.server_pod("web-2", "node-2", "app: web, pod: web-2", 8080, 9090));
     lab.apply(&lab.server_pod("myapp", "node-2", "app: MyApp", 9376, 9377));
@@ -693,7 +574,7 @@ fn wait_programmed_no_endpoints(lab: &Lab, node: &str, ip: IpAddr) {
 /// of each family, and its first sync removes the rules of a Service deleted meanwhile.
 #[test]
 fn an_agent_restart_keeps_established_connections_and_leaves_no_stale_rules() {
-    let lab = Lab::up(1);
+    let lab = up(1);
     lab.apply(&lab.server_pod("web", "node-1", "app: web", 8080, 9090));
     lab.apply(&lab.sleeper_pod("client", "node-1"));
     lab.apply(

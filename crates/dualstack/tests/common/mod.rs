@@ -9,6 +9,8 @@
 
 #![allow(dead_code)]
 
+pub mod lab;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
