@@ -1,10 +1,10 @@
 //! Applying the proxier's transactions to the kernel, behind the narrow [`NftApplier`] trait:
-//! [`NftCommand`] runs `nft -j -f -` (libnftables JSON on stdin, one atomic batch per call);
+//! [`NftCommand`] runs `nft -f -` (the text syntax on stdin, one atomic batch per call);
 //! [`RecordingApplier`] keeps what it was given and can be told to fail, for tests.
 //!
-//! The `nftables` crate's `helper::apply_ruleset` does the same spawn-and-pipe over its own
-//! typed schema; our transactions already render their JSON (`Transaction::to_json_string`),
-//! so the crate would add only a second model of the same document.
+//! Text, not libnftables JSON (`nft -j`, what the `nftables` crate speaks): nft 1.0.6's JSON
+//! cannot declare our backend maps (their data is a concatenation), and it parsed a full load
+//! a third slower (BENCHMARKS.md).
 
 use std::io::Write;
 use std::process::{Command, Stdio};
@@ -31,15 +31,12 @@ pub trait NftApplier: Send + Sync {
 pub struct NftCommand {
     /// The `nft` executable.
     pub program: String,
-    /// Feed JSON (`nft -j -f -`, the default) rather than the text syntax (`nft -f -`).
-    pub json: bool,
 }
 
 impl Default for NftCommand {
     fn default() -> Self {
         NftCommand {
             program: "nft".to_string(),
-            json: true,
         }
     }
 }
@@ -94,11 +91,7 @@ impl NftApplier for NftCommand {
             tx.ops.len(),
             family_word(tx.family)
         );
-        if self.json {
-            self.run(&["-j", "-f", "-"], tx.to_json_string().as_bytes(), &what)
-        } else {
-            self.run(&["-f", "-"], tx.to_text().as_bytes(), &what)
-        }
+        self.run(&["-f", "-"], tx.to_text().as_bytes(), &what)
     }
 
     fn probe_nat(&self, family: IpFamily) -> Result<(), ProxyRunError> {

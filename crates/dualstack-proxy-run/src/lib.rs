@@ -494,15 +494,32 @@ impl Loop {
         let mut ok = true;
         let mut full = false;
         let mut ops = 0;
-        for fs in [&res.ipv4, &res.ipv6] {
+        let todo: Vec<&dualstack_proxy::FamilySync> = [&res.ipv4, &res.ipv6]
+            .into_iter()
+            .filter(|fs| !fs.transaction.is_empty() && self.support.supports(fs.transaction.family))
+            .collect();
+        // The families' tables are independent: apply them side by side.
+        let nft = self.kernel.nft.clone();
+        let results: Vec<Result<(), ProxyRunError>> = tokio::task::block_in_place(|| {
+            std::thread::scope(|scope| {
+                let handles: Vec<_> = todo
+                    .iter()
+                    .map(|fs| {
+                        let nft = nft.clone();
+                        scope.spawn(move || nft.apply(&fs.transaction))
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| h.join().expect("nft apply thread panicked"))
+                    .collect()
+            })
+        });
+        for (fs, result) in todo.into_iter().zip(results) {
             let tx = &fs.transaction;
-            if tx.is_empty() || !self.support.supports(tx.family) {
-                continue;
-            }
             full |= tx.full;
             ops += tx.ops.len();
-            let nft = self.kernel.nft.clone();
-            match tokio::task::block_in_place(|| nft.apply(tx)) {
+            match result {
                 Ok(()) => {
                     for ep in &fs.removed_udp_endpoints {
                         let ct = self.kernel.conntrack.clone();

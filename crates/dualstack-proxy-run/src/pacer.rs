@@ -1,9 +1,13 @@
-//! The bounded-frequency sync (upstream's `async.BoundedFrequencyRunner`): changes are
-//! batched; a sync runs at once when the last one is at least `min_interval` ago, else when it
-//! will be; with no changes at all one runs every `max_interval` (stale chains, retries).
-//! Pure: times come in as arguments.
+//! The bounded-frequency sync (upstream's `async.BoundedFrequencyRunner` as kube-proxy builds
+//! it, with a burst of 2): changes are batched; syncs draw from a token bucket that refills one
+//! token per `min_interval` and holds at most [`BURST`], so a lone change syncs at once, the
+//! next one too, and a stream of changes syncs once per `min_interval`; with no changes at all
+//! one runs every `max_interval` (stale chains, retries). Pure: times come in as arguments.
 
 use std::time::{Duration, Instant};
+
+/// kube-proxy's `burstSyncs`.
+pub const BURST: f64 = 2.0;
 
 /// When the next sync is due.
 #[derive(Debug, Clone)]
@@ -12,6 +16,10 @@ pub struct Pacer {
     max_interval: Duration,
     last: Option<Instant>,
     pending: bool,
+    /// Tokens at `last` (after that sync took its own).
+    tokens: f64,
+    /// A failed sync is retried no sooner than this.
+    retry_at: Option<Instant>,
 }
 
 impl Pacer {
@@ -22,6 +30,8 @@ impl Pacer {
             max_interval,
             last: None,
             pending: true,
+            tokens: BURST,
+            retry_at: None,
         }
     }
 
@@ -35,20 +45,42 @@ impl Pacer {
         self.pending
     }
 
+    fn tokens_at(&self, now: Instant) -> f64 {
+        match self.last {
+            None => BURST,
+            Some(last) if self.min_interval.is_zero() => {
+                let _ = last;
+                BURST
+            }
+            Some(last) => (self.tokens
+                + now.saturating_duration_since(last).as_secs_f64()
+                    / self.min_interval.as_secs_f64())
+            .min(BURST),
+        }
+    }
+
     /// When the next sync should run.
     pub fn due(&self, now: Instant) -> Instant {
-        match self.last {
-            None => now,
-            Some(last) if self.pending => (last + self.min_interval).max(now),
-            Some(last) => last + self.max_interval,
+        let Some(last) = self.last else { return now };
+        if !self.pending {
+            return last + self.max_interval;
         }
+        let tokens = self.tokens_at(now);
+        let by_tokens = if tokens >= 1.0 {
+            now
+        } else {
+            now + self.min_interval.mul_f64(1.0 - tokens)
+        };
+        self.retry_at.map_or(by_tokens, |r| by_tokens.max(r))
     }
 
     /// A sync ran at `at`; `ok` false keeps the change pending (retried after the minimum
     /// interval).
     pub fn ran(&mut self, at: Instant, ok: bool) {
+        self.tokens = (self.tokens_at(at) - 1.0).max(0.0);
         self.last = Some(at);
         self.pending = !ok;
+        self.retry_at = (!ok).then(|| at + self.min_interval);
     }
 
     /// The time of the last sync.
@@ -62,17 +94,29 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_change_after_an_idle_period_syncs_at_once_and_a_burst_waits_for_the_minimum() {
+    fn a_change_after_an_idle_period_syncs_at_once_and_a_stream_is_paced_by_the_minimum() {
         let t0 = Instant::now();
         let s = Duration::from_secs(1);
+        let ms = Duration::from_millis;
         let mut p = Pacer::new(s, Duration::from_secs(30));
         assert_eq!(p.due(t0), t0, "first sync at once");
         p.ran(t0, true);
         assert_eq!(p.due(t0), t0 + Duration::from_secs(30), "idle: periodic");
-        let t1 = t0 + Duration::from_millis(300);
+        // The burst: a second change right after syncs at once too.
         p.changed();
-        assert_eq!(p.due(t1), t0 + s, "within the minimum: batched");
-        p.ran(t0 + s, true);
+        assert_eq!(p.due(t0 + ms(100)), t0 + ms(100), "burst of 2");
+        p.ran(t0 + ms(100), true);
+        // Then the bucket holds 0.1 token, 0.2 at the third change: it waits for a whole one.
+        p.changed();
+        let due = p.due(t0 + ms(200));
+        let want = t0 + ms(1000);
+        assert!(
+            due.max(want) - due.min(want) < ms(1),
+            "paced: due {:?} after t0",
+            due - t0
+        );
+        p.ran(want, true);
+        // Idle long enough: immediate again.
         let t2 = t0 + Duration::from_secs(5);
         p.changed();
         assert_eq!(p.due(t2), t2, "idle long enough: immediate");

@@ -3,7 +3,7 @@
 //!
 //! Start at [`DualStackProxier`] (upstream's meta proxier over two per-family [`Proxier`]s):
 //! feed it Services and slices (`on_service`, `on_slice`, ... or `update` with full lists), call
-//! `sync(now)` and apply each family's [`Transaction`] (`to_json()` for `nft -j -f -`). The
+//! `sync(now)` and apply each family's [`Transaction`] (`to_text()` for `nft -f -`). The
 //! ruleset layout is in this crate's `README.md`; the rules are built in [`ruleset`], the
 //! endpoint choice in [`categorize`], the family tokens in [`family`], and [`trace`] is a small
 //! packet tracer over exactly the rule shapes of [`nft`].

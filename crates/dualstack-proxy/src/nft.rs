@@ -1,6 +1,9 @@
 //! The typed nftables model: only the shapes this proxy emits, and one transaction of operations
-//! on our table, rendered as `nft -f` text ([`Transaction::to_text`]) or as the libnftables JSON
-//! schema ([`Transaction::to_json`], `nft -j -f -` input).
+//! on our table, rendered as `nft -f` text ([`Transaction::to_text`]).
+//!
+//! Only text: nft 1.0.6's JSON input cannot declare a map whose data is a concatenation
+//! (`ip daddr . th dport`, the DNAT targets of the backend maps), and its JSON parser was a
+//! third slower than the text one on a full load (BENCHMARKS.md).
 //!
 //! The model is deliberately small: every [`Match`] and [`Stmt`] is a shape the packet tracer
 //! ([`crate::trace`]) understands, so what we emit and what we test are the same values.
@@ -10,7 +13,6 @@ use std::net::IpAddr;
 
 use dualstack_ipam::IpFamily;
 use ipnet::IpNet;
-use serde_json::Value;
 
 use crate::family::Tokens;
 
@@ -103,6 +105,10 @@ pub enum Match {
     ThDport(u16),
     /// `meta mark & MASK == 0`.
     MarkClear(u32),
+    /// `ct status dnat`: the connection's destination was translated.
+    CtStatusDnat,
+    /// `ip saddr . ip daddr @SET`: the (translated) source and destination pair is in the set.
+    SaddrDaddrIn(String),
 }
 
 /// A verdict, as a statement or as the value of a verdict map element.
@@ -175,6 +181,17 @@ pub enum Stmt {
     UpdateSaddr {
         /// The affinity set.
         set: String,
+    },
+    /// `dnat to KEY . numgen random mod N map @MAP`: one of N endpoints at random, looked up in
+    /// a backend map keyed on the destination (or protocol . port) and a bucket 0..N. One such
+    /// rule serves every Service with N endpoints.
+    DnatMap {
+        /// The destination part of the key.
+        key: VmapKey,
+        /// N, the number of buckets.
+        modulus: u32,
+        /// The backend map.
+        map: String,
     },
 }
 
@@ -283,6 +300,12 @@ pub enum SetType {
     AddrProtoPortVerdict,
     /// A verdict map keyed on protocol . port.
     ProtoPortVerdict,
+    /// A backend map: address . protocol . port . bucket → endpoint address . port.
+    AddrProtoPortBucketTarget,
+    /// A backend map: protocol . port . bucket → endpoint address . port.
+    ProtoPortBucketTarget,
+    /// A set of address pairs (source . destination).
+    AddrPair,
 }
 
 /// A set or map declaration.
@@ -300,7 +323,7 @@ pub struct SetDef {
 
 impl SetDef {
     fn is_map(&self) -> bool {
-        !matches!(self.ty, SetType::Addr)
+        !matches!(self.ty, SetType::Addr | SetType::AddrPair)
     }
 }
 
@@ -313,6 +336,21 @@ pub enum Key {
     AddrProtoPort(IpAddr, Protocol, u16),
     /// protocol . port.
     ProtoPort(Protocol, u16),
+    /// address . protocol . port . bucket.
+    AddrProtoPortBucket(IpAddr, Protocol, u16, u32),
+    /// protocol . port . bucket.
+    ProtoPortBucket(Protocol, u16, u32),
+    /// source . destination.
+    AddrPair(IpAddr, IpAddr),
+}
+
+/// The value of a map element.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Value {
+    /// A verdict (verdict maps).
+    Verdict(Verdict),
+    /// A DNAT target, address . port (backend maps).
+    Target(IpAddr, u16),
 }
 
 /// A set or map element.
@@ -320,8 +358,8 @@ pub enum Key {
 pub struct Element {
     /// The key.
     pub key: Key,
-    /// The verdict of a map element; `None` in a plain set.
-    pub value: Option<Verdict>,
+    /// The value of a map element; `None` in a plain set.
+    pub value: Option<Value>,
     /// A comment (`ns/svc:port`).
     pub comment: Option<String>,
 }
@@ -402,24 +440,6 @@ impl Transaction {
         }
         out
     }
-
-    /// The libnftables JSON document for `nft -j -f -`, as text (`{"nftables":[...]}`).
-    pub fn to_json_string(&self) -> String {
-        let t = Tokens::of(self.family);
-        let mut out = String::with_capacity(self.ops.len() * 220 + 64);
-        out.push_str("{\"nftables\":[{\"metainfo\":{\"json_schema_version\":1}}");
-        for op in &self.ops {
-            out.push(',');
-            json_op(&mut out, t, op);
-        }
-        out.push_str("]}");
-        out
-    }
-
-    /// The same document parsed, for inspection in tests.
-    pub fn to_json(&self) -> Value {
-        serde_json::from_str(&self.to_json_string()).expect("we write valid JSON")
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -475,8 +495,24 @@ fn text_op(out: &mut String, t: &Tokens, op: &Op) {
                     format!("{} . inet_proto . inet_service : verdict", t.addr_type)
                 }
                 SetType::ProtoPortVerdict => "inet_proto . inet_service : verdict".to_string(),
+                SetType::AddrPair => format!("{} . {}", t.addr_type, t.addr_type),
+                // nft 1.0.6 reads `ip daddr . th dport` back from the kernel as "conflicting
+                // protocols" and then refuses any later rule naming the map (`tcp dport` would
+                // add a `meta l4proto tcp` dependency): only a full transaction, which declares
+                // the map, adds rules naming it. See `ruleset::MAX_SHARED_ENDPOINTS`.
+                SetType::AddrProtoPortBucketTarget => format!(
+                    "typeof {f} daddr . meta l4proto . th dport . numgen random mod 1 : {f} daddr . th dport"
+                ),
+                SetType::ProtoPortBucketTarget => format!(
+                    "typeof meta l4proto . th dport . numgen random mod 1 : {f} daddr . th dport"
+                ),
             };
-            let _ = write!(out, "add {kw} {f} {TABLE} {} {{ type {ty} ;", s.name);
+            let ty = if ty.starts_with("typeof") {
+                ty
+            } else {
+                format!("type {ty}")
+            };
+            let _ = write!(out, "add {kw} {f} {TABLE} {} {{ {ty} ;", s.name);
             if let Some(secs) = s.timeout_secs {
                 let _ = write!(out, " flags dynamic,timeout ; timeout {secs}s ;");
             }
@@ -498,9 +534,15 @@ fn text_op(out: &mut String, t: &Tokens, op: &Op) {
                 if let Some(c) = &e.comment {
                     let _ = write!(out, " comment \"{c}\"");
                 }
-                if let Some(v) = &e.value {
-                    out.push_str(" : ");
-                    text_verdict(out, v);
+                match &e.value {
+                    Some(Value::Verdict(v)) => {
+                        out.push_str(" : ");
+                        text_verdict(out, v);
+                    }
+                    Some(Value::Target(a, port)) => {
+                        let _ = write!(out, " : {a} . {port}");
+                    }
+                    None => {}
                 }
             }
             out.push_str(" }");
@@ -523,6 +565,11 @@ fn text_key(out: &mut String, k: &Key) {
         Key::Addr(a) => write!(out, "{a}"),
         Key::AddrProtoPort(a, p, port) => write!(out, "{a} . {} . {port}", p.as_str()),
         Key::ProtoPort(p, port) => write!(out, "{} . {port}", p.as_str()),
+        Key::AddrProtoPortBucket(a, p, port, b) => {
+            write!(out, "{a} . {} . {port} . {b}", p.as_str())
+        }
+        Key::ProtoPortBucket(p, port, b) => write!(out, "{} . {port} . {b}", p.as_str()),
+        Key::AddrPair(a, b) => write!(out, "{a} . {b}"),
     };
 }
 
@@ -623,6 +670,10 @@ fn text_rule(out: &mut String, t: &Tokens, rule: &Rule) {
             Match::NumgenZero(n) => {
                 let _ = write!(out, "numgen random mod {n} == 0");
             }
+            Match::CtStatusDnat => out.push_str("ct status dnat"),
+            Match::SaddrDaddrIn(set) => {
+                let _ = write!(out, "{f} saddr . {f} daddr @{set}");
+            }
         }
         out.push(' ');
     }
@@ -661,368 +712,20 @@ fn text_rule(out: &mut String, t: &Tokens, rule: &Rule) {
         Stmt::UpdateSaddr { set } => {
             let _ = write!(out, "update @{set} {{ {f} saddr }}");
         }
+        Stmt::DnatMap { key, modulus, map } => {
+            let _ = match key {
+                VmapKey::DaddrProtoPort => write!(
+                    out,
+                    "dnat to {f} daddr . meta l4proto . th dport . numgen random mod {modulus} map @{map}"
+                ),
+                VmapKey::ProtoPort => write!(
+                    out,
+                    "dnat to meta l4proto . th dport . numgen random mod {modulus} map @{map}"
+                ),
+            };
+        }
     }
     if let Some(c) = &rule.comment {
         let _ = write!(out, " comment \"{c}\"");
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// JSON (libnftables-json(5)), written straight into a string: building a `serde_json::Value`
-// tree for 700,000 commands costs far more than the commands themselves.
-
-/// A JSON string literal.
-fn js(out: &mut String, s: &str) {
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-}
-
-/// `"family":"ip","table":"dualstack-proxy"`.
-fn jft(out: &mut String, t: &Tokens) {
-    let _ = write!(out, "\"family\":\"{}\",\"table\":\"{TABLE}\"", t.nft_family);
-}
-
-fn json_op(out: &mut String, t: &Tokens, op: &Op) {
-    let f = t.nft_family;
-    match op {
-        Op::AddTable => {
-            let _ = write!(
-                out,
-                "{{\"add\":{{\"table\":{{\"family\":\"{f}\",\"name\":\"{TABLE}\"}}}}}}"
-            );
-        }
-        Op::DeleteTable => {
-            let _ = write!(
-                out,
-                "{{\"delete\":{{\"table\":{{\"family\":\"{f}\",\"name\":\"{TABLE}\"}}}}}}"
-            );
-        }
-        Op::AddChain(c) => {
-            out.push_str("{\"add\":{\"chain\":{");
-            jft(out, t);
-            out.push_str(",\"name\":");
-            js(out, &c.name);
-            if let Some(b) = c.base {
-                let kind = match b.kind {
-                    ChainType::Filter => "filter",
-                    ChainType::Nat => "nat",
-                };
-                let _ = write!(
-                    out,
-                    ",\"type\":\"{kind}\",\"hook\":\"{}\",\"prio\":{},\"policy\":\"accept\"",
-                    b.hook.as_str(),
-                    b.priority
-                );
-            }
-            out.push_str("}}}");
-        }
-        Op::FlushChain(c) | Op::DeleteChain(c) => {
-            let verb = if matches!(op, Op::FlushChain(_)) {
-                "flush"
-            } else {
-                "delete"
-            };
-            let _ = write!(out, "{{\"{verb}\":{{\"chain\":{{");
-            jft(out, t);
-            out.push_str(",\"name\":");
-            js(out, c);
-            out.push_str("}}}");
-        }
-        Op::AddRules { chain, rules } => {
-            for (i, rule) in rules.iter().flat_map(cascade).enumerate() {
-                let rule = &rule;
-                if i > 0 {
-                    out.push(',');
-                }
-                out.push_str("{\"add\":{\"rule\":{");
-                jft(out, t);
-                out.push_str(",\"chain\":");
-                js(out, chain);
-                out.push_str(",\"expr\":[");
-                json_rule_exprs(out, t, rule);
-                out.push(']');
-                if let Some(c) = &rule.comment {
-                    out.push_str(",\"comment\":");
-                    js(out, c);
-                }
-                out.push_str("}}}");
-            }
-        }
-        Op::AddSet(s) => {
-            let kw = if s.is_map() { "map" } else { "set" };
-            let _ = write!(out, "{{\"add\":{{\"{kw}\":{{");
-            jft(out, t);
-            out.push_str(",\"name\":");
-            js(out, &s.name);
-            let a = t.addr_type;
-            let _ = match s.ty {
-                SetType::Addr => write!(out, ",\"type\":\"{a}\""),
-                SetType::AddrProtoPortVerdict => write!(
-                    out,
-                    ",\"type\":[\"{a}\",\"inet_proto\",\"inet_service\"],\"map\":\"verdict\""
-                ),
-                SetType::ProtoPortVerdict => {
-                    write!(
-                        out,
-                        ",\"type\":[\"inet_proto\",\"inet_service\"],\"map\":\"verdict\""
-                    )
-                }
-            };
-            if let Some(secs) = s.timeout_secs {
-                // nft 1.0.6's JSON parser knows no "dynamic" flag; the kernel adds it itself
-                // when a rule `update`s the set, and we never re-add an existing set.
-                let _ = write!(out, ",\"flags\":[\"timeout\"],\"timeout\":{secs}");
-            }
-            if let Some(c) = &s.comment {
-                out.push_str(",\"comment\":");
-                js(out, c);
-            }
-            out.push_str("}}}");
-        }
-        Op::DeleteSet(s) => {
-            out.push_str("{\"delete\":{\"set\":{");
-            jft(out, t);
-            out.push_str(",\"name\":");
-            js(out, s);
-            out.push_str("}}}");
-        }
-        Op::AddElements { set, elements } => {
-            out.push_str("{\"add\":{\"element\":{");
-            jft(out, t);
-            out.push_str(",\"name\":");
-            js(out, set);
-            out.push_str(",\"elem\":[");
-            for (i, e) in elements.iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                json_element(out, e);
-            }
-            out.push_str("]}}}");
-        }
-        Op::DeleteElements { set, keys } => {
-            out.push_str("{\"delete\":{\"element\":{");
-            jft(out, t);
-            out.push_str(",\"name\":");
-            js(out, set);
-            out.push_str(",\"elem\":[");
-            for (i, k) in keys.iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                json_key(out, k);
-            }
-            out.push_str("]}}}");
-        }
-    }
-}
-
-fn json_key(out: &mut String, k: &Key) {
-    let _ = match k {
-        Key::Addr(a) => write!(out, "\"{a}\""),
-        Key::AddrProtoPort(a, p, port) => {
-            write!(out, "{{\"concat\":[\"{a}\",\"{}\",{port}]}}", p.as_str())
-        }
-        Key::ProtoPort(p, port) => write!(out, "{{\"concat\":[\"{}\",{port}]}}", p.as_str()),
-    };
-}
-
-fn json_element(out: &mut String, e: &Element) {
-    if e.value.is_some() {
-        out.push('[');
-    }
-    match &e.comment {
-        Some(c) => {
-            out.push_str("{\"elem\":{\"val\":");
-            json_key(out, &e.key);
-            out.push_str(",\"comment\":");
-            js(out, c);
-            out.push_str("}}");
-        }
-        None => json_key(out, &e.key),
-    }
-    if let Some(v) = &e.value {
-        out.push(',');
-        json_verdict(out, v);
-        out.push(']');
-    }
-}
-
-fn json_verdict(out: &mut String, v: &Verdict) {
-    match v {
-        Verdict::Accept => out.push_str("{\"accept\":null}"),
-        Verdict::Drop => out.push_str("{\"drop\":null}"),
-        Verdict::Return => out.push_str("{\"return\":null}"),
-        Verdict::Jump(c) | Verdict::Goto(c) => {
-            let kw = if matches!(v, Verdict::Jump(_)) {
-                "jump"
-            } else {
-                "goto"
-            };
-            let _ = write!(out, "{{\"{kw}\":{{\"target\":");
-            js(out, c);
-            out.push_str("}}");
-        }
-    }
-}
-
-fn payload(out: &mut String, proto: &str, field: &str) {
-    let _ = write!(
-        out,
-        "{{\"payload\":{{\"protocol\":\"{proto}\",\"field\":\"{field}\"}}}}"
-    );
-}
-
-fn json_net(out: &mut String, n: &IpNet) {
-    let _ = if n.prefix_len() == n.max_prefix_len() {
-        write!(out, "\"{}\"", n.addr())
-    } else {
-        write!(
-            out,
-            "{{\"prefix\":{{\"addr\":\"{}\",\"len\":{}}}}}",
-            n.network(),
-            n.prefix_len()
-        )
-    };
-}
-
-const L4PROTO: &str = "{\"meta\":{\"key\":\"l4proto\"}}";
-const MARK: &str = "{\"meta\":{\"key\":\"mark\"}}";
-
-fn json_rule_exprs(out: &mut String, t: &Tokens, rule: &Rule) {
-    let f = t.nft_family;
-    for m in &rule.matches {
-        match m {
-            Match::CtStateNew => out.push_str(
-                "{\"match\":{\"op\":\"in\",\"left\":{\"ct\":{\"key\":\"state\"}},\"right\":\"new\"}}",
-            ),
-            Match::Addr { dir, negate, rhs } => {
-                let op = if *negate { "!=" } else { "==" };
-                let _ = write!(out, "{{\"match\":{{\"op\":\"{op}\",\"left\":");
-                payload(out, f, dir.as_str());
-                out.push_str(",\"right\":");
-                match rhs {
-                    AddrRhs::Addr(a) => {
-                        let _ = write!(out, "\"{a}\"");
-                    }
-                    AddrRhs::Nets(n) if n.len() == 1 => json_net(out, &n[0]),
-                    AddrRhs::Nets(n) => {
-                        out.push_str("{\"set\":[");
-                        for (i, x) in n.iter().enumerate() {
-                            if i > 0 {
-                                out.push(',');
-                            }
-                            json_net(out, x);
-                        }
-                        out.push_str("]}");
-                    }
-                    AddrRhs::Set(s) => {
-                        out.push('"');
-                        out.push('@');
-                        out.push_str(s);
-                        out.push('"');
-                    }
-                }
-                out.push_str("}}");
-            }
-            Match::FibLocal(d) => {
-                let _ = write!(
-                    out,
-                    "{{\"match\":{{\"op\":\"==\",\"left\":{{\"fib\":{{\"result\":\"type\",\"flags\":[\"{}\"]}}}},\"right\":\"local\"}}}}",
-                    d.as_str()
-                );
-            }
-            Match::L4Proto(p) => {
-                let _ = write!(
-                    out,
-                    "{{\"match\":{{\"op\":\"==\",\"left\":{L4PROTO},\"right\":\"{}\"}}}}",
-                    p.as_str()
-                );
-            }
-            Match::ThDport(p) => {
-                out.push_str("{\"match\":{\"op\":\"==\",\"left\":");
-                payload(out, "th", "dport");
-                let _ = write!(out, ",\"right\":{p}}}}}");
-            }
-            Match::MarkClear(m) => {
-                let _ = write!(
-                    out,
-                    "{{\"match\":{{\"op\":\"==\",\"left\":{{\"&\":[{MARK},{m}]}},\"right\":0}}}}"
-                );
-            }
-            Match::NumgenZero(n) => {
-                let _ = write!(
-                    out,
-                    "{{\"match\":{{\"op\":\"==\",\"left\":{{\"numgen\":{{\"mode\":\"random\",\"mod\":{n},\"offset\":0}}}},\"right\":0}}}}"
-                );
-            }
-        }
-        out.push(',');
-    }
-    match &rule.stmt {
-        Stmt::Verdict(v) => json_verdict(out, v),
-        Stmt::Vmap { key, map } => {
-            out.push_str("{\"vmap\":{\"key\":{\"concat\":[");
-            if *key == VmapKey::DaddrProtoPort {
-                payload(out, f, "daddr");
-                out.push(',');
-            }
-            out.push_str(L4PROTO);
-            out.push(',');
-            payload(out, "th", "dport");
-            out.push_str("]},\"data\":");
-            js(out, &format!("@{map}"));
-            out.push_str("}}");
-        }
-        Stmt::Numgen { targets } => {
-            let _ = write!(
-                out,
-                "{{\"vmap\":{{\"key\":{{\"numgen\":{{\"mode\":\"random\",\"mod\":{},\"offset\":0}}}},\"data\":{{\"set\":[",
-                targets.len()
-            );
-            for (i, c) in targets.iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                let _ = write!(out, "[{i},");
-                json_verdict(out, &Verdict::Goto(c.clone()));
-                out.push(']');
-            }
-            out.push_str("]}}}");
-        }
-        Stmt::MarkOr(b) | Stmt::MarkXor(b) => {
-            let op = if matches!(rule.stmt, Stmt::MarkOr(_)) {
-                "|"
-            } else {
-                "^"
-            };
-            let _ = write!(
-                out,
-                "{{\"mangle\":{{\"key\":{MARK},\"value\":{{\"{op}\":[{MARK},{b}]}}}}}}"
-            );
-        }
-        Stmt::Masquerade => out.push_str("{\"masquerade\":{\"flags\":[\"fully-random\"]}}"),
-        Stmt::Reject(RejectWith::IcmpPortUnreachable) => out.push_str("{\"reject\":null}"),
-        Stmt::Reject(RejectWith::TcpReset) => out.push_str("{\"reject\":{\"type\":\"tcp reset\"}}"),
-        Stmt::Dnat { addr, port } => {
-            let _ = write!(out, "{{\"dnat\":{{\"addr\":\"{addr}\",\"port\":{port}}}}}");
-        }
-        Stmt::UpdateSaddr { set } => {
-            out.push_str("{\"set\":{\"op\":\"update\",\"elem\":");
-            payload(out, f, "saddr");
-            out.push_str(",\"set\":");
-            js(out, &format!("@{set}"));
-            out.push_str("}}");
-        }
     }
 }

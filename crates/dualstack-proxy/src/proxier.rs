@@ -19,7 +19,9 @@ use crate::input::{
     FamilyConfig, NodeConfig, ServiceInfo, ServiceKey, ServicePortName, SliceInfo, SlicesOf,
 };
 use crate::nft::{Op, Protocol, Transaction};
-use crate::ruleset::{self, Base, Fragment, Ruleset, push_elements, regular};
+use crate::ruleset::{
+    self, Base, Fragment, HAIRPIN_ENDPOINTS, Ruleset, hairpin_element, push_elements, regular,
+};
 
 /// How long a chain no longer referenced stays (flushed) before it is deleted: kernels before
 /// 6.2 notice a dropped map reference only a moment later, as upstream's proxier notes.
@@ -75,6 +77,8 @@ pub struct Proxier {
     dirty: HashSet<ServiceKey>,
     full_pending: bool,
     stale_chains: BTreeMap<String, Instant>,
+    /// How many fragments hold each local endpoint in their `hairpin`.
+    hairpin: HashMap<IpAddr, usize>,
 }
 
 impl Proxier {
@@ -89,6 +93,7 @@ impl Proxier {
             dirty: HashSet::new(),
             full_pending: true,
             stale_chains: BTreeMap::new(),
+            hairpin: HashMap::new(),
         }
     }
 
@@ -246,8 +251,47 @@ impl Proxier {
                 }
             }
         }
-        // 3. Elements that are new or changed.
-        let mut adds = Vec::new();
+        // 3. Hairpin pairs whose count fell to zero go; elements that are new or changed come.
+        let mut hairpin_before: BTreeMap<IpAddr, bool> = BTreeMap::new();
+        for (key, new) in &new_fragments {
+            let old = self.applied.get(key).unwrap_or(&empty);
+            let new = new.as_ref().unwrap_or(&empty);
+            for a in old.hairpin.difference(&new.hairpin) {
+                hairpin_before
+                    .entry(*a)
+                    .or_insert(self.hairpin.contains_key(a));
+                if let Some(n) = self.hairpin.get_mut(a) {
+                    *n -= 1;
+                    if *n == 0 {
+                        self.hairpin.remove(a);
+                    }
+                }
+            }
+            for a in new.hairpin.difference(&old.hairpin) {
+                hairpin_before
+                    .entry(*a)
+                    .or_insert(self.hairpin.contains_key(a));
+                *self.hairpin.entry(*a).or_default() += 1;
+            }
+        }
+        let gone_pairs: Vec<crate::nft::Key> = hairpin_before
+            .iter()
+            .filter(|(a, was)| **was && !self.hairpin.contains_key(*a))
+            .map(|(a, _)| hairpin_element(*a).key)
+            .collect();
+        if !gone_pairs.is_empty() {
+            tx.ops.push(Op::DeleteElements {
+                set: HAIRPIN_ENDPOINTS.to_string(),
+                keys: gone_pairs,
+            });
+        }
+        let new_pairs: Vec<crate::nft::Element> = hairpin_before
+            .iter()
+            .filter(|(a, was)| !**was && self.hairpin.contains_key(*a))
+            .map(|(a, _)| hairpin_element(*a))
+            .collect();
+        let mut adds: Vec<(&'static str, &crate::nft::Element)> =
+            new_pairs.iter().map(|e| (HAIRPIN_ENDPOINTS, e)).collect();
         for (key, new) in &new_fragments {
             let old = self.applied.get(key).unwrap_or(&empty);
             if let Some(new) = new {
@@ -301,11 +345,19 @@ impl Proxier {
         self.dirty.clear();
         self.stale_chains.clear();
         self.full_pending = false;
+        self.hairpin.clear();
+        for f in self.applied.values() {
+            for a in &f.hairpin {
+                *self.hairpin.entry(*a).or_default() += 1;
+            }
+        }
+        let hairpin: BTreeSet<IpAddr> = self.hairpin.keys().copied().collect();
         let sorted: BTreeMap<&ServiceKey, &Fragment> = self.applied.iter().collect();
         FamilySync {
             transaction: ruleset::full_transaction(
                 self.cfg.family,
                 &self.base,
+                &hairpin,
                 sorted.values().copied(),
             ),
             removed_udp_endpoints: removed,
@@ -322,6 +374,7 @@ impl Proxier {
                 .iter()
                 .map(|(k, f)| (k.clone(), f.clone()))
                 .collect(),
+            hairpin: self.hairpin.keys().copied().collect(),
         }
     }
 
@@ -520,8 +573,20 @@ impl DualStackProxier {
         self.v6.request_full_sync();
     }
 
-    /// Syncs both families.
+    /// Syncs both families, side by side when both have much to do (a full sync of 10,000
+    /// Services renders in about 200 ms per family).
     pub fn sync(&mut self, now: Instant) -> SyncResult {
+        const PARALLEL_ABOVE: usize = 64;
+        let big = |p: &Proxier| p.full_pending || p.dirty.len() > PARALLEL_ABOVE;
+        if big(&self.v4) && big(&self.v6) {
+            let (v4, v6) = (&mut self.v4, &mut self.v6);
+            let (ipv4, ipv6) = std::thread::scope(|s| {
+                let h = s.spawn(|| v6.sync(now));
+                let ipv4 = v4.sync(now);
+                (ipv4, h.join().expect("IPv6 sync panicked"))
+            });
+            return SyncResult { ipv4, ipv6 };
+        }
         SyncResult {
             ipv4: self.v4.sync(now),
             ipv6: self.v6.sync(now),

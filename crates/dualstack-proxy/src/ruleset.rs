@@ -2,7 +2,7 @@
 //! maps) and one [`Fragment`] per Service (its chains, affinity sets and map elements), built
 //! after upstream's nftables proxier. `README.md` of this crate describes the layout.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use dualstack_ipam::IpFamily;
@@ -15,7 +15,7 @@ use crate::input::{
 };
 use crate::nft::{
     AddrRhs, BaseHook, ChainDef, ChainType, Dir, Element, Hook, Key, Match, Op, Protocol,
-    RejectWith, Rule, Rules, SetDef, SetType, Stmt, Transaction, Verdict, VmapKey,
+    RejectWith, Rule, Rules, SetDef, SetType, Stmt, Transaction, Value, Verdict, VmapKey,
 };
 
 /// Set of the active ClusterIPs (wrong ports on them are rejected).
@@ -32,6 +32,13 @@ pub const NO_ENDPOINT_SERVICES: &str = "no-endpoint-services";
 pub const NO_ENDPOINT_NODEPORTS: &str = "no-endpoint-nodeports";
 /// Verdict map: LoadBalancer IP . protocol . port with source ranges → firewall chain.
 pub const FIREWALL_IPS: &str = "firewall-ips";
+/// Backend map: Service address . protocol . port . bucket → endpoint address . port.
+pub const SERVICE_BACKENDS: &str = "service-backends";
+/// Backend map: protocol . NodePort . bucket → endpoint address . port.
+pub const NODEPORT_BACKENDS: &str = "nodeport-backends";
+/// Set of `endpoint . endpoint` pairs of this node's endpoints: hairpin traffic (a pod reaching
+/// itself through a Service) is masqueraded.
+pub const HAIRPIN_ENDPOINTS: &str = "hairpin-endpoints";
 
 /// The helper chain of the no-endpoint maps.
 pub const REJECT_CHAIN: &str = "reject-chain";
@@ -117,11 +124,86 @@ pub struct Base {
     pub elements: Vec<(&'static str, Element)>,
 }
 
+/// Which traffic a shared pick chain takes (its masquerade rule differs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum PickKind {
+    /// To a ClusterIP: masquerade off-cluster sources only.
+    Cluster,
+    /// To an externalIP or LoadBalancer IP (`externalTrafficPolicy: Cluster`): masquerade.
+    External,
+    /// To a NodePort (`externalTrafficPolicy: Cluster`): masquerade, key without address.
+    NodePort,
+}
+
+/// The most endpoints a shared Service port may have: the pick chains for 1..=this many are
+/// part of the fixed table. They are fixed rather than made as needed because nft 1.0.6 cannot
+/// add a rule naming a backend map in a later transaction than the one that declared the map
+/// (it reads the map's data type back as "conflicting protocols"); a port with more endpoints
+/// gets chains of its own, as upstream's layout.
+pub const MAX_SHARED_ENDPOINTS: u32 = 64;
+
+/// A shared pick chain: one random choice among N endpoints through a backend map, for every
+/// Service port with N endpoints and no per-Service rule (no affinity, `Cluster` policies, no
+/// source ranges). Named `pick-<kind>-<N>`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Pick {
+    /// The traffic it takes.
+    pub kind: PickKind,
+    /// The number of endpoints.
+    pub n: u32,
+}
+
+impl Pick {
+    /// The chain name.
+    pub fn chain(&self) -> String {
+        let kind = match self.kind {
+            PickKind::Cluster => "cluster",
+            PickKind::External => "external",
+            PickKind::NodePort => "nodeport",
+        };
+        format!("pick-{kind}-{}", self.n)
+    }
+
+    /// The chain's rules: the masquerade mark, then DNAT through the backend map.
+    pub fn rules(&self, cfg: &FamilyConfig) -> Rules {
+        let mut rules = Vec::new();
+        match self.kind {
+            PickKind::Cluster if cfg.masquerade_all => {
+                rules.push(Rule::new(jump(MARK_FOR_MASQUERADE)))
+            }
+            PickKind::Cluster => {
+                if let Some(cidr) = cfg.local_detector {
+                    rules.push(Rule::when(
+                        vec![saddr(true, AddrRhs::Nets(vec![cidr]))],
+                        jump(MARK_FOR_MASQUERADE),
+                    ));
+                }
+            }
+            PickKind::External | PickKind::NodePort => {
+                rules.push(Rule::new(jump(MARK_FOR_MASQUERADE)))
+            }
+        }
+        let (key, map) = match self.kind {
+            PickKind::NodePort => (VmapKey::ProtoPort, NODEPORT_BACKENDS),
+            _ => (VmapKey::DaddrProtoPort, SERVICE_BACKENDS),
+        };
+        rules.push(Rule::new(Stmt::DnatMap {
+            key,
+            modulus: self.n,
+            map: map.to_string(),
+        }));
+        rules.into()
+    }
+}
+
 /// What one Service contributes to a family's ruleset.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Fragment {
     /// Its chains with their rules.
     pub chains: BTreeMap<String, Rules>,
+    /// Its local endpoints behind pick chains, for [`HAIRPIN_ENDPOINTS`] (shared between
+    /// Services, so the proxier counts them).
+    pub hairpin: BTreeSet<IpAddr>,
     /// Its affinity sets.
     pub sets: BTreeMap<String, SetDef>,
     /// Its elements of the shared sets and maps, by set and key.
@@ -156,13 +238,20 @@ pub struct Ruleset {
     pub base: Base,
     /// One fragment per Service with a ClusterIP of this family.
     pub services: BTreeMap<ServiceKey, Fragment>,
+    /// The endpoints in [`HAIRPIN_ENDPOINTS`].
+    pub hairpin: BTreeSet<IpAddr>,
 }
 
 impl Ruleset {
     /// One transaction that replaces our table wholesale (`add table; delete table; ...`): used
     /// first and after any error. Established connections keep their conntrack NAT state.
     pub fn full_transaction(&self) -> Transaction {
-        full_transaction(self.family, &self.base, self.services.values())
+        full_transaction(
+            self.family,
+            &self.base,
+            &self.hairpin,
+            self.services.values(),
+        )
     }
 
     /// The rules of a chain, wherever it lives.
@@ -180,6 +269,7 @@ impl Ruleset {
 pub(crate) fn full_transaction<'a>(
     family: IpFamily,
     base: &Base,
+    hairpin: &BTreeSet<IpAddr>,
     services: impl Iterator<Item = &'a Fragment> + Clone,
 ) -> Transaction {
     let mut tx = Transaction::new(family, true);
@@ -222,10 +312,23 @@ pub(crate) fn full_transaction<'a>(
             elements: vec![e.clone()],
         });
     }
-    for f in services.clone() {
-        push_elements(&mut tx.ops, f.elements.iter().map(|((s, _), e)| (*s, e)));
-    }
+    let pairs: Vec<Element> = hairpin.iter().map(|a| hairpin_element(*a)).collect();
+    push_elements(
+        &mut tx.ops,
+        services
+            .flat_map(|f| f.elements.iter().map(|((s, _), e)| (*s, e)))
+            .chain(pairs.iter().map(|e| (HAIRPIN_ENDPOINTS, e))),
+    );
     tx
+}
+
+/// The [`HAIRPIN_ENDPOINTS`] element of a local endpoint.
+pub(crate) fn hairpin_element(addr: IpAddr) -> Element {
+    Element {
+        key: Key::AddrPair(addr, addr),
+        value: None,
+        comment: None,
+    }
 }
 
 /// Adds elements grouped by set, in set order, as few `add element` commands as possible.
@@ -319,6 +422,21 @@ pub fn base(cfg: &FamilyConfig) -> Base {
             SetType::ProtoPortVerdict,
             "NodePort traffic",
         ),
+        set(
+            SERVICE_BACKENDS,
+            SetType::AddrProtoPortBucketTarget,
+            "endpoints of Service addresses by bucket",
+        ),
+        set(
+            NODEPORT_BACKENDS,
+            SetType::ProtoPortBucketTarget,
+            "endpoints of NodePorts by bucket",
+        ),
+        set(
+            HAIRPIN_ENDPOINTS,
+            SetType::AddrPair,
+            "local endpoints reaching themselves",
+        ),
     ];
     let new = || vec![Match::CtStateNew];
     let mut chains: Vec<(ChainDef, Rules)> = Vec::new();
@@ -402,6 +520,14 @@ pub fn base(cfg: &FamilyConfig) -> Base {
             "masquerading",
             vec![
                 Rule::when(
+                    vec![
+                        Match::CtStatusDnat,
+                        Match::SaddrDaddrIn(HAIRPIN_ENDPOINTS.to_string()),
+                    ],
+                    jump(MARK_FOR_MASQUERADE),
+                )
+                .comment("hairpin"),
+                Rule::when(
                     vec![Match::MarkClear(cfg.mark)],
                     Stmt::Verdict(Verdict::Return),
                 ),
@@ -443,6 +569,12 @@ pub fn base(cfg: &FamilyConfig) -> Base {
     ];
     for (name, rules) in helpers {
         chains.push((regular(name), rules.into()));
+    }
+    for kind in [PickKind::Cluster, PickKind::External, PickKind::NodePort] {
+        for n in 1..=MAX_SHARED_ENDPOINTS {
+            let pick = Pick { kind, n };
+            chains.push((regular(&pick.chain()), pick.rules(cfg)));
+        }
     }
     let elements = match &cfg.nodeports {
         NodePortMatch::Addrs(addrs) => addrs
@@ -566,8 +698,15 @@ pub fn service_fragment(
                     comment: Option<&str>| {
         f.elements.entry((set, key.clone())).or_insert(Element {
             key,
-            value,
+            value: value.map(Value::Verdict),
             comment: comment.map(str::to_string),
+        });
+    };
+    let add_target = |f: &mut Fragment, set: &'static str, key: Key, ep: &Endpoint| {
+        f.elements.entry((set, key.clone())).or_insert(Element {
+            key,
+            value: Some(Value::Target(ep.addr, ep.port)),
+            comment: None,
         });
     };
     add_elem(&mut f, CLUSTER_IPS, Key::Addr(cluster_ip), None, None);
@@ -608,6 +747,75 @@ pub fn service_fragment(
             reject.clone()
         };
         let external_filter = internal_filter.clone();
+        let uses_fw = !lb_ips.is_empty() && !source_ranges.is_empty();
+        let mut service_ips = vec![cluster_ip];
+        service_ips.extend(external_ips.iter().copied());
+        service_ips.extend(lb_ips.iter().copied());
+        let summary = |reachable: &[Endpoint]| PortSummary {
+            name: spn.clone(),
+            port: port.port,
+            node_port: port.node_port,
+            service_ips: service_ips.clone(),
+            reachable: reachable.iter().map(|e| (e.addr, e.port)).collect(),
+            local_endpoints: cat.local.len(),
+        };
+
+        // The common case needs no chain of its own: every destination goes to the shared
+        // pick chain of its endpoint count, which DNATs through the backend maps.
+        let shared = svc.affinity_timeout_secs.is_none()
+            && !svc.internal_local
+            && !external_local
+            && !uses_fw
+            && !cat.cluster.is_empty()
+            && cat.cluster.len() <= MAX_SHARED_ENDPOINTS as usize;
+        if shared {
+            let n = u32::try_from(cat.cluster.len()).unwrap_or(u32::MAX);
+            let to_pick = |f: &mut Fragment, map: &'static str, key: Key, kind: PickKind| {
+                let pick = Pick { kind, n };
+                add_elem(f, map, key, Some(Verdict::Goto(pick.chain())), None);
+            };
+            to_pick(
+                &mut f,
+                SERVICE_IPS,
+                Key::AddrProtoPort(cluster_ip, proto, port.port),
+                PickKind::Cluster,
+            );
+            for ip in external_ips.iter().chain(&lb_ips) {
+                to_pick(
+                    &mut f,
+                    SERVICE_IPS,
+                    Key::AddrProtoPort(*ip, proto, port.port),
+                    PickKind::External,
+                );
+            }
+            if let Some(np) = port.node_port {
+                to_pick(
+                    &mut f,
+                    SERVICE_NODEPORTS,
+                    Key::ProtoPort(proto, np),
+                    PickKind::NodePort,
+                );
+            }
+            for (b, ep) in (0u32..).zip(&cat.cluster) {
+                for ip in &service_ips {
+                    let key = Key::AddrProtoPortBucket(*ip, proto, port.port, b);
+                    add_target(&mut f, SERVICE_BACKENDS, key, ep);
+                }
+                if let Some(np) = port.node_port {
+                    add_target(
+                        &mut f,
+                        NODEPORT_BACKENDS,
+                        Key::ProtoPortBucket(proto, np, b),
+                        ep,
+                    );
+                }
+                if ep.local {
+                    f.hairpin.insert(ep.addr);
+                }
+            }
+            f.ports.push(summary(&cat.cluster));
+            continue;
+        }
 
         // ClusterIP.
         let key = Key::AddrProtoPort(cluster_ip, proto, port.port);
@@ -651,7 +859,6 @@ pub fn service_fragment(
             }
         }
         // LoadBalancer IPs, with the source-range firewall.
-        let uses_fw = !lb_ips.is_empty() && !source_ranges.is_empty();
         if uses_fw {
             let mut allowed = source_ranges.clone();
             if source_ranges
@@ -853,17 +1060,7 @@ pub fn service_fragment(
             f.chains.insert(n.chain.clone(), rules.into());
         }
 
-        let mut service_ips = vec![cluster_ip];
-        service_ips.extend(external_ips.iter().copied());
-        service_ips.extend(lb_ips.iter().copied());
-        f.ports.push(PortSummary {
-            name: spn,
-            port: port.port,
-            node_port: port.node_port,
-            service_ips,
-            reachable: cat.all_reachable.iter().map(|e| (e.addr, e.port)).collect(),
-            local_endpoints: cat.local.len(),
-        });
+        f.ports.push(summary(&cat.all_reachable));
     }
     Some(f)
 }

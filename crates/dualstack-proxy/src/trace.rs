@@ -11,7 +11,7 @@ use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 
 use crate::nft::{
-    AddrRhs, Dir, Hook, Key, Match, Protocol, Rule, Stmt, Verdict as NftVerdict, VmapKey,
+    AddrRhs, Dir, Hook, Key, Match, Protocol, Rule, Stmt, Value, Verdict as NftVerdict, VmapKey,
 };
 use crate::ruleset::Ruleset;
 
@@ -88,6 +88,8 @@ pub struct Tracer<'a> {
     base: Vec<(Hook, i32, &'a str)>,
     sets: HashMap<&'a str, HashSet<IpAddr>>,
     maps: HashMap<&'a str, HashMap<Key, NftVerdict>>,
+    targets: HashMap<&'a str, HashMap<Key, (IpAddr, u16)>>,
+    pairs: HashMap<&'a str, HashSet<(IpAddr, IpAddr)>>,
     local: Vec<IpAddr>,
 }
 
@@ -104,21 +106,32 @@ impl<'a> Tracer<'a> {
         }
         let mut sets: HashMap<&str, HashSet<IpAddr>> = HashMap::new();
         let mut maps: HashMap<&str, HashMap<Key, NftVerdict>> = HashMap::new();
-        let mut add = |set: &'a str, e: &crate::nft::Element| match &e.value {
-            Some(v) => {
+        let mut targets: HashMap<&str, HashMap<Key, (IpAddr, u16)>> = HashMap::new();
+        let mut pairs: HashMap<&str, HashSet<(IpAddr, IpAddr)>> = HashMap::new();
+        let mut add = |set: &'a str, e: &crate::nft::Element| match (&e.value, &e.key) {
+            (Some(Value::Verdict(v)), _) => {
                 maps.entry(set)
                     .or_default()
                     .insert(e.key.clone(), v.clone());
             }
-            None => {
-                if let Key::Addr(a) = e.key {
-                    sets.entry(set).or_default().insert(a);
-                }
+            (Some(Value::Target(a, port)), _) => {
+                targets
+                    .entry(set)
+                    .or_default()
+                    .insert(e.key.clone(), (*a, *port));
             }
+            (None, Key::Addr(a)) => {
+                sets.entry(set).or_default().insert(*a);
+            }
+            (None, Key::AddrPair(a, b)) => {
+                pairs.entry(set).or_default().insert((*a, *b));
+            }
+            (None, _) => {}
         };
         for (s, e) in &ruleset.base.elements {
             add(s, e);
         }
+
         for f in ruleset.services.values() {
             for (name, rules) in &f.chains {
                 chains.insert(name.as_str(), &rules[..]);
@@ -127,11 +140,19 @@ impl<'a> Tracer<'a> {
                 add(s, e);
             }
         }
+        for a in &ruleset.hairpin {
+            pairs
+                .entry(crate::ruleset::HAIRPIN_ENDPOINTS)
+                .or_default()
+                .insert((*a, *a));
+        }
         Tracer {
             chains,
             base,
             sets,
             maps,
+            targets,
+            pairs,
             local: local_addresses.to_vec(),
         }
     }
@@ -321,6 +342,34 @@ impl<'a> Tracer<'a> {
             Stmt::Reject(_) => vec![(st, Flow::Reject)],
             Stmt::Dnat { addr, port } => vec![(st, Flow::Dnat(*addr, *port))],
             Stmt::UpdateSaddr { .. } => self.eval_rules(p, rules, i + 1, st, depth),
+            Stmt::DnatMap { key, modulus, map } => {
+                let map = self.targets.get(map.as_str());
+                let found: Vec<(State, Flow)> = (0..*modulus)
+                    .filter_map(|b| {
+                        let k = match key {
+                            VmapKey::DaddrProtoPort => {
+                                Key::AddrProtoPortBucket(st.daddr, p.proto, st.dport, b)
+                            }
+                            VmapKey::ProtoPort => Key::ProtoPortBucket(p.proto, st.dport, b),
+                        };
+                        map.and_then(|m| m.get(&k))
+                            .map(|(a, port)| (st, Flow::Dnat(*a, *port)))
+                    })
+                    .collect();
+                // A bucket without an element is a lookup miss: the rule does not apply.
+                assert!(
+                    found.is_empty() || found.len() == *modulus as usize,
+                    "backend map holds {} of {modulus} buckets for {}:{}",
+                    found.len(),
+                    st.daddr,
+                    st.dport
+                );
+                if found.is_empty() {
+                    self.eval_rules(p, rules, i + 1, st, depth)
+                } else {
+                    found
+                }
+            }
         }
     }
 
@@ -351,6 +400,11 @@ impl<'a> Tracer<'a> {
             Match::MarkClear(m) => st.mark & m == 0,
             // Only rendering makes it; the model the tracer reads chooses with `Stmt::Numgen`.
             Match::NumgenZero(_) => true,
+            Match::CtStatusDnat => st.dnat.is_some(),
+            Match::SaddrDaddrIn(set) => self
+                .pairs
+                .get(set.as_str())
+                .is_some_and(|s| s.contains(&(p.src, st.daddr))),
         }
     }
 }

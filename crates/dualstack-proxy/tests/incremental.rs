@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use dualstack_ipam::IpFamily;
-use dualstack_proxy::nft::Op;
+use dualstack_proxy::nft::{Key, Op};
 use dualstack_proxy::{DualStackProxier, Protocol};
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -63,6 +63,42 @@ fn op_names(op: &Op) -> String {
     format!("{op:?}")
 }
 
+/// The first address of an element key.
+fn key_addr(k: &Key) -> Option<IpAddr> {
+    match k {
+        Key::Addr(a)
+        | Key::AddrProtoPort(a, ..)
+        | Key::AddrProtoPortBucket(a, ..)
+        | Key::AddrPair(a, _) => Some(*a),
+        Key::ProtoPort(..) | Key::ProtoPortBucket(..) => None,
+    }
+}
+
+fn cluster_ips(svc: &Service) -> Vec<IpAddr> {
+    let spec = svc.spec.as_ref().unwrap();
+    spec.cluster_ips
+        .iter()
+        .flatten()
+        .map(|s| s.parse().unwrap())
+        .collect()
+}
+
+/// The endpoint addresses of the slices of Service `name`.
+fn slice_addresses(slices: &[EndpointSlice], name: &str) -> Vec<IpAddr> {
+    slices
+        .iter()
+        .filter(|s| {
+            s.metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get("kubernetes.io/service-name"))
+                .is_some_and(|n| n == name)
+        })
+        .flat_map(|s| s.endpoints.iter().flat_map(|e| e.addresses.iter()))
+        .map(|a| a.parse().unwrap())
+        .collect()
+}
+
 #[test]
 fn second_sync_without_changes_is_empty() {
     let (svcs, slices) = world();
@@ -96,11 +132,13 @@ fn incremental_result_equals_a_fresh_full_render() {
 #[test]
 fn removing_an_endpoint_flushes_and_deletes_only_its_chain_later() {
     let ns = "ns1";
-    let svc = cluster_ip_service(
+    // With affinity the Service has chains of its own (without, see the test below).
+    let mut svc = cluster_ip_service(
         ns,
         "svc1",
         &[Plan::v4().cluster_ip(1), Plan::v6().cluster_ip(1)],
     );
+    svc.spec.as_mut().unwrap().session_affinity = Some("ClientIP".into());
     let two = |p: Plan| {
         slice(
             ns,
@@ -183,6 +221,116 @@ fn removing_an_endpoint_flushes_and_deletes_only_its_chain_later() {
 }
 
 #[test]
+fn removing_an_endpoint_of_a_plain_service_rewrites_only_its_backend_elements() {
+    let ns = "ns1";
+    let svc = cluster_ip_service(
+        ns,
+        "svc1",
+        &[Plan::v4().cluster_ip(1), Plan::v6().cluster_ip(1)],
+    );
+    let eps = |p: Plan, n: u8| {
+        slice(
+            ns,
+            "svc1",
+            &format!("s-{}", p.fam()),
+            p.family,
+            8080,
+            &(1..=n)
+                .map(|i| ready(p.remote_pod(i), OTHER_NODE))
+                .collect::<Vec<_>>(),
+        )
+    };
+    let mut px = DualStackProxier::new(&node_config());
+    let t0 = Instant::now();
+    px.update(
+        std::slice::from_ref(&svc),
+        &[eps(Plan::v4(), 2), eps(Plan::v6(), 2)],
+        t0,
+    )
+    .unwrap();
+    let r = px
+        .update(
+            std::slice::from_ref(&svc),
+            &[eps(Plan::v4(), 1), eps(Plan::v6(), 2)],
+            t0,
+        )
+        .unwrap();
+    assert!(r.ipv6.transaction.is_empty(), "the IPv6 table is untouched");
+    let text = r.ipv4.transaction.to_text();
+    let v4 = Plan::v4();
+    let cip = v4.cluster_ip(1);
+    // Bucket 0 keeps its endpoint; the address now goes to the pick chain of one endpoint.
+    let want = format!(
+        "delete element ip dualstack-proxy service-backends {{ {cip} . tcp . 80 . 1 }}\n\
+         delete element ip dualstack-proxy service-ips {{ {cip} . tcp . 80 }}\n\
+         add element ip dualstack-proxy service-ips {{ {cip} . tcp . 80 : goto pick-cluster-1 }}\n"
+    );
+    assert_eq!(text, want);
+    // Nothing is left to clean up later: no chain of its own was touched.
+    assert!(!px.family(IpFamily::IPv4).has_changes());
+    assert!(
+        px.sync(t0 + Duration::from_secs(1))
+            .ipv4
+            .transaction
+            .is_empty()
+    );
+}
+
+#[test]
+fn a_port_with_more_endpoints_than_the_shared_maximum_gets_chains_of_its_own() {
+    use dualstack_proxy::ruleset::MAX_SHARED_ENDPOINTS;
+    let ns = "ns1";
+    let svc = cluster_ip_service(ns, "big", &[Plan::v4().cluster_ip(1)]);
+    let eps = |n: u32| {
+        slice(
+            ns,
+            "big",
+            "s-v4",
+            Plan::v4().family,
+            8080,
+            &(0..n)
+                .map(|i| {
+                    ready(
+                        format!("10.0.{}.{}", 100 + i / 200, 1 + i % 200)
+                            .parse()
+                            .unwrap(),
+                        OTHER_NODE,
+                    )
+                })
+                .collect::<Vec<_>>(),
+        )
+    };
+    let mut px = DualStackProxier::new(&node_config());
+    let t0 = Instant::now();
+    let at_max = px
+        .update(std::slice::from_ref(&svc), &[eps(MAX_SHARED_ENDPOINTS)], t0)
+        .unwrap();
+    assert!(at_max.ipv4.transaction.to_text().contains(&format!(
+        "172.30.0.1 . tcp . 80 : goto pick-cluster-{MAX_SHARED_ENDPOINTS}"
+    )));
+    let over = px
+        .update(
+            std::slice::from_ref(&svc),
+            &[eps(MAX_SHARED_ENDPOINTS + 1)],
+            t0,
+        )
+        .unwrap();
+    let text = over.ipv4.transaction.to_text();
+    assert!(
+        text.contains("add chain ip dualstack-proxy service-"),
+        "{text}"
+    );
+    assert!(
+        text.contains("172.30.0.1 . tcp . 80 : goto service-"),
+        "{text}"
+    );
+    assert!(
+        text.contains("delete element ip dualstack-proxy service-backends"),
+        "the shared elements go: {text}"
+    );
+}
+
+#[test]
 fn removed_udp_endpoints_are_reported_for_conntrack_per_family() {
     let s = scenarios()
         .into_iter()
@@ -258,14 +406,10 @@ fn one_change_among(n: u16) -> (Duration, Duration, usize, usize) {
     let text_start = Instant::now();
     let text_len = full.ipv4.transaction.to_text().len() + full.ipv6.transaction.to_text().len();
     let text = text_start.elapsed();
-    let json_start = Instant::now();
-    let json_len =
-        full.ipv4.transaction.to_json_string().len() + full.ipv6.transaction.to_json_string().len();
-    let json = json_start.elapsed();
-    let full_time = model + json;
+    let full_time = model + text;
     if n >= 10_000 {
         println!(
-            "  model (inputs -> ruleset -> transaction): {model:?}; text: {text:?} ({text_len} bytes); JSON: {json:?} ({json_len} bytes)"
+            "  model (inputs -> ruleset -> transaction): {model:?}; text: {text:?} ({text_len} bytes)"
         );
     }
     // Change one Service: add a port.
@@ -275,16 +419,28 @@ fn one_change_among(n: u16) -> (Duration, Duration, usize, usize) {
     let start = Instant::now();
     px.on_service(&svcs[target]);
     let inc = px.sync(t);
-    let _json = (
-        inc.ipv4.transaction.to_json_string(),
-        inc.ipv6.transaction.to_json_string(),
+    let _text = (
+        inc.ipv4.transaction.to_text(),
+        inc.ipv6.transaction.to_text(),
     );
     let inc_time = start.elapsed();
+    // Its own chains, sets and elements by name; its backend and hairpin elements by address.
+    let mut own: Vec<IpAddr> = cluster_ips(&svcs[target]);
+    own.extend(slice_addresses(&slices, &name));
     for f in inc.families() {
         for op in &f.transaction.ops {
             let s = op_names(op);
+            let keys_are_own = match op {
+                Op::AddElements { elements, .. } => elements
+                    .iter()
+                    .all(|e| key_addr(&e.key).is_some_and(|a| own.contains(&a))),
+                Op::DeleteElements { keys, .. } => keys
+                    .iter()
+                    .all(|k| key_addr(k).is_some_and(|a| own.contains(&a))),
+                _ => false,
+            };
             assert!(
-                s.contains(&format!("bulk/{name}/")),
+                s.contains(&format!("bulk/{name}/")) || keys_are_own,
                 "op not about {name}: {s}"
             );
         }

@@ -8,6 +8,7 @@ use clap::{Args, Subcommand};
 mod api;
 mod controllers;
 mod nodes;
+mod programming;
 mod proxy;
 mod services;
 mod support;
@@ -34,6 +35,9 @@ enum Suite {
     /// Issue 10 (root): connect latency through our nftables ruleset vs kube-proxy's
     /// iptables layout at 10 / 1,000 / 10,000 Services, full and one-Service syncs, memory.
     Proxy(proxy::ProxyBenchArgs),
+    /// Issue 10 (root): network programming latency in a lab, pod Ready → traffic reaches it
+    /// through both ClusterIPs from another node.
+    Programming(programming::ProgrammingArgs),
 }
 
 /// Runs a suite.
@@ -44,5 +48,6 @@ pub fn run(args: BenchArgs) -> Result<()> {
         Suite::Controllers(a) => controllers::run(a),
         Suite::Nodes(a) => nodes::run(a),
         Suite::Proxy(a) => proxy::run(a),
+        Suite::Programming(a) => programming::run(a),
     }
 }

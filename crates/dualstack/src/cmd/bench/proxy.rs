@@ -3,8 +3,10 @@
 //! end, also on failure): TCP connect latency (p50/p99) to the last Service through our
 //! nftables ruleset and through an iptables ruleset laid out as kube-proxy's iptables mode (a
 //! linear `KUBE-SERVICES` chain of one rule per Service port → `KUBE-SVC-*` → `KUBE-SEP-*`,
-//! loaded with `iptables-restore`/`ip6tables-restore`); the full sync (render + `nft -j -f -`)
-//! of 10,000 Services × 2 families; a one-Service change at 10,000; the proxier's memory.
+//! loaded with `iptables-restore`/`ip6tables-restore`); the full sync (render + `nft -f -`, the
+//! two families side by side as the proxy applies them) of 10,000 Services × 2 families;
+//! one-Service changes at 10,000 (an endpoint replaced; ClientIP affinity turned on); the
+//! proxier's memory.
 
 use std::io::Write;
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
@@ -28,9 +30,6 @@ pub struct ProxyBenchArgs {
     /// Connects per measurement.
     #[arg(long, default_value_t = 2000)]
     pub connects: usize,
-    /// Feed `nft -f -` the text syntax instead of JSON (`nft -j -f -`).
-    #[arg(long)]
-    pub nft_text: bool,
     /// Where the namespace file goes.
     #[arg(long, default_value = "/tmp")]
     pub work_dir: PathBuf,
@@ -253,12 +252,21 @@ fn rss_kib() -> u64 {
         .unwrap_or(0)
 }
 
-fn apply(ns: &Netns, tx: Transaction, text: bool) -> Result<()> {
-    let nft = NftCommand {
-        json: !text,
-        ..NftCommand::default()
+/// Applies both families' transactions side by side, as the proxy does.
+fn apply(ns: &Netns, v4: Transaction, v6: Transaction) -> Result<()> {
+    let one = |tx: Transaction| {
+        let path = ns.path.clone();
+        std::thread::spawn(move || -> Result<()> {
+            let nft = NftCommand::default();
+            dualstack_host::netns::run_in(&path, move || nft.apply(&tx))??;
+            Ok(())
+        })
     };
-    dualstack_host::netns::run_in(&ns.path, move || nft.apply(&tx))??;
+    let (a, b) = (one(v4), one(v6));
+    a.join()
+        .map_err(|_| anyhow::anyhow!("apply thread panicked"))??;
+    b.join()
+        .map_err(|_| anyhow::anyhow!("apply thread panicked"))??;
     Ok(())
 }
 
@@ -302,30 +310,64 @@ pub fn run(args: ProxyBenchArgs) -> Result<()> {
         let render = start.elapsed();
         let ops = res.ipv4.transaction.ops.len() + res.ipv6.transaction.ops.len();
         let start = Instant::now();
-        apply(&ns, res.ipv4.transaction, args.nft_text)?;
-        apply(&ns, res.ipv6.transaction, args.nft_text)?;
+        apply(&ns, res.ipv4.transaction, res.ipv6.transaction)?;
         let applied = start.elapsed();
         let mem_mib = rss_kib().saturating_sub(rss0) as f64 / 1024.0;
-        // A one-Service change: affinity on the middle Service.
+        // One-Service changes on the middle Service: one endpoint replaced in both families
+        // (a pod replaced), then ClientIP affinity turned on (its own chains and sets).
         let mid = (n / 2) as usize;
+        let mut slices = slices;
+        let change = |px: &mut DualStackProxier, what: &dyn Fn(&mut DualStackProxier)| {
+            let start = Instant::now();
+            what(px);
+            let inc = px.sync(Instant::now());
+            let ops = inc.ipv4.transaction.ops.len() + inc.ipv6.transaction.ops.len();
+            apply(&ns, inc.ipv4.transaction, inc.ipv6.transaction)?;
+            anyhow::Ok((ops, start.elapsed()))
+        };
+        for s in slices.iter_mut().filter(|s| {
+            s.metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get("kubernetes.io/service-name"))
+                == svcs[mid].metadata.name.as_ref()
+        }) {
+            if let Some(e) = s.endpoints.first_mut() {
+                let a: IpAddr = e.addresses[0].parse()?;
+                e.addresses[0] = match a {
+                    IpAddr::V4(_) => "10.250.0.1".to_string(),
+                    IpAddr::V6(_) => "fd00:250::1".to_string(),
+                };
+            }
+        }
+        let changed: Vec<EndpointSlice> = slices
+            .iter()
+            .filter(|s| {
+                s.metadata
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get("kubernetes.io/service-name"))
+                    == svcs[mid].metadata.name.as_ref()
+            })
+            .cloned()
+            .collect();
+        let (ep_ops, ep_took) = change(&mut px, &|px| {
+            for s in &changed {
+                px.on_slice(s).expect("valid slice");
+            }
+        })?;
         if let Some(spec) = svcs[mid].spec.as_mut() {
             spec.session_affinity = Some("ClientIP".into());
         }
-        let start = Instant::now();
-        px.on_service(&svcs[mid]);
-        let inc = px.sync(Instant::now());
-        let inc_render = start.elapsed();
-        let inc_ops = inc.ipv4.transaction.ops.len() + inc.ipv6.transaction.ops.len();
-        apply(&ns, inc.ipv4.transaction, args.nft_text)?;
-        apply(&ns, inc.ipv6.transaction, args.nft_text)?;
-        let inc_total = start.elapsed();
+        let affine = svcs[mid].clone();
+        let (aff_ops, aff_took) = change(&mut px, &|px| px.on_service(&affine))?;
         sync_rows.push(format!(
-            "| {n} | {ops} | {:.0} ms | {:.0} ms | {:.0} ms | {inc_ops} | {:.1} ms | {:.1} ms | {mem_mib:.0} MiB |",
+            "| {n} | {ops} | {:.0} ms | {:.0} ms | {:.0} ms | {ep_ops} / {:.1} ms | {aff_ops} / {:.1} ms | {mem_mib:.0} MiB |",
             render.as_secs_f64() * 1e3,
             applied.as_secs_f64() * 1e3,
             (render + applied).as_secs_f64() * 1e3,
-            inc_render.as_secs_f64() * 1e3,
-            inc_total.as_secs_f64() * 1e3,
+            ep_took.as_secs_f64() * 1e3,
+            aff_took.as_secs_f64() * 1e3,
         ));
         let ours4 = connect_latency(&ns, target(false), args.connects)?;
         let ours6 = connect_latency(&ns, target(true), args.connects)?;
@@ -364,21 +406,12 @@ pub fn run(args: ProxyBenchArgs) -> Result<()> {
         println!("{r}");
     }
     println!();
-    println!("nftables sync (both families):");
+    println!("nftables sync (both families, `nft -f -` per family, side by side):");
     println!();
     println!(
-        "apply: {}",
-        if args.nft_text {
-            "nft -f - (text)"
-        } else {
-            "nft -j -f - (JSON)"
-        }
+        "| Services | full: ops | render | apply | total | endpoint replaced: ops / event to applied | affinity on: ops / event to applied | proxier memory |"
     );
-    println!();
-    println!(
-        "| Services | full: ops | render | apply | total | one-Service change: ops | render | render + apply | proxier memory |"
-    );
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|");
     for r in &sync_rows {
         println!("{r}");
     }

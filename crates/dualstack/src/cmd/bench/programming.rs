@@ -1,0 +1,190 @@
+//! Issue 10 (root): network programming latency in a real lab, after upstream's SLI (pod Ready
+//! to the Service proxy of every node sending traffic to it). `dualstack up --nodes 2` on a
+//! fresh data dir; one dual-stack Service; each round replaces its only backend pod (on
+//! node-2) and measures, from the moment the watch shows the new pod Ready, how long until a
+//! TCP connect from node-1's network namespace to each ClusterIP is accepted. Probes run
+//! inside the lab namespace (never from the host's).
+
+use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Pod, Service};
+use kube::api::{Api, DeleteParams, PostParams, WatchEvent, WatchParams};
+
+use super::nodes::Lab;
+use super::support::{Report, Summary, block_on, ms};
+
+/// `dualstack bench programming`
+#[derive(Debug, Clone, clap::Args)]
+pub struct ProgrammingArgs {
+    /// How many backend replacements to measure.
+    #[arg(long, default_value_t = 30)]
+    pub rounds: usize,
+    /// Where the lab goes (a fresh dir inside).
+    #[arg(long, default_value = "/tmp")]
+    pub work_dir: PathBuf,
+}
+
+fn service() -> Service {
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "prog"},
+        "spec": {
+            "ipFamilyPolicy": "RequireDualStack",
+            "selector": {"app": "prog"},
+            "ports": [{"port": 80, "targetPort": 8080}]
+        }
+    }))
+    .expect("static service")
+}
+
+fn pod(name: &str) -> Pod {
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "labels": {"app": "prog"}},
+        "spec": {
+            "nodeName": "node-2",
+            "terminationGracePeriodSeconds": 0,
+            "containers": [{
+                "name": "web", "image": "none",
+                "command": ["python3", "-m", "http.server", "8080", "--bind", "::"],
+                "readinessProbe": {"tcpSocket": {"port": 8080}, "periodSeconds": 1}
+            }]
+        }
+    }))
+    .expect("static pod")
+}
+
+fn is_ready(p: &Pod) -> bool {
+    p.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// Whether a TCP connect from inside `netns` to `addr` is accepted (a refused or timed-out
+/// connect is `false`).
+fn connects(netns: &Path, addr: SocketAddr) -> Result<bool> {
+    Ok(dualstack_host::netns::run_in(netns, move || {
+        TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+    })?)
+}
+
+/// Polls from `netns` every millisecond until every address connects; returns when each did.
+fn until_all_connect(netns: &Path, addrs: &[SocketAddr], since: Instant) -> Result<Duration> {
+    let deadline = since + Duration::from_secs(30);
+    let mut pending: Vec<SocketAddr> = addrs.to_vec();
+    while !pending.is_empty() {
+        if Instant::now() > deadline {
+            bail!("no traffic to {pending:?} 30 s after the pod was Ready");
+        }
+        let mut still = Vec::new();
+        for a in pending {
+            if !connects(netns, a)? {
+                still.push(a);
+            }
+        }
+        pending = still;
+        if !pending.is_empty() {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    Ok(since.elapsed())
+}
+
+/// Runs the suite.
+pub fn run(args: ProgrammingArgs) -> Result<()> {
+    if !nix::unistd::Uid::effective().is_root() {
+        bail!("dualstack bench programming needs root (it runs `dualstack up`)");
+    }
+    block_on(async move {
+        let (lab, _) = Lab::up(&args.work_dir, 2)?;
+        let netns = lab.dir.path().join("netns/node-1");
+        let client = lab.client().await?;
+        let svcs: Api<Service> = Api::namespaced(client.clone(), "default");
+        let pods: Api<Pod> = Api::namespaced(client, "default");
+        let svc = svcs.create(&PostParams::default(), &service()).await?;
+        let ips: Vec<IpAddr> = svc
+            .spec
+            .and_then(|s| s.cluster_ips)
+            .context("no clusterIPs")?
+            .iter()
+            .map(|s| s.parse())
+            .collect::<Result<_, _>>()?;
+        let targets: Vec<SocketAddr> = ips.iter().map(|ip| SocketAddr::new(*ip, 80)).collect();
+        let mut samples = Vec::new();
+        for round in 0..=args.rounds {
+            let name = format!("prog-{round}");
+            let rv = pods
+                .list_metadata(&Default::default())
+                .await?
+                .metadata
+                .resource_version
+                .unwrap_or_default();
+            let mut watch = pods
+                .watch(&WatchParams::default().labels("app=prog"), &rv)
+                .await?
+                .boxed();
+            pods.create(&PostParams::default(), &pod(&name)).await?;
+            let deadline = Instant::now() + Duration::from_secs(60);
+            let ready_at = loop {
+                let ev = tokio::time::timeout_at(deadline.into(), watch.next())
+                    .await
+                    .context("pod not Ready in 60 s")?
+                    .context("watch ended")??;
+                if let WatchEvent::Added(p) | WatchEvent::Modified(p) = ev
+                    && p.metadata.name.as_deref() == Some(name.as_str())
+                    && is_ready(&p)
+                {
+                    break Instant::now();
+                }
+            };
+            let (ns, t) = (netns.clone(), targets.clone());
+            let took =
+                tokio::task::spawn_blocking(move || until_all_connect(&ns, &t, ready_at)).await??;
+            // Round 0 warms the lab up (first pod on the node, first programming).
+            if round > 0 {
+                samples.push(took);
+            }
+            pods.delete(&name, &DeleteParams::default()).await?;
+            // The next round starts from a Service without endpoints: refused everywhere.
+            let gone = Instant::now() + Duration::from_secs(30);
+            loop {
+                let (ns, t) = (netns.clone(), targets.clone());
+                let any = tokio::task::spawn_blocking(move || -> Result<bool> {
+                    for a in t {
+                        if connects(&ns, a)? {
+                            return Ok(true);
+                        }
+                    }
+                    Ok(false)
+                })
+                .await??;
+                if !any && pods.get_opt(&name).await?.is_none() {
+                    break;
+                }
+                if Instant::now() > gone {
+                    bail!("{name} still answers 30 s after its deletion");
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        let s = Summary::of(&mut samples);
+        let mut report = Report::default();
+        report.row(
+            format!(
+                "pod Ready (watch) → TCP connect to both ClusterIPs accepted from another node ({} rounds)",
+                s.n
+            ),
+            format!("p50 {}, p99 {}, max {}", ms(s.p50), ms(s.p99), ms(s.max)),
+            "p99 ≤ 1 s (upstream SLO: p99 ≤ 5 s at scale)",
+            Some(s.p99 <= Duration::from_secs(1)),
+        );
+        report.print();
+        drop(lab);
+        Ok(())
+    })
+}
