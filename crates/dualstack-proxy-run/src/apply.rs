@@ -1,5 +1,6 @@
 //! Applying the proxier's transactions to the kernel, behind the narrow [`NftApplier`] trait:
-//! [`NftCommand`] runs `nft -f -` (the text syntax on stdin, one atomic batch per call);
+//! [`NftCommand`] runs `nft -f -` (the text syntax on stdin, one atomic batch per call), or
+//! sends an element-only transaction as a netlink batch itself (`netlink.rs`);
 //! [`RecordingApplier`] keeps what it was given and can be told to fail, for tests.
 //!
 //! Text, not libnftables JSON (`nft -j`, what the `nftables` crate speaks): nft 1.0.6's JSON
@@ -91,6 +92,13 @@ impl NftApplier for NftCommand {
             tx.ops.len(),
             family_word(tx.family)
         );
+        // Element-only changes (the common incremental sync) skip the `nft` process: one
+        // netlink batch, no text to parse, no table read back first.
+        if let Some(batch) = dualstack_proxy::netlink::element_batch(tx, 1)
+            && batch.bytes.len() <= crate::netlink::MAX_BATCH_BYTES
+        {
+            return crate::netlink::send(&batch, &what);
+        }
         self.run(&["-f", "-"], tx.to_text().as_bytes(), &what)
     }
 

@@ -14,6 +14,7 @@ pub mod apply;
 pub mod conntrack;
 pub mod health;
 pub mod metrics;
+pub mod netlink;
 pub mod pacer;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
@@ -564,7 +565,7 @@ impl Loop {
             self.shared.metrics.sync_failures.inc();
             self.proxier.request_full_sync();
         }
-        self.pacer.ran(now, ok);
+        self.pacer.ran(now, ok, ops > 0);
         let v4 = self.proxier.family(IpFamily::IPv4).health_checks();
         let v6 = self.proxier.family(IpFamily::IPv6).health_checks();
         self.hc.sync(v4, v6, &self.shared).await;

@@ -75,9 +75,11 @@ impl Pacer {
     }
 
     /// A sync ran at `at`; `ok` false keeps the change pending (retried after the minimum
-    /// interval).
-    pub fn ran(&mut self, at: Instant, ok: bool) {
-        self.tokens = (self.tokens_at(at) - 1.0).max(0.0);
+    /// interval). `applied` false (nothing reached the kernel: the changes cancelled out or
+    /// touched nothing we render) costs no token: the limit is there for nftables' sake.
+    pub fn ran(&mut self, at: Instant, ok: bool, applied: bool) {
+        let cost = if applied || !ok { 1.0 } else { 0.0 };
+        self.tokens = (self.tokens_at(at) - cost).max(0.0);
         self.last = Some(at);
         self.pending = !ok;
         self.retry_at = (!ok).then(|| at + self.min_interval);
@@ -100,12 +102,12 @@ mod tests {
         let ms = Duration::from_millis;
         let mut p = Pacer::new(s, Duration::from_secs(30));
         assert_eq!(p.due(t0), t0, "first sync at once");
-        p.ran(t0, true);
+        p.ran(t0, true, true);
         assert_eq!(p.due(t0), t0 + Duration::from_secs(30), "idle: periodic");
         // The burst: a second change right after syncs at once too.
         p.changed();
         assert_eq!(p.due(t0 + ms(100)), t0 + ms(100), "burst of 2");
-        p.ran(t0 + ms(100), true);
+        p.ran(t0 + ms(100), true, true);
         // Then the bucket holds 0.1 token, 0.2 at the third change: it waits for a whole one.
         p.changed();
         let due = p.due(t0 + ms(200));
@@ -115,7 +117,7 @@ mod tests {
             "paced: due {:?} after t0",
             due - t0
         );
-        p.ran(want, true);
+        p.ran(want, true, true);
         // Idle long enough: immediate again.
         let t2 = t0 + Duration::from_secs(5);
         p.changed();
@@ -123,10 +125,27 @@ mod tests {
     }
 
     #[test]
+    fn a_sync_that_applied_nothing_costs_no_token() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut p = Pacer::new(Duration::from_secs(1), Duration::from_secs(30));
+        p.ran(t0, true, true);
+        p.changed();
+        p.ran(t0 + ms(10), true, false);
+        p.changed();
+        p.ran(t0 + ms(20), true, false);
+        p.changed();
+        assert_eq!(p.due(t0 + ms(30)), t0 + ms(30), "a token is still there");
+        p.ran(t0 + ms(30), true, true);
+        p.changed();
+        assert!(p.due(t0 + ms(40)) > t0 + ms(40), "now the bucket is empty");
+    }
+
+    #[test]
     fn a_failed_sync_is_retried_after_the_minimum_interval() {
         let t0 = Instant::now();
         let mut p = Pacer::new(Duration::from_secs(1), Duration::from_secs(30));
-        p.ran(t0, false);
+        p.ran(t0, false, true);
         assert!(p.pending());
         assert_eq!(p.due(t0), t0 + Duration::from_secs(1));
     }

@@ -13,6 +13,7 @@
 pub mod categorize;
 pub mod family;
 pub mod input;
+pub mod netlink;
 pub mod nft;
 pub mod proxier;
 pub mod ruleset;

@@ -83,7 +83,12 @@ fn until_all_connect(netns: &Path, addrs: &[SocketAddr], since: Instant) -> Resu
         }
         let mut still = Vec::new();
         for a in pending {
-            if !connects(netns, a)? {
+            let t = Instant::now();
+            let ok = connects(netns, a)?;
+            if std::env::var_os("DS_BENCH_DEBUG").is_some() {
+                eprintln!("  {:?} {a} {ok} in {:?}", since.elapsed(), t.elapsed());
+            }
+            if !ok {
                 still.push(a);
             }
         }
