@@ -7,6 +7,7 @@ use clap::{Args, Subcommand};
 
 mod api;
 mod controllers;
+mod deploy;
 mod nodes;
 mod programming;
 mod proxy;
@@ -38,6 +39,9 @@ enum Suite {
     /// Issue 10 (root): network programming latency in a lab, pod Ready → traffic reaches it
     /// through both ClusterIPs from another node.
     Programming(programming::ProgrammingArgs),
+    /// Issue 12 (root): a Deployment of 100 replicas on a 3-node lab to all ready, and its
+    /// deletion.
+    Deploy(deploy::DeployArgs),
 }
 
 /// Runs a suite.
@@ -49,5 +53,6 @@ pub fn run(args: BenchArgs) -> Result<()> {
         Suite::Nodes(a) => nodes::run(a),
         Suite::Proxy(a) => proxy::run(a),
         Suite::Programming(a) => programming::run(a),
+        Suite::Deploy(a) => deploy::run(a),
     }
 }
