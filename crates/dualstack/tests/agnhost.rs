@@ -1,0 +1,275 @@
+//! Upstream's test images without a registry, end to end (root): the shape of upstream's
+//! dual-stack e2e (test/e2e/network/dual_stack.go, "should be able to reach pod on ipv4 and
+//! ipv6 ip" and the Service checks) run as written, with image
+//! `registry.k8s.io/e2e-test-images/agnhost:2.53` and no `command`: a Deployment of three
+//! `agnhost netexec` servers spread by required pod anti-affinity, a client pod of the same
+//! image, and a dual-stack Service. Every probe goes from the client pod (its netexec `/dial`,
+//! reached with curl from a lab node, never from the host namespace). Also the `pause` image.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use common::eventually;
+use common::lab::Lab;
+use serde_json::Value;
+
+const AGNHOST: &str = "registry.k8s.io/e2e-test-images/agnhost:2.53";
+
+fn servers_yaml() -> String {
+    format!(
+        r#"apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: agnhost-server
+spec:
+  replicas: 3
+  selector:
+    matchLabels: {{app: agnhost-server}}
+  template:
+    metadata:
+      labels: {{app: agnhost-server}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      affinity:
+        podAntiAffinity:
+          requiredDuringSchedulingIgnoredDuringExecution:
+          - labelSelector:
+              matchLabels: {{app: agnhost-server}}
+            topologyKey: kubernetes.io/hostname
+      containers:
+      - name: agnhost
+        image: {AGNHOST}
+        args: ["netexec", "--http-port=8080", "--udp-port=8081"]
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: agnhost-client
+  labels: {{app: agnhost-client}}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: agnhost
+    image: {AGNHOST}
+    args: ["netexec", "--http-port=8080", "--udp-port=8081"]
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: agnhost-server
+spec:
+  ipFamilyPolicy: RequireDualStack
+  selector: {{app: agnhost-server}}
+  ports:
+  - {{name: http, port: 80, targetPort: 8080, protocol: TCP}}
+  - {{name: udp, port: 81, targetPort: 8081, protocol: UDP}}
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: pause
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: pause
+    image: registry.k8s.io/pause:3.9
+"#
+    )
+}
+
+fn ips(v: &Value) -> Vec<IpAddr> {
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|i| i.as_str().or(i["ip"].as_str()))
+        .map(|s| s.parse().unwrap())
+        .collect()
+}
+
+fn running(p: &Value) -> bool {
+    p["status"]["phase"] == "Running"
+        && p["status"]["containerStatuses"][0]["state"]["running"].is_object()
+}
+
+/// The answers of the client's `/dial` for `request` to `ip:port` over `protocol`, fetched by
+/// curl on `node` (the client pod's node: inside the lab), as upstream's JSON.
+fn dial(
+    lab: &Lab,
+    node: &str,
+    client: IpAddr,
+    ip: IpAddr,
+    port: u16,
+    protocol: &str,
+    tries: u32,
+) -> Result<Value, String> {
+    let host = match client {
+        IpAddr::V4(a) => a.to_string(),
+        IpAddr::V6(a) => format!("[{a}]"),
+    };
+    let url = format!(
+        "http://{host}:8080/dial?request=hostname&protocol={protocol}&host={ip}&port={port}&tries={tries}"
+    );
+    let out = lab.exec(node, &["curl", "-g", "-s", "-S", "-m", "30", &url]);
+    if !out.status.success() {
+        return Err(format!(
+            "curl {url}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    serde_json::from_slice(&out.stdout).map_err(|e| {
+        format!(
+            "{url}: {e}: {:?}",
+            String::from_utf8_lossy(&out.stdout).to_string()
+        )
+    })
+}
+
+fn responses(v: &Value) -> BTreeSet<String> {
+    v["responses"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|s| s.as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn upstreams_dual_stack_agnhost_manifests_run_and_answer_over_both_families() {
+    let lab = Lab::up("ds-agnhost-", 3, &[]);
+    lab.apply(&servers_yaml());
+
+    // Three servers on three nodes, a client, all Running with both families.
+    let (servers, client) = eventually(Duration::from_secs(90), || {
+        let pods = lab.json(&["get", "pods", "-l", "app=agnhost-server"]);
+        let servers: Vec<Value> = pods["items"].as_array()?.clone();
+        let client = lab.json(&["get", "pod", "agnhost-client"]);
+        (servers.len() == 3
+            && servers.iter().all(|p| running(p) && ips(&p["status"]["podIPs"]).len() == 2)
+            && running(&client)
+            && ips(&client["status"]["podIPs"]).len() == 2)
+            .then_some((servers, client))
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "agnhost pods not Running:\n{}\n{}",
+            lab.kubectl_ok(&["get", "pods", "-o", "wide"]),
+            lab.logs()
+        )
+    });
+    let nodes: BTreeSet<&str> = servers
+        .iter()
+        .map(|p| p["spec"]["nodeName"].as_str().unwrap())
+        .collect();
+    assert_eq!(nodes.len(), 3, "anti-affinity spreads the servers: {nodes:?}");
+    let names: BTreeSet<String> = servers
+        .iter()
+        .map(|p| p["metadata"]["name"].as_str().unwrap().to_string())
+        .collect();
+    let client_node = client["spec"]["nodeName"].as_str().unwrap();
+    let client_ips = ips(&client["status"]["podIPs"]);
+
+    // Every server pod IP of both families answers `hostname` over http and udp, dialled by
+    // the client over each of its own families' addresses to reach its netexec.
+    for server in &servers {
+        let name = server["metadata"]["name"].as_str().unwrap();
+        let server_ips = ips(&server["status"]["podIPs"]);
+        assert_eq!(
+            (server_ips[0].is_ipv4(), server_ips[1].is_ipv6()),
+            (true, true),
+            "{server}"
+        );
+        for ip in server_ips {
+            let client_ip = client_ips[usize::from(ip.is_ipv6())];
+            for (protocol, port) in [("http", 8080), ("udp", 8081)] {
+                let got = eventually(Duration::from_secs(30), || {
+                    dial(&lab, client_node, client_ip, ip, port, protocol, 1).ok()
+                        .filter(|v| v["responses"][0] == name)
+                });
+                assert!(
+                    got.is_some(),
+                    "{protocol} {ip}:{port} from the client did not answer {name}: {:?}\n{}",
+                    dial(&lab, client_node, client_ip, ip, port, protocol, 1),
+                    lab.logs()
+                );
+            }
+        }
+    }
+
+    // Both ClusterIPs of the dual-stack Service answer over http and udp, with the servers'
+    // hostnames, every server reached.
+    let svc = lab.json(&["get", "svc", "agnhost-server"]);
+    let cluster_ips = ips(&svc["spec"]["clusterIPs"]);
+    assert_eq!(cluster_ips.len(), 2, "{svc}");
+    for ip in cluster_ips {
+        let client_ip = client_ips[usize::from(ip.is_ipv6())];
+        for (protocol, port) in [("http", 80), ("udp", 81)] {
+            let mut seen = BTreeSet::new();
+            let ok = eventually(Duration::from_secs(60), || {
+                let v = dial(&lab, client_node, client_ip, ip, port, protocol, 10).ok()?;
+                let got = responses(&v);
+                assert!(
+                    got.is_subset(&names),
+                    "{protocol} {ip}:{port} answered {got:?}, not the servers {names:?}"
+                );
+                seen.extend(got);
+                (seen == names).then_some(())
+            });
+            assert!(
+                ok.is_some(),
+                "{protocol} {ip}:{port}: only {seen:?} of {names:?} answered:\n{}",
+                lab.logs()
+            );
+        }
+    }
+
+    // The pause image with no command runs and stays up.
+    let pause = eventually(Duration::from_secs(30), || {
+        let p = lab.json(&["get", "pod", "pause"]);
+        running(&p).then_some(p)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "pause not Running: {}",
+            lab.json(&["get", "pod", "pause"])["status"]
+        )
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    let p = lab.json(&["get", "pod", "pause"]);
+    assert!(running(&p), "pause stopped: {}", p["status"]);
+    assert_eq!(
+        p["status"]["containerStatuses"][0]["restartCount"],
+        0,
+        "{}",
+        p["status"]
+    );
+    assert_eq!(
+        p["status"]["containerStatuses"][0]["state"]["running"]["startedAt"],
+        pause["status"]["containerStatuses"][0]["state"]["running"]["startedAt"]
+    );
+}
+
+/// A container of any other image without `command` keeps the agent's waiting reason.
+#[test]
+fn a_pod_of_another_image_without_command_waits_with_the_reason() {
+    let lab = Lab::up("ds-agnhost-", 1, &[]);
+    lab.apply(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: busybox\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: c\n    image: busybox\n",
+    );
+    let waiting = eventually(Duration::from_secs(30), || {
+        let p = lab.json(&["get", "pod", "busybox"]);
+        let w = p["status"]["containerStatuses"][0]["state"]["waiting"].clone();
+        w.is_object().then_some(w)
+    })
+    .unwrap_or_else(|| panic!("busybox never waiting:\n{}", lab.logs()));
+    assert_eq!(waiting["reason"], "CreateContainerConfigError", "{waiting}");
+    assert!(
+        waiting["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("has no command"),
+        "{waiting}"
+    );
+}
