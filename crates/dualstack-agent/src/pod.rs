@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use dualstack_node::backoff::{Backoff, crash_loop_message, should_restart};
 use dualstack_node::env::{PodFields, container_env};
-use dualstack_node::image::container_argv;
 use dualstack_node::files::{hostname_and_domain, hosts_file, pod_dns};
+use dualstack_node::image::container_argv;
 use dualstack_node::ips::{host_ips, sort_pod_ips};
 use dualstack_node::probe::{Kind, ProbeState, Timing};
 use dualstack_node::status::{

@@ -147,7 +147,9 @@ fn upstreams_dual_stack_agnhost_manifests_run_and_answer_over_both_families() {
         let servers: Vec<Value> = pods["items"].as_array()?.clone();
         let client = lab.json(&["get", "pod", "agnhost-client"]);
         (servers.len() == 3
-            && servers.iter().all(|p| running(p) && ips(&p["status"]["podIPs"]).len() == 2)
+            && servers
+                .iter()
+                .all(|p| running(p) && ips(&p["status"]["podIPs"]).len() == 2)
             && running(&client)
             && ips(&client["status"]["podIPs"]).len() == 2)
             .then_some((servers, client))
@@ -163,7 +165,11 @@ fn upstreams_dual_stack_agnhost_manifests_run_and_answer_over_both_families() {
         .iter()
         .map(|p| p["spec"]["nodeName"].as_str().unwrap())
         .collect();
-    assert_eq!(nodes.len(), 3, "anti-affinity spreads the servers: {nodes:?}");
+    assert_eq!(
+        nodes.len(),
+        3,
+        "anti-affinity spreads the servers: {nodes:?}"
+    );
     let names: BTreeSet<String> = servers
         .iter()
         .map(|p| p["metadata"]["name"].as_str().unwrap().to_string())
@@ -185,7 +191,8 @@ fn upstreams_dual_stack_agnhost_manifests_run_and_answer_over_both_families() {
             let client_ip = client_ips[usize::from(ip.is_ipv6())];
             for (protocol, port) in [("http", 8080), ("udp", 8081)] {
                 let got = eventually(Duration::from_secs(30), || {
-                    dial(&lab, client_node, client_ip, ip, port, protocol, 1).ok()
+                    dial(&lab, client_node, client_ip, ip, port, protocol, 1)
+                        .ok()
                         .filter(|v| v["responses"][0] == name)
                 });
                 assert!(
@@ -240,8 +247,7 @@ fn upstreams_dual_stack_agnhost_manifests_run_and_answer_over_both_families() {
     let p = lab.json(&["get", "pod", "pause"]);
     assert!(running(&p), "pause stopped: {}", p["status"]);
     assert_eq!(
-        p["status"]["containerStatuses"][0]["restartCount"],
-        0,
+        p["status"]["containerStatuses"][0]["restartCount"], 0,
         "{}",
         p["status"]
     );

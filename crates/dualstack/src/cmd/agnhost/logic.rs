@@ -207,7 +207,10 @@ pub fn dial_request(query: &[(String, String)]) -> Result<Dial, Answer> {
         match atoi(tries_s) {
             Ok(n) => n.clamp(0, u32::MAX.into()) as u32,
             Err(e) => {
-                return Err(Answer::error(400, format!("tries parameter is invalid. {e}")));
+                return Err(Answer::error(
+                    400,
+                    format!("tries parameter is invalid. {e}"),
+                ));
             }
         }
     };
@@ -358,7 +361,8 @@ mod tests {
             (&b"hostname"[..], v4, Some("pod-a")),
             (b" HostName\n", v6, Some("pod-a")),
             (b"echo Hello World", v4, Some("hello world")),
-            (b"echo ", v4, Some("")),
+            // Trimmed to "echo", which is no command (as upstream).
+            (b"echo ", v4, None),
             (b"clientip", v4, Some("10.244.1.5:4000")),
             (b"clientip", v6, Some("[fd00:10:244:1::5]:4000")),
             (b"nope", v4, None),
@@ -431,7 +435,10 @@ mod tests {
         let err = |s: &str| Err(s.to_string());
         let cases = [
             (vec![ok("pod-a")], r#"{"responses":["pod-a"]}"#),
-            (vec![ok("pod-a"), ok("pod-b")], r#"{"responses":["pod-a","pod-b"]}"#),
+            (
+                vec![ok("pod-a"), ok("pod-b")],
+                r#"{"responses":["pod-a","pod-b"]}"#,
+            ),
             (
                 vec![err("udp dial failed"), ok("pod-a")],
                 r#"{"errors":["udp dial failed"],"responses":["pod-a"]}"#,
@@ -455,7 +462,12 @@ mod tests {
             "argument 'code' must be an integer or empty, got \"x\"\n"
         );
         assert_eq!(
-            exit_request(&q(&[("code", "3"), ("timeout", "1m30s"), ("wait", "250ms")])).unwrap(),
+            exit_request(&q(&[
+                ("code", "3"),
+                ("timeout", "1m30s"),
+                ("wait", "250ms")
+            ]))
+            .unwrap(),
             ExitRequest {
                 code: 3,
                 timeout: Duration::from_secs(90),

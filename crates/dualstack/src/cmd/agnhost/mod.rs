@@ -145,7 +145,9 @@ async fn serve_hostname(a: ServeHostnameArgs) -> Result<()> {
     }
     let name = hostname().context("Error from os.Hostname()")?;
     if a.tcp {
-        let l = listen_tcp(a.port).await.context("Error from net.Listen()")?;
+        let l = listen_tcp(a.port)
+            .await
+            .context("Error from net.Listen()")?;
         let name = name.clone();
         tokio::spawn(async move {
             loop {
@@ -207,11 +209,8 @@ async fn serve_hostname(a: ServeHostnameArgs) -> Result<()> {
             },
         );
         tokio::spawn(async move {
-            if let Err(e) = axum::serve(
-                l,
-                app.into_make_service_with_connect_info::<SocketAddr>(),
-            )
-            .await
+            if let Err(e) =
+                axum::serve(l, app.into_make_service_with_connect_info::<SocketAddr>()).await
             {
                 log(e);
                 std::process::exit(1);

@@ -82,11 +82,7 @@ pub async fn run(a: NetexecArgs) -> Result<()> {
         let port = u16::try_from(a.udp_port)
             .with_context(|| format!("failed to resolve UDP address for port {}", a.udp_port))?;
         let mut addrs = Vec::new();
-        for s in a
-            .udp_listen_addresses
-            .split(',')
-            .filter(|s| !s.is_empty())
-        {
+        for s in a.udp_listen_addresses.split(',').filter(|s| !s.is_empty()) {
             let ip = s
                 .parse()
                 .map_err(|_| anyhow::anyhow!("parseAddress: invalid address {s}"))?;
@@ -159,7 +155,10 @@ async fn udp_server(sock: UdpSocket, shared: Arc<Shared>) {
         match logic::udp_reply(&buf[..n], &shared.hostname, from) {
             Some(reply) => {
                 if let Err(e) = sock.send_to(reply.as_bytes(), from).await {
-                    log(format!("failed to write to UDP client {}: {e}", logic::peer(from)));
+                    log(format!(
+                        "failed to write to UDP client {}: {e}",
+                        logic::peer(from)
+                    ));
                 }
             }
             None if n > 0 => log(format!(
@@ -176,8 +175,10 @@ fn respond(a: Answer) -> Response<Body> {
     let mut r = Response::new(Body::from(a.body));
     *r.status_mut() = axum::http::StatusCode::from_u16(a.status)
         .unwrap_or(axum::http::StatusCode::INTERNAL_SERVER_ERROR);
-    r.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static(a.content_type));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(a.content_type),
+    );
     r
 }
 
