@@ -279,3 +279,145 @@ fn a_pod_of_another_image_without_command_waits_with_the_reason() {
         "{waiting}"
     );
 }
+
+/// A free loopback port (of both families) for a server of this test.
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("[::]:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+/// curl on loopback: (status code, body).
+fn curl(url: &str) -> (u16, String) {
+    let out = std::process::Command::new("curl")
+        .args(["-g", "-s", "-m", "10", "-w", "\n%{http_code}", url])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (body, code) = text.rsplit_once('\n').unwrap();
+    (code.parse().unwrap_or(0), body.to_string())
+}
+
+/// A child process killed and reaped on drop.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The netexec sockets on loopback (no root): both families on one port, upstream's bodies,
+/// status codes and `/dial` JSON over http and udp.
+#[test]
+fn netexec_answers_its_endpoints_over_both_families_on_loopback() {
+    let (http, udp) = (free_port(), free_port());
+    let _server = Child(
+        std::process::Command::new(common::binary())
+            .args(["agnhost", "netexec"])
+            .arg(format!("--http-port={http}"))
+            .arg(format!("--udp-port={udp}"))
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .unwrap()
+        .trim()
+        .to_string();
+    let up = eventually(Duration::from_secs(10), || {
+        (curl(&format!("http://127.0.0.1:{http}/healthz")).0 == 200).then_some(())
+    });
+    assert!(up.is_some(), "netexec never became healthy");
+    for host in ["127.0.0.1", "[::1]"] {
+        let base = format!("http://{host}:{http}");
+        assert_eq!(curl(&format!("{base}/hostname")), (200, hostname.clone()));
+        assert_eq!(curl(&format!("{base}/hostName")), (200, hostname.clone()));
+        let (code, ip) = curl(&format!("{base}/clientip"));
+        assert_eq!(code, 200);
+        assert!(ip.starts_with(&format!("{host}:")), "{ip} from {host}");
+        assert_eq!(
+            curl(&format!("{base}/echo?msg=hi&code=202")),
+            (202, "hi".to_string())
+        );
+        let (code, now) = curl(&format!("{base}/"));
+        assert!(code == 200 && now.starts_with("NOW: "), "{code} {now}");
+    }
+    for (dial_host, v6) in [("127.0.0.1", false), ("::1", true)] {
+        for (protocol, port) in [("http", http), ("udp", udp)] {
+            let (code, body) = curl(&format!(
+                "http://127.0.0.1:{http}/dial?request=hostname&protocol={protocol}&host={dial_host}&port={port}&tries=2"
+            ));
+            assert_eq!(
+                (code, body),
+                (
+                    200,
+                    format!(r#"{{"responses":["{hostname}","{hostname}"]}}"#)
+                ),
+                "{protocol} to {dial_host} (v6: {v6})"
+            );
+        }
+    }
+    let (code, body) = curl(&format!(
+        "http://127.0.0.1:{http}/dial?request=hostname&protocol=http&host=127.0.0.1&port=1"
+    ));
+    assert_eq!(code, 200);
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert!(v.get("responses").is_none(), "{body}");
+    assert!(
+        v["errors"][0]
+            .as_str()
+            .unwrap()
+            .contains("connection refused"),
+        "{body}"
+    );
+    assert_eq!(
+        curl(&format!("http://127.0.0.1:{http}/dial?host=x&port=1")),
+        (400, "request parameter not specified. <nil>\n".to_string())
+    );
+    assert_eq!(
+        curl(&format!(
+            "http://127.0.0.1:{http}/shell?cmd=echo%20a%3Becho%20b%20%3E%262%3Bexit%203"
+        )),
+        (
+            200,
+            r#"{"error":"exit status 3","output":"a\nb\n"}"#.to_string()
+        )
+    );
+}
+
+/// `agnhost pause` exits as upstream's (2 on SIGTERM, 1 on SIGINT); the pause image's
+/// `--exit-zero` exits 0.
+#[test]
+fn pause_waits_for_a_signal_and_exits_as_upstream() {
+    for (args, signal, want) in [
+        (&["pause"][..], "TERM", 2),
+        (&["pause"][..], "INT", 1),
+        (&["pause", "--exit-zero"][..], "TERM", 0),
+    ] {
+        let mut child = std::process::Command::new(common::binary())
+            .arg("agnhost")
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Wait for "Paused" (the handler is installed before it is printed).
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.as_mut().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+        assert_eq!(line, "Paused\n");
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(child.try_wait().unwrap().is_none(), "pause did not wait");
+        let st = std::process::Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let status = child.wait().unwrap();
+        assert_eq!(status.code(), Some(want), "{args:?} {signal}");
+    }
+}

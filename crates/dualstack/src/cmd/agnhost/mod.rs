@@ -116,25 +116,17 @@ fn no_ipv6(e: &io::Error) -> bool {
     )
 }
 
-/// Resolves once SIGTERM or SIGINT arrives; which one.
-pub(crate) async fn terminated() -> Result<&'static str> {
+async fn pause(args: PauseArgs) -> Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
+    // Handlers first, so a signal right after "Paused" is caught.
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
-    Ok(tokio::select! {
-        _ = term.recv() => "terminated",
-        _ = int.recv() => "interrupt",
-    })
-}
-
-async fn pause(args: PauseArgs) -> Result<()> {
     println!("Paused");
-    let sig = terminated().await?;
-    let code = match (args.exit_zero, sig) {
-        (true, _) => 0,
-        (false, "interrupt") => 1,
-        (false, _) => 2,
+    let code = tokio::select! {
+        _ = term.recv() => 2,
+        _ = int.recv() => 1,
     };
+    let code = if args.exit_zero { 0 } else { code };
     println!("exiting {code}");
     std::process::exit(code)
 }
@@ -217,9 +209,11 @@ async fn serve_hostname(a: ServeHostnameArgs) -> Result<()> {
             }
         });
     }
+    // Only SIGTERM is caught, as upstream (SIGINT keeps its default action).
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     log(format!("Serving on port {}.", a.port));
-    let sig = terminated().await?;
-    log(format!("Shutting down after receiving signal: {sig}."));
+    term.recv().await;
+    log("Shutting down after receiving signal: terminated.");
     log("Awaiting pod deletion.");
     tokio::time::sleep(std::time::Duration::from_secs(60)).await;
     Ok(())

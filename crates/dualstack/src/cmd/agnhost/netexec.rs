@@ -1,7 +1,8 @@
 //! `agnhost netexec`: the HTTP server (`/`, `/clientip`, `/dial`, `/echo`, `/exit`,
 //! `/healthz`, `/readyz`, `/hostname`, `/hostName`, `/redirect`, `/shell`, `/shutdown`) and the
 //! UDP server (`hostname`, `echo <msg>`, `clientip`), both families. Answers come from
-//! `logic.rs`; this file does the sockets, the dialling and the process exits.
+//! `logic.rs`; this file does the sockets, the dialling and the process exits. SIGTERM and
+//! SIGINT keep their default action (the process dies of them), as in upstream's Go program.
 //! Not built in: HTTPS (`--tls-cert-file`), SCTP (`--sctp-port`) and `/upload`; asking for
 //! them says so.
 
@@ -124,10 +125,6 @@ pub async fn run(a: NetexecArgs) -> Result<()> {
     let mut serving = tokio::spawn(async move { serve.await });
     tokio::select! {
         r = &mut serving => { r??; bail!("the HTTP server stopped") }
-        sig = super::terminated() => {
-            // Go's default signal handling: the process dies of the signal (exit 143/130).
-            std::process::exit(if sig? == "interrupt" { 130 } else { 143 });
-        }
         Some((code, timeout)) = timeout_rx.recv() => {
             let done = tokio::time::timeout(timeout, serving).await;
             log(format!(
