@@ -269,7 +269,26 @@ pub fn dial_answer(tries: &[Result<String, String>]) -> Answer {
         errors: (!errors.is_empty()).then_some(&errors[..]),
         responses: last_nonempty.then_some(&responses[..]),
     };
-    Answer::json(serde_json::to_string(&out).expect("strings serialize"))
+    Answer::json(go_json(
+        &serde_json::to_string(&out).expect("strings serialize"),
+    ))
+}
+
+/// JSON as Go's `json.Marshal` writes it: `<`, `>`, `&`, U+2028 and U+2029 escaped (they
+/// only occur inside strings, so replacing them everywhere is exact).
+fn go_json(json: &str) -> String {
+    let mut out = String::with_capacity(json.len());
+    for c in json.chars() {
+        match c {
+            '<' => out.push_str("\\u003c"),
+            '>' => out.push_str("\\u003e"),
+            '&' => out.push_str("\\u0026"),
+            '\u{2028}' => out.push_str("\\u2028"),
+            '\u{2029}' => out.push_str("\\u2029"),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// The UDP server's reply to a datagram, or `None` (no reply): `hostname`, `echo <msg>`,
@@ -297,7 +316,7 @@ pub fn shell_answer(output: &str, error: Option<&str>) -> Answer {
     if !output.is_empty() {
         m.insert("output".into(), output.into());
     }
-    Answer::json(serde_json::Value::Object(m).to_string())
+    Answer::json(go_json(&serde_json::Value::Object(m).to_string()))
 }
 
 /// `/healthz` and `/readyz`: 200 once the UDP server listens, 412 before (and always, when
@@ -446,6 +465,10 @@ mod tests {
             // Upstream lists responses only when the last try answered.
             (vec![ok("pod-a"), err("e")], r#"{"errors":["e"]}"#),
             (vec![], "{}"),
+            (
+                vec![ok("<a & b>")],
+                r#"{"responses":["\u003ca \u0026 b\u003e"]}"#,
+            ),
         ];
         for (tries, want) in cases {
             let a = dial_answer(&tries);
