@@ -421,3 +421,73 @@ fn pause_waits_for_a_signal_and_exits_as_upstream() {
         assert_eq!(status.code(), Some(want), "{args:?} {signal}");
     }
 }
+
+/// `agnhost serve-hostname` on loopback: HTTP by default, raw TCP and UDP with `--http=false`,
+/// both families; HTTP together with TCP/UDP is refused with upstream's message.
+#[test]
+fn serve_hostname_serves_the_hostname_over_http_tcp_and_udp_on_both_families() {
+    use std::io::Read;
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .unwrap()
+        .trim()
+        .to_string();
+    let spawn = |args: &[&str]| {
+        Child(
+            std::process::Command::new(common::binary())
+                .args(["agnhost", "serve-hostname"])
+                .args(args)
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap(),
+        )
+    };
+
+    let port = free_port();
+    let _http = spawn(&[&format!("--port={port}")]);
+    for host in ["127.0.0.1", "[::1]"] {
+        let got = eventually(Duration::from_secs(10), || {
+            let r = curl(&format!("http://{host}:{port}/anything"));
+            (r.0 == 200).then_some(r.1)
+        });
+        assert_eq!(got.as_deref(), Some(hostname.as_str()), "http {host}");
+    }
+
+    let port = free_port();
+    let _raw = spawn(&["--http=false", "--tcp", "--udp", &format!("--port={port}")]);
+    for host in ["127.0.0.1", "::1"] {
+        let addr: std::net::SocketAddr = std::net::SocketAddr::new(host.parse().unwrap(), port);
+        let tcp = eventually(Duration::from_secs(10), || {
+            let mut c = std::net::TcpStream::connect(addr).ok()?;
+            let mut s = String::new();
+            c.read_to_string(&mut s).ok()?;
+            Some(s)
+        });
+        assert_eq!(tcp.as_deref(), Some(hostname.as_str()), "tcp {addr}");
+        let local = if addr.is_ipv4() {
+            "127.0.0.1:0"
+        } else {
+            "[::1]:0"
+        };
+        let udp = eventually(Duration::from_secs(10), || {
+            let sock = std::net::UdpSocket::bind(local).ok()?;
+            sock.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
+            sock.send_to(b"x", addr).ok()?;
+            let mut buf = [0u8; 256];
+            let (n, _) = sock.recv_from(&mut buf).ok()?;
+            Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+        });
+        assert_eq!(udp.as_deref(), Some(hostname.as_str()), "udp {addr}");
+    }
+
+    let out = std::process::Command::new(common::binary())
+        .args(["agnhost", "serve-hostname", "--tcp"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("Can't server TCP/UDP mode and HTTP mode at the same time"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
