@@ -12,8 +12,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dualstack_node::backoff::{Backoff, crash_loop_message, should_restart};
-use dualstack_node::env::{PodFields, command_line, container_env};
+use dualstack_node::env::{PodFields, container_env};
 use dualstack_node::files::{hostname_and_domain, hosts_file, pod_dns};
+use dualstack_node::image::container_argv;
 use dualstack_node::ips::{host_ips, sort_pod_ips};
 use dualstack_node::probe::{Kind, ProbeState, Timing};
 use dualstack_node::status::{
@@ -581,7 +582,8 @@ impl Worker {
                 return;
             }
         };
-        let Some(argv) = command_line(&c.spec, &env) else {
+        let exe = self.agent.config.shim_exe.to_string_lossy();
+        let Some(argv) = container_argv(&c.spec, &env, &exe) else {
             let image = c.spec.image.clone().unwrap_or_default();
             self.ctrs[idx].state = State::Waiting {
                 reason: CREATE_CONTAINER_CONFIG_ERROR.into(),

@@ -3,13 +3,15 @@
 //! Start with [`status`]: container facts (created, running, exited, in back-off) in, the
 //! pod's `status` (phase, conditions, `containerStatuses`) out, with kubelet's reasons and
 //! messages. The rest are the pieces a pod worker needs on the way: [`ips`] (the order of
-//! `podIPs`/`hostIPs`, §7.1), [`files`] (the pod's `/etc/hosts` and `/etc/resolv.conf`),
+//! `podIPs`/`hostIPs`, §7.1), [`image`] (what a container runs: its command, or the built-in
+//! `agnhost`/`pause` of upstream's test images), [`files`] (the pod's `/etc/hosts` and `/etc/resolv.conf`),
 //! [`env`] (`valueFrom.fieldRef` and `$(VAR)` expansion), [`backoff`] (restart policy and
 //! `CrashLoopBackOff`), [`probe`] (probe thresholds) and [`node`] (the Node's status).
 
 pub mod backoff;
 pub mod env;
 pub mod files;
+pub mod image;
 pub mod ips;
 pub mod node;
 pub mod probe;

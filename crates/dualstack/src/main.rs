@@ -39,6 +39,10 @@ enum Command {
     /// The supervisor of one container process (started by the agent).
     #[command(hide = true)]
     Shim(cmd::shim::ShimArgs),
+    /// Upstream's e2e test image agnhost, built in (netexec, serve-hostname, pause): what pods
+    /// of the agnhost and pause images run.
+    #[command(hide = true)]
+    Agnhost(cmd::agnhost::AgnhostArgs),
     /// Issue bearer tokens (admin or node) for a server's data directory.
     Token(cmd::token::TokenArgs),
     /// The CNI plugin `dualstack` (bridge, veth, one address per family): `CNI_*` environment
@@ -68,6 +72,7 @@ fn main() -> ExitCode {
         // a runtime or a thread before it runs.
         Command::Shim(args) => cmd::shim::run(args),
         Command::Agent(args) => cmd::agent::run(args),
+        Command::Agnhost(args) => cmd::agnhost::run(args),
         Command::Server(args) => cmd::server::run(args),
         Command::Proxy(args) => cmd::proxy::run(args),
         Command::ControllerManager(args) => cmd::controller_manager::run(args),

@@ -1,6 +1,7 @@
 //! One file per subcommand.
 
 pub mod agent;
+pub mod agnhost;
 pub mod bench;
 pub mod cni;
 pub mod controller_manager;
