@@ -4,6 +4,7 @@ pub mod agent;
 pub mod bench;
 pub mod cni;
 pub mod controller_manager;
+pub mod dns;
 pub mod down;
 pub mod exec;
 pub mod masq_agent;
