@@ -136,7 +136,8 @@ fn resolv_conf_nameservers() -> Vec<String> {
 }
 
 fn serve(args: DnsArgs) -> Result<()> {
-    crate::cmd::init_tracing();
+    // hickory-server logs every query at info.
+    crate::cmd::init_tracing_with("info,hickory_server=warn");
     let zone =
         Zone::new(&args.cluster_domain).map_err(|e| anyhow!("invalid --cluster-domain: {e}"))?;
     let listen = addresses(&args.listen, args.port)?;
