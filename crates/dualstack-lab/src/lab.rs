@@ -235,6 +235,7 @@ pub async fn up(opts: &UpOptions) -> Result<UpReport> {
     route_outside(&l, plan, &client, opts.timeout).await?;
     ensure_dns_deployment(&client, &l, &state, &opts.exe).await?;
     wait_for_dns(&client, &state, opts.timeout).await?;
+    wait_for_dns_answers(&l, &state, &opts.exe, opts.timeout).await?;
     Ok(UpReport {
         plan: plan.clone(),
         kubeconfig: l.kubeconfig(),
@@ -469,7 +470,15 @@ async fn ensure_dns_service(client: &kube::Client, state: &State, timeout: Durat
     let api: Api<Service> = Api::namespaced(client.clone(), "kube-system");
     let deadline = Instant::now() + timeout;
     loop {
-        match api.create(&Default::default(), &svc).await {
+        // Look first: creating it again would fail on its addresses (422, as upstream's
+        // allocation comes before the name check), not with 409.
+        let exists = api.get_opt(crate::dns::DNS_NAME).await.map(|s| s.is_some());
+        let created = match exists {
+            Ok(true) => return Ok(()),
+            Ok(false) => api.create(&Default::default(), &svc).await.map(|_| ()),
+            Err(e) => Err(e),
+        };
+        match created {
             Ok(_) => return Ok(()),
             Err(kube::Error::Api(e)) if e.code == 409 => return Ok(()),
             Err(e) if Instant::now() > deadline => {
@@ -535,6 +544,58 @@ async fn wait_for_dns(client: &kube::Client, state: &State, timeout: Duration) -
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// Waits until every DNS ClusterIP answers from `node-1` (through its Service proxy, whose
+/// rules follow the endpoints within its sync period), so pods started after `up` resolve at
+/// once.
+async fn wait_for_dns_answers(
+    l: &Layout,
+    state: &State,
+    exe: &Path,
+    timeout: Duration,
+) -> Result<()> {
+    let Some(node) = state.plan.nodes.first() else {
+        return Ok(());
+    };
+    let name = format!("kube-dns.kube-system.svc.{}", crate::dns::CLUSTER_DOMAIN);
+    let deadline = Instant::now() + timeout;
+    for ip in crate::dns::cluster_ips(&service_ranges(state)) {
+        loop {
+            let out = tokio::process::Command::new(exe)
+                .args(["exec", "--data-dir"])
+                .arg(&l.dir)
+                .args([&node.name, "--"])
+                .arg(exe)
+                .args([
+                    "dns",
+                    "query",
+                    &name,
+                    "A",
+                    "--timeout",
+                    "1s",
+                    "--server",
+                    &ip.to_string(),
+                ])
+                .output()
+                .await
+                .context("running dualstack exec")?;
+            let text = String::from_utf8_lossy(&out.stdout);
+            if out.status.success() && text.contains("status: NOERROR") && text.contains(" IN A ") {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "the cluster DNS does not answer at {ip} from {}: {}{}",
+                    node.name,
+                    text,
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    Ok(())
 }
 
 /// Creates `kube-system/ip-masq-agent` with [`plan::masq_config`] unless it exists (a lab that

@@ -7,6 +7,7 @@ use clap::{Args, Subcommand};
 
 mod api;
 mod controllers;
+mod dns;
 mod nodes;
 mod proxy;
 mod services;
@@ -34,6 +35,12 @@ enum Suite {
     /// Issue 10 (root): connect latency through our nftables ruleset vs kube-proxy's
     /// iptables layout at 10 / 1,000 / 10,000 Services, full and one-Service syncs, memory.
     Proxy(proxy::ProxyBenchArgs),
+    /// Issue 12 (root): cluster DNS queries per second and latency from a pod, through both
+    /// DNS ClusterIPs.
+    Dns(dns::DnsBenchArgs),
+    /// The DNS load generator that `bench dns` runs inside a pod.
+    #[command(hide = true)]
+    DnsLoad(dns::DnsLoadArgs),
 }
 
 /// Runs a suite.
@@ -44,5 +51,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         Suite::Controllers(a) => controllers::run(a),
         Suite::Nodes(a) => nodes::run(a),
         Suite::Proxy(a) => proxy::run(a),
+        Suite::Dns(a) => dns::run(a),
+        Suite::DnsLoad(a) => dns::load(a),
     }
 }
