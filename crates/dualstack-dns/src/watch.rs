@@ -8,6 +8,7 @@ use std::sync::Arc;
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client};
 use tokio::sync::watch;
@@ -82,11 +83,13 @@ pub async fn follow(
         Api::<Service>::all(client.clone()),
         watcher::Config::default(),
     )
+    .default_backoff()
     .map_ok(Change::Service);
     let slices = watcher::watcher(
         Api::<EndpointSlice>::all(client),
         watcher::Config::default(),
     )
+    .default_backoff()
     .map_ok(Change::Slice);
     let mut events = futures::stream::select(services, slices).boxed();
     let mut svc = Store::<Service>::new();
