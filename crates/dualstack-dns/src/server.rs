@@ -169,23 +169,39 @@ impl RequestHandler for Handler {
     }
 }
 
-/// Binds UDP and TCP on every address (port 0: the UDP socket's port is used for TCP too).
+/// Binds UDP and TCP on every address (port 0: the UDP socket's port is used for TCP too,
+/// trying again when that port is taken for TCP).
 pub async fn bind(listen: &[SocketAddr]) -> Result<Vec<(UdpSocket, TcpListener)>, Error> {
     let mut out = Vec::new();
     for addr in listen {
-        let udp = UdpSocket::bind(addr).await.map_err(|e| Error::Io {
-            what: format!("binding udp {addr}"),
-            source: e,
-        })?;
-        let bound = udp.local_addr().map_err(|e| Error::Io {
-            what: format!("binding udp {addr}"),
-            source: e,
-        })?;
-        let tcp = TcpListener::bind(bound).await.map_err(|e| Error::Io {
-            what: format!("binding tcp {bound}"),
-            source: e,
-        })?;
-        out.push((udp, tcp));
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let udp = UdpSocket::bind(addr).await.map_err(|e| Error::Io {
+                what: format!("binding udp {addr}"),
+                source: e,
+            })?;
+            let bound = udp.local_addr().map_err(|e| Error::Io {
+                what: format!("binding udp {addr}"),
+                source: e,
+            })?;
+            match TcpListener::bind(bound).await {
+                Ok(tcp) => {
+                    out.push((udp, tcp));
+                    break;
+                }
+                Err(e)
+                    if addr.port() == 0
+                        && e.kind() == std::io::ErrorKind::AddrInUse
+                        && attempts < 20 => {}
+                Err(e) => {
+                    return Err(Error::Io {
+                        what: format!("binding tcp {bound}"),
+                        source: e,
+                    });
+                }
+            }
+        }
     }
     Ok(out)
 }

@@ -67,8 +67,8 @@ impl<K: kube::Resource> Store<K> {
 }
 
 enum Change {
-    Service(Event<Service>),
-    Slice(Event<EndpointSlice>),
+    Service(Box<Event<Service>>),
+    Slice(Box<Event<EndpointSlice>>),
 }
 
 /// Follows Services and EndpointSlices of all namespaces and publishes a fresh view on `view`
@@ -84,21 +84,21 @@ pub async fn follow(
         watcher::Config::default(),
     )
     .default_backoff()
-    .map_ok(Change::Service);
+    .map_ok(|e| Change::Service(Box::new(e)));
     let slices = watcher::watcher(
         Api::<EndpointSlice>::all(client),
         watcher::Config::default(),
     )
     .default_backoff()
-    .map_ok(Change::Slice);
+    .map_ok(|e| Change::Slice(Box::new(e)));
     let mut events = futures::stream::select(services, slices).boxed();
     let mut svc = Store::<Service>::new();
     let mut eps = Store::<EndpointSlice>::new();
     while let Some(first) = events.next().await {
         let mut changed = false;
         let mut handle = |c: Result<Change, watcher::Error>| match c {
-            Ok(Change::Service(e)) => changed |= svc.apply(e),
-            Ok(Change::Slice(e)) => changed |= eps.apply(e),
+            Ok(Change::Service(e)) => changed |= svc.apply(*e),
+            Ok(Change::Slice(e)) => changed |= eps.apply(*e),
             Err(e) => tracing::warn!(error = %e, "watch failed; retrying"),
         };
         handle(first);

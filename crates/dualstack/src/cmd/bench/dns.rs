@@ -137,7 +137,7 @@ async fn worker(
     let mut i = w;
     let mut id: u16 = (w as u16).wrapping_mul(7919);
     while Instant::now() < deadline {
-        let qtype = if i % 2 == 0 {
+        let qtype = if i.is_multiple_of(2) {
             RecordType::A
         } else {
             RecordType::AAAA
