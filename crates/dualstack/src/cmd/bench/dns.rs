@@ -185,6 +185,38 @@ async fn worker(
     Ok((lat, wrong, timeouts))
 }
 
+/// Resident memory (MiB) of every `dualstack dns` process of the lab at `dir`.
+fn dns_servers_rss(dir: &Path) -> Vec<f64> {
+    let dir = dir.to_string_lossy().to_string();
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        if e.file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+            .is_none()
+        {
+            continue;
+        }
+        let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        let args: Vec<String> = cmd
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).to_string())
+            .collect();
+        if args.get(1).is_some_and(|a| a == "dns") && args.iter().any(|a| a.contains(&dir)) {
+            let status = std::fs::read_to_string(e.path().join("status")).unwrap_or_default();
+            if let Some(kb) = status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|v| v.parse::<f64>().ok())
+            {
+                out.push(kb / 1024.0);
+            }
+        }
+    }
+    out
+}
+
 /// A lab removed on drop.
 struct Lab {
     dir: tempfile::TempDir,
@@ -333,6 +365,20 @@ pub fn run(args: DnsBenchArgs) -> Result<()> {
                 None,
             );
         }
+        let rss = dns_servers_rss(lab.dir.path());
+        let each: Vec<String> = rss.iter().map(|r| format!("{r:.1} MiB")).collect();
+        report.row(
+            format!(
+                "RSS of each `dualstack dns` with {} Services, after the runs",
+                args.services
+            ),
+            each.join(", "),
+            format!(
+                "CoreDNS: (pods + Services) × 0.000858 + 49.1 MB = {:.1} MB",
+                (args.services as f64 + 2.0 * args.nodes as f64) * 0.000858 + 49.1
+            ),
+            None,
+        );
         println!(
             "dns bench: {} nodes, {} Services, {} s per run, load average {}",
             args.nodes,
