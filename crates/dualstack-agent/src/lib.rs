@@ -46,6 +46,10 @@ pub struct Config {
     pub cni_bin_dirs: Vec<PathBuf>,
     /// `--cluster-dns` and `--cluster-domain`.
     pub cluster_dns: ClusterDns,
+    /// `--resolv-conf`: the node's resolver configuration for `dnsPolicy: Default` (and
+    /// `ClusterFirst` without cluster DNS); `None` (the flag set to "") means the local
+    /// resolver, as kubelet.
+    pub resolv_conf: Option<PathBuf>,
     /// `--max-pods`.
     pub max_pods: u32,
     /// The `dualstack` binary that provides `dualstack shim`.
@@ -120,8 +124,10 @@ pub async fn run(
         source,
     })?;
     let (ready_tx, ready_rx) = watch::channel(false);
-    let host_dns =
-        DnsConfig::parse(&std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default());
+    let host_dns = match &config.resolv_conf {
+        Some(path) => DnsConfig::parse(&std::fs::read_to_string(path).unwrap_or_default()),
+        None => DnsConfig::local_resolver(&config.node_ips),
+    };
     let agent = Arc::new(Agent {
         client: client.clone(),
         config: config.clone(),

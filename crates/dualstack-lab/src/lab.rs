@@ -222,6 +222,7 @@ pub async fn up(opts: &UpOptions) -> Result<UpReport> {
     fs::copy(l.server_dir().join("kubeconfig"), l.kubeconfig())
         .context("copying the admin kubeconfig")?;
     ensure_masq_configmap(&client, &state, opts.timeout).await?;
+    ensure_dns_service(&client, &state, opts.timeout).await?;
 
     for node in &plan.nodes {
         if !alive(&l.pid(&node.name)) {
@@ -232,6 +233,9 @@ pub async fn up(opts: &UpOptions) -> Result<UpReport> {
     announce_pools(&l, &state).await?;
     wait_for_nodes(&client, plan, opts.timeout, &l).await?;
     route_outside(&l, plan, &client, opts.timeout).await?;
+    ensure_dns_deployment(&client, &l, &state, &opts.exe).await?;
+    wait_for_dns(&client, &state, opts.timeout).await?;
+    wait_for_dns_answers(&l, &state, &opts.exe, opts.timeout).await?;
     Ok(UpReport {
         plan: plan.clone(),
         kubeconfig: l.kubeconfig(),
@@ -432,11 +436,166 @@ fn start_agent(l: &Layout, state: &State, node: &plan::Host, exe: &Path) -> Resu
         .arg(dir.join("net.d"))
         .args(["--cni-bin-dir", "/usr/lib/cni"])
         .arg("--masq-agent");
+    // Pods resolve through the cluster DNS Service (both ClusterIPs).
+    let dns_ips = crate::dns::cluster_ips(&service_ranges(state));
+    if !dns_ips.is_empty() {
+        let ips: Vec<String> = dns_ips.iter().map(|i| i.to_string()).collect();
+        cmd.arg(format!("--cluster-dns={}", ips.join(",")));
+    }
+    cmd.arg(format!("--cluster-domain={}", crate::dns::CLUSTER_DOMAIN));
     // The in-agent Service proxy detects pod traffic by the cluster's pod ranges.
     if let Some(cidr) = flag_values(&state.server_flags, "cluster-cidr").last() {
         cmd.arg(format!("--cluster-cidr={cidr}"));
     }
     spawn_recorded(l, &node.name, cmd, Some(&l.netns(&node.name)))
+}
+
+/// The lab's Service ranges (`--service-cluster-ip-range`), in flag order.
+fn service_ranges(state: &State) -> Vec<ipnet::IpNet> {
+    flag_values(&state.server_flags, "service-cluster-ip-range")
+        .last()
+        .map(|v| v.split(',').filter_map(|c| c.trim().parse().ok()).collect())
+        .unwrap_or_default()
+}
+
+/// Creates (unless it exists) the `kube-system/kube-dns` Service at the 10th address of each
+/// service range, before the agents start (they pass those addresses to pods).
+async fn ensure_dns_service(client: &kube::Client, state: &State, timeout: Duration) -> Result<()> {
+    use k8s_openapi::api::core::v1::Service;
+    let ips = crate::dns::cluster_ips(&service_ranges(state));
+    if ips.is_empty() {
+        return Ok(());
+    }
+    let svc: Service = serde_json::from_value(crate::dns::service(&ips))?;
+    let api: Api<Service> = Api::namespaced(client.clone(), "kube-system");
+    let deadline = Instant::now() + timeout;
+    loop {
+        // Look first: creating it again would fail on its addresses (422, as upstream's
+        // allocation comes before the name check), not with 409.
+        let exists = api.get_opt(crate::dns::DNS_NAME).await.map(|s| s.is_some());
+        let created = match exists {
+            Ok(true) => return Ok(()),
+            Ok(false) => api.create(&Default::default(), &svc).await.map(|_| ()),
+            Err(e) => Err(e),
+        };
+        match created {
+            Ok(_) => return Ok(()),
+            Err(kube::Error::Api(e)) if e.code == 409 => return Ok(()),
+            Err(e) if Instant::now() > deadline => {
+                return Err(e).context("creating the Service kube-system/kube-dns");
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
+/// Creates (unless it exists) the `kube-system/kube-dns` Deployment of `dualstack dns` pods.
+async fn ensure_dns_deployment(
+    client: &kube::Client,
+    l: &Layout,
+    state: &State,
+    exe: &Path,
+) -> Result<()> {
+    use k8s_openapi::api::apps::v1::Deployment;
+    let replicas = crate::dns::REPLICAS.min(state.plan.nodes.len());
+    let d: Deployment = serde_json::from_value(crate::dns::deployment(exe, &l.dir, replicas))?;
+    let api: Api<Deployment> = Api::namespaced(client.clone(), "kube-system");
+    match api.create(&Default::default(), &d).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+        Err(e) => Err(e).context("creating the Deployment kube-system/kube-dns"),
+    }
+}
+
+/// Waits until the DNS Service has a ready endpoint of each of its families.
+async fn wait_for_dns(client: &kube::Client, state: &State, timeout: Duration) -> Result<()> {
+    use k8s_openapi::api::discovery::v1::EndpointSlice;
+    let families = crate::dns::cluster_ips(&service_ranges(state)).len();
+    if families == 0 {
+        return Ok(());
+    }
+    let api: Api<EndpointSlice> = Api::namespaced(client.clone(), "kube-system");
+    let lp = ListParams::default().labels("kubernetes.io/service-name=kube-dns");
+    let deadline = Instant::now() + timeout;
+    loop {
+        let ready_families = api
+            .list(&lp)
+            .await
+            .map(|list| {
+                list.items
+                    .iter()
+                    .filter(|s| {
+                        s.endpoints
+                            .iter()
+                            .any(|e| e.conditions.as_ref().and_then(|c| c.ready) == Some(true))
+                    })
+                    .map(|s| s.address_type.clone())
+                    .collect::<std::collections::BTreeSet<_>>()
+                    .len()
+            })
+            .unwrap_or(0);
+        if ready_families >= families {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "the cluster DNS (kube-system/kube-dns) has no ready endpoint of each family after {timeout:?}: see `kubectl -n kube-system get pods -l k8s-app=kube-dns` and their logs"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Waits until every DNS ClusterIP answers from `node-1` (through its Service proxy, whose
+/// rules follow the endpoints within its sync period), so pods started after `up` resolve at
+/// once.
+async fn wait_for_dns_answers(
+    l: &Layout,
+    state: &State,
+    exe: &Path,
+    timeout: Duration,
+) -> Result<()> {
+    let Some(node) = state.plan.nodes.first() else {
+        return Ok(());
+    };
+    let name = format!("kube-dns.kube-system.svc.{}", crate::dns::CLUSTER_DOMAIN);
+    let deadline = Instant::now() + timeout;
+    for ip in crate::dns::cluster_ips(&service_ranges(state)) {
+        loop {
+            let out = tokio::process::Command::new(exe)
+                .args(["exec", "--data-dir"])
+                .arg(&l.dir)
+                .args([&node.name, "--"])
+                .arg(exe)
+                .args([
+                    "dns",
+                    "query",
+                    &name,
+                    "A",
+                    "--timeout",
+                    "1s",
+                    "--server",
+                    &ip.to_string(),
+                ])
+                .output()
+                .await
+                .context("running dualstack exec")?;
+            let text = String::from_utf8_lossy(&out.stdout);
+            if out.status.success() && text.contains("status: NOERROR") && text.contains(" IN A ") {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "the cluster DNS does not answer at {ip} from {}: {}{}",
+                    node.name,
+                    text,
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    Ok(())
 }
 
 /// Creates `kube-system/ip-masq-agent` with [`plan::masq_config`] unless it exists (a lab that

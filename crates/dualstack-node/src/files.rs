@@ -87,12 +87,17 @@ pub struct DnsConfig {
 
 /// kubelet's limit on nameservers (glibc's `MAXNS`).
 const MAX_NAMESERVERS: usize = 3;
-/// kubelet's limit on search domains.
+/// kubelet's limit on search domains (`MaxDNSSearchPathsExpanded`).
 const MAX_SEARCHES: usize = 32;
+/// kubelet's limit on the search line's length, spaces included (`MaxDNSSearchListCharsExpanded`).
+const MAX_SEARCH_CHARS: usize = 2048;
+/// A longer search domain is dropped (glibc aborts on one; kubelet filters them out).
+const MAX_SEARCH_DOMAIN_LEN: usize = 253;
 
 impl DnsConfig {
-    /// Parses a resolv.conf (`nameserver`, `search`/`domain`, `options`; later `search` lines
-    /// replace earlier ones, as the resolver does).
+    /// Parses a resolv.conf as kubelet's `parseResolvConf`: `nameserver` lines accumulate;
+    /// the last `search` (or `domain`) line wins, with trailing dots trimmed and `.` dropped;
+    /// the last `options` line wins; `#` and `;` start comments.
     pub fn parse(text: &str) -> DnsConfig {
         let mut c = DnsConfig::default();
         for line in text.lines() {
@@ -100,12 +105,35 @@ impl DnsConfig {
             let mut fields = line.split_whitespace();
             match fields.next() {
                 Some("nameserver") => c.nameservers.extend(fields.next().map(String::from)),
-                Some("search" | "domain") => c.searches = fields.map(String::from).collect(),
-                Some("options") => c.options.extend(fields.map(String::from)),
+                Some("search" | "domain") => {
+                    c.searches = fields
+                        .filter(|s| *s != ".")
+                        .map(|s| s.trim_end_matches('.').to_string())
+                        .collect()
+                }
+                Some("options") => c.options = fields.map(String::from).collect(),
                 _ => {}
             }
         }
         c
+    }
+
+    /// What kubelet uses as the node's resolver with `--resolv-conf=""`: the local machine's
+    /// (`127.0.0.1` for an IPv4 node address, `::1` for IPv6; `127.0.0.1` without any) and the
+    /// search list `.`, which effectively turns lookups through the host resolver off.
+    pub fn local_resolver(node_ips: &[IpAddr]) -> DnsConfig {
+        let mut nameservers: Vec<String> = node_ips
+            .iter()
+            .map(|ip| if ip.is_ipv6() { "::1" } else { "127.0.0.1" }.to_string())
+            .collect();
+        if nameservers.is_empty() {
+            nameservers.push("127.0.0.1".into());
+        }
+        DnsConfig {
+            nameservers,
+            searches: vec![".".into()],
+            options: vec![],
+        }
     }
 
     /// The file content: `search`, `nameserver` lines, `options`, as containerd writes it.
@@ -172,8 +200,18 @@ pub fn pod_dns(
     dedup(&mut c.nameservers);
     c.nameservers.truncate(MAX_NAMESERVERS);
     dedup(&mut c.searches);
-    c.searches.truncate(MAX_SEARCHES);
+    fit_search_limits(&mut c.searches);
     c
+}
+
+/// kubelet's `formDNSSearchFitsLimits`: at most 32 domains, none longer than 253 characters,
+/// and domains cut from the end until the line is at most 2048 characters.
+fn fit_search_limits(searches: &mut Vec<String>) {
+    searches.truncate(MAX_SEARCHES);
+    searches.retain(|s| s.len() <= MAX_SEARCH_DOMAIN_LEN);
+    while searches.len() > 1 && searches.join(" ").len() > MAX_SEARCH_CHARS {
+        searches.pop();
+    }
 }
 
 fn merge(c: &mut DnsConfig, extra: &PodDNSConfig) {
@@ -286,6 +324,111 @@ mod tests {
         spec.host_network = None;
         spec.dns_policy = Some("ClusterFirst".into());
         assert_eq!(pod_dns(&spec, "ns1", &none, &host), host);
+    }
+
+    #[test]
+    fn the_hosts_resolv_conf_is_parsed_as_kubelet_does() {
+        let c = DnsConfig::parse(
+            "# comment\nnameserver 192.0.2.53\nsearch old.example\nnameserver 2001:db8::53\nsearch a.example. . b.example\noptions edns0\noptions ndots:2 timeout:1\n",
+        );
+        assert_eq!(c.nameservers, vec!["192.0.2.53", "2001:db8::53"]);
+        assert_eq!(c.searches, vec!["a.example", "b.example"]);
+        assert_eq!(c.options, vec!["ndots:2", "timeout:1"]);
+    }
+
+    #[test]
+    fn an_empty_resolv_conf_flag_means_the_local_resolver_of_each_node_family() {
+        for (ips, want) in [
+            (
+                vec![ip("203.0.113.11"), ip("2001:db8:1::11")],
+                vec!["127.0.0.1", "::1"],
+            ),
+            (
+                vec![ip("2001:db8:1::11"), ip("203.0.113.11")],
+                vec!["::1", "127.0.0.1"],
+            ),
+            (vec![], vec!["127.0.0.1"]),
+        ] {
+            let c = DnsConfig::local_resolver(&ips);
+            assert_eq!(c.nameservers, want);
+            assert_eq!(c.searches, vec!["."]);
+        }
+    }
+
+    #[test]
+    fn search_lists_and_nameservers_are_cut_to_kubelets_limits() {
+        let cluster = ClusterDns {
+            servers: vec![ip("10.96.0.10"), ip("fd00:10:96::a")],
+            domain: "cluster.local".into(),
+        };
+        let long = "x".repeat(254);
+        let spec: PodSpec = serde_json::from_value(serde_json::json!({
+            "containers": [],
+            "dnsConfig": {
+                "nameservers": ["192.0.2.1", "192.0.2.2"],
+                "searches": [long, "keep.example", "cluster.local"],
+            }
+        }))
+        .unwrap();
+        let got = pod_dns(&spec, "ns1", &cluster, &DnsConfig::default());
+        // Three nameservers at most: the cluster's two, then the first extra one.
+        assert_eq!(
+            got.nameservers,
+            vec!["10.96.0.10", "fd00:10:96::a", "192.0.2.1"]
+        );
+        // The 254-character domain is dropped, the duplicate cluster.local merged.
+        assert_eq!(
+            got.searches,
+            vec![
+                "ns1.svc.cluster.local",
+                "svc.cluster.local",
+                "cluster.local",
+                "keep.example"
+            ]
+        );
+        // 40 domains of 63 characters: 32 kept by count, then cut to 2048 characters.
+        let many: Vec<String> = (0..40)
+            .map(|i| format!("{i:02}{}", "d".repeat(61)))
+            .collect();
+        let spec: PodSpec = serde_json::from_value(serde_json::json!({
+            "containers": [], "dnsPolicy": "None", "dnsConfig": {"searches": many}
+        }))
+        .unwrap();
+        let got = pod_dns(&spec, "ns1", &cluster, &DnsConfig::default());
+        assert_eq!(got.searches.len(), 32);
+        assert!(got.searches.join(" ").len() <= 2048);
+        let many: Vec<String> = (0..30)
+            .map(|i| format!("{i:02}.{}", "d".repeat(80)))
+            .collect();
+        let spec: PodSpec = serde_json::from_value(serde_json::json!({
+            "containers": [], "dnsPolicy": "None", "dnsConfig": {"searches": many}
+        }))
+        .unwrap();
+        let got = pod_dns(&spec, "ns1", &cluster, &DnsConfig::default());
+        assert_eq!(
+            got.searches.len(),
+            24,
+            "24 × 84 - 1 = 2015 ≤ 2048 < 25 × 84 - 1"
+        );
+        assert_eq!(got.searches[23], many[23]);
+    }
+
+    #[test]
+    fn cluster_first_with_host_net_keeps_the_host_search_after_the_cluster_ones() {
+        let cluster = ClusterDns {
+            servers: vec![ip("fd00:10:96::a"), ip("10.96.0.10")],
+            domain: "example.internal".into(),
+        };
+        let host = DnsConfig::parse("nameserver 192.0.2.53\nsearch corp.example\noptions rotate\n");
+        let spec = PodSpec {
+            host_network: Some(true),
+            dns_policy: Some("ClusterFirstWithHostNet".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            pod_dns(&spec, "kube-system", &cluster, &host).render(),
+            "search kube-system.svc.example.internal svc.example.internal example.internal corp.example\nnameserver fd00:10:96::a\nnameserver 10.96.0.10\noptions ndots:5\n"
+        );
     }
 
     #[test]

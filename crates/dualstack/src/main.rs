@@ -60,6 +60,9 @@ enum Command {
     /// ip-masq-agent for both families: masquerades traffic to destinations outside
     /// `nonMasqueradeCIDRs` to the node's address (nftables tables `ip`/`ip6 dualstack-masq`).
     MasqAgent(cmd::masq_agent::MasqAgentArgs),
+    /// Cluster DNS (a kube-dns / CoreDNS stand-in) for both families: A and AAAA, SRV, PTR and
+    /// pod records from Services and EndpointSlices; `dns query` asks one question.
+    Dns(cmd::dns::DnsCommand),
 }
 
 fn main() -> ExitCode {
@@ -82,6 +85,7 @@ fn main() -> ExitCode {
         Command::Exec(args) => cmd::exec::run(args),
         Command::Down(args) => cmd::down::run(args),
         Command::MasqAgent(args) => cmd::masq_agent::run(args),
+        Command::Dns(args) => cmd::dns::run(args),
         Command::Cni(_) => return cmd::cni::run(),
     };
     match result {

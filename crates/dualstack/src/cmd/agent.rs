@@ -65,6 +65,15 @@ pub struct AgentArgs {
     )]
     pub cluster_domain: String,
 
+    /// Resolver configuration file used as the basis for the container DNS resolution
+    /// configuration.
+    #[arg(
+        long = "resolv-conf",
+        value_name = "string",
+        default_value = "/etc/resolv.conf"
+    )]
+    pub resolv_conf: String,
+
     /// Number of pods that can run on this node.
     #[arg(long = "max-pods", value_name = "int32", default_value_t = 110)]
     pub max_pods: u32,
@@ -157,6 +166,7 @@ impl AgentArgs {
                 servers,
                 domain: self.cluster_domain.clone(),
             },
+            resolv_conf: (!self.resolv_conf.is_empty()).then(|| PathBuf::from(&self.resolv_conf)),
             max_pods: self.max_pods,
             shim_exe: std::env::current_exe().context("locating the dualstack binary")?,
             lease_interval: Duration::from_secs(10),

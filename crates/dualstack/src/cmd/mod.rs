@@ -5,6 +5,7 @@ pub mod agnhost;
 pub mod bench;
 pub mod cni;
 pub mod controller_manager;
+pub mod dns;
 pub mod down;
 pub mod exec;
 pub mod masq_agent;
@@ -16,8 +17,13 @@ pub mod up;
 
 /// Logs to stderr; `RUST_LOG` overrides the default `info` level.
 pub fn init_tracing() {
+    init_tracing_with("info");
+}
+
+/// Logs to stderr; `RUST_LOG` overrides the `default` filter.
+pub fn init_tracing_with(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr())
         && std::env::var_os("NO_COLOR").is_none();
     let _ = tracing_subscriber::fmt()

@@ -155,7 +155,7 @@ pub fn run(args: UpArgs) -> Result<()> {
     use std::fmt::Write as _;
     let _ = writeln!(
         out,
-        "dualstack lab {d} is up: {} nodes Ready in {:.2}s ({} primary){}",
+        "dualstack lab {d} is up: {} nodes Ready, cluster DNS answering, in {:.2}s ({} primary){}",
         p.nodes.len(),
         report.elapsed.as_secs_f64(),
         if p.ipv6_primary { "IPv6" } else { "IPv4" },

@@ -8,6 +8,7 @@ use clap::{Args, Subcommand};
 mod api;
 mod controllers;
 mod deploy;
+mod dns;
 mod nodes;
 mod programming;
 mod proxy;
@@ -42,6 +43,12 @@ enum Suite {
     /// Issue 12 (root): a Deployment of 100 replicas on a 3-node lab to all ready, and its
     /// deletion.
     Deploy(deploy::DeployArgs),
+    /// Issue 12 (root): cluster DNS queries per second and latency from a pod, through both
+    /// DNS ClusterIPs.
+    Dns(dns::DnsBenchArgs),
+    /// The DNS load generator that `bench dns` runs inside a pod.
+    #[command(hide = true)]
+    DnsLoad(dns::DnsLoadArgs),
 }
 
 /// Runs a suite.
@@ -54,5 +61,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         Suite::Proxy(a) => proxy::run(a),
         Suite::Programming(a) => programming::run(a),
         Suite::Deploy(a) => deploy::run(a),
+        Suite::Dns(a) => dns::run(a),
+        Suite::DnsLoad(a) => dns::load(a),
     }
 }
