@@ -7,6 +7,7 @@
 //! decisions (status, phase, back-off, probe thresholds, file contents, address order) are the
 //! pure `dualstack-node` crate; this crate does the I/O.
 
+pub mod kubelet;
 pub mod masq;
 pub mod network;
 pub mod node;

@@ -17,6 +17,7 @@ pub mod discovery;
 pub mod handlers;
 pub mod health;
 pub mod kinds;
+pub mod kubelet;
 pub mod metrics;
 pub mod openapi;
 pub mod registry;

@@ -5,12 +5,14 @@
 //! messages. The rest are the pieces a pod worker needs on the way: [`ips`] (the order of
 //! `podIPs`/`hostIPs`, §7.1), [`files`] (the pod's `/etc/hosts` and `/etc/resolv.conf`),
 //! [`env`] (`valueFrom.fieldRef` and `$(VAR)` expansion), [`backoff`] (restart policy and
-//! `CrashLoopBackOff`), [`probe`] (probe thresholds) and [`node`] (the Node's status).
+//! `CrashLoopBackOff`), [`probe`] (probe thresholds), [`logs`] (the CRI log format and
+//! `kubectl logs` options) and [`node`] (the Node's status).
 
 pub mod backoff;
 pub mod env;
 pub mod files;
 pub mod ips;
+pub mod logs;
 pub mod node;
 pub mod probe;
 pub mod status;
