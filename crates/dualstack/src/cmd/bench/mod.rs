@@ -7,6 +7,7 @@ use clap::{Args, Subcommand};
 
 mod api;
 mod controllers;
+mod exec;
 mod nodes;
 mod proxy;
 mod services;
@@ -34,6 +35,9 @@ enum Suite {
     /// Issue 10 (root): connect latency through our nftables ruleset vs kube-proxy's
     /// iptables layout at 10 / 1,000 / 10,000 Services, full and one-Service syncs, memory.
     Proxy(proxy::ProxyBenchArgs),
+    /// Issue 12 (root): `pods/exec` round trips through the API server to a node's kubelet
+    /// port (WebSocket v5), and kubectl exec as a user runs it.
+    Exec(exec::ExecArgs),
 }
 
 /// Runs a suite.
@@ -44,5 +48,6 @@ pub fn run(args: BenchArgs) -> Result<()> {
         Suite::Controllers(a) => controllers::run(a),
         Suite::Nodes(a) => nodes::run(a),
         Suite::Proxy(a) => proxy::run(a),
+        Suite::Exec(a) => exec::run(a),
     }
 }

@@ -30,12 +30,12 @@ pub struct NodesArgs {
 }
 
 /// A lab that is removed on drop.
-struct Lab {
+pub(super) struct Lab {
     dir: tempfile::TempDir,
 }
 
 impl Lab {
-    fn up(work: &Path, nodes: usize) -> Result<(Lab, Duration)> {
+    pub(super) fn up(work: &Path, nodes: usize) -> Result<(Lab, Duration)> {
         let dir = tempfile::Builder::new()
             .prefix("ds-bench-")
             .tempdir_in(work)?;
@@ -55,7 +55,16 @@ impl Lab {
         Ok((lab, took))
     }
 
-    async fn client(&self) -> Result<kube::Client> {
+    pub(super) async fn client(&self) -> Result<kube::Client> {
+        self.client_inner().await
+    }
+
+    /// The lab's data dir.
+    pub(super) fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    async fn client_inner(&self) -> Result<kube::Client> {
         let kc = kube::config::Kubeconfig::read_from(self.dir.path().join("kubeconfig"))?;
         let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
         Ok(kube::Client::try_from(cfg)?)
