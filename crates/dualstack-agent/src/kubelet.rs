@@ -524,7 +524,8 @@ enum Upgrade {
     Spdy,
 }
 
-fn upgrade_of(req: &Request<Incoming>) -> Result<Upgrade, Response<Body>> {
+/// The upgrade asked for; `Err` is the message of a 400 Status.
+fn upgrade_of(req: &Request<Incoming>) -> Result<Upgrade, String> {
     let h = |n: header::HeaderName| {
         req.headers()
             .get_all(n)
@@ -542,12 +543,8 @@ fn upgrade_of(req: &Request<Incoming>) -> Result<Upgrade, Response<Body>> {
             .find(|p| offered.iter().any(|o| o == *p))
             .copied()
         else {
-            return Err(status(
-                StatusCode::BAD_REQUEST,
-                "BadRequest",
-                &format!(
-                    "none of the offered WebSocket subprotocols {offered:?} is supported: {PROTOCOLS:?} are (kubectl 1.30 or newer)"
-                ),
+            return Err(format!(
+                "none of the offered WebSocket subprotocols {offered:?} is supported: {PROTOCOLS:?} are (kubectl 1.30 or newer)"
             ));
         };
         let key = req
@@ -561,11 +558,7 @@ fn upgrade_of(req: &Request<Incoming>) -> Result<Upgrade, Response<Body>> {
     if upgrade.iter().any(|u| u.eq_ignore_ascii_case("SPDY/3.1")) {
         return Ok(Upgrade::Spdy);
     }
-    Err(status(
-        StatusCode::BAD_REQUEST,
-        "BadRequest",
-        "Upgrade request required",
-    ))
+    Err("Upgrade request required".into())
 }
 
 fn spdy_refused(what: &str) -> Response<Body> {
@@ -643,7 +636,7 @@ fn exec(cfg: &ServerConfig, pc: PodContainer, q: &Query, req: Request<Incoming>)
     let command = q.all("command");
     let up = match upgrade_of(&req) {
         Ok(u) => u,
-        Err(r) => return r,
+        Err(m) => return status(StatusCode::BAD_REQUEST, "BadRequest", &m),
     };
     let Some((run, pid)) = running(cfg, &pc) else {
         return container_not_found(&pc);
@@ -920,7 +913,7 @@ fn attach(
 ) -> Response<Body> {
     let up = match upgrade_of(&req) {
         Ok(u) => u,
-        Err(r) => return r,
+        Err(m) => return status(StatusCode::BAD_REQUEST, "BadRequest", &m),
     };
     let Some((run, _)) = running(cfg, &pc) else {
         return container_not_found(&pc);

@@ -215,7 +215,22 @@ async fn handle_inner(
     let node: Value = serde_json::from_slice(&nodes.get(None, node_name).await?.output)
         .map_err(|e| ApiError::Internal(format!("decoding node: {e}")))?;
     let addr = node_address(&node, client.port).ok_or_else(|| {
-        ApiError::BadRequest(format!("no preferred addresses found; known addresses: []"))
+        let known: Vec<String> = node["status"]["addresses"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|a| {
+                format!(
+                    "{{{} {}}}",
+                    a["type"].as_str().unwrap_or_default(),
+                    a["address"].as_str().unwrap_or_default()
+                )
+            })
+            .collect();
+        ApiError::BadRequest(format!(
+            "no preferred addresses found; known addresses: [{}]",
+            known.join(" ")
+        ))
     })?;
     let enc = |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
     let query: String = {
