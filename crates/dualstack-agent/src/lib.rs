@@ -15,6 +15,7 @@ pub mod pod;
 pub mod probe;
 pub mod routes;
 pub mod runtime;
+pub mod spdy;
 
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
