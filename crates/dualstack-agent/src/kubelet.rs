@@ -38,6 +38,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::Role;
 
 use crate::runtime::RunFiles;
+use crate::spdy;
 use dualstack_node::logs::{self, LogOptions, Renderer};
 
 /// The Common Name of the API server's kubelet client certificate (kubeadm's
@@ -243,8 +244,8 @@ pub enum Route {
     Exec(PodContainer),
     /// `/attach/<ns>/<pod>[/<uid>]/<container>`.
     Attach(PodContainer),
-    /// `/portForward/<ns>/<pod>[/<uid>]`.
-    PortForward,
+    /// `/portForward/<ns>/<pod>[/<uid>]` (no container).
+    PortForward(PodContainer),
 }
 
 /// A container of a pod, by names.
@@ -275,7 +276,8 @@ pub fn parse_route(path: &str) -> Option<Route> {
         ["exec", ns, pod, uid, c] => Some(Route::Exec(pc(ns, pod, Some(uid), c))),
         ["attach", ns, pod, c] => Some(Route::Attach(pc(ns, pod, None, c))),
         ["attach", ns, pod, uid, c] => Some(Route::Attach(pc(ns, pod, Some(uid), c))),
-        ["portForward", _, _] | ["portForward", _, _, _] => Some(Route::PortForward),
+        ["portForward", ns, pod] => Some(Route::PortForward(pc(ns, pod, None, ""))),
+        ["portForward", ns, pod, uid] => Some(Route::PortForward(pc(ns, pod, Some(uid), ""))),
         _ => None,
     }
 }
@@ -306,11 +308,7 @@ async fn route(
         Some(Route::Logs(pc)) if req.method() == Method::GET => container_logs(cfg, &pc, &q).await,
         Some(Route::Exec(pc)) => exec(cfg, pc, &q, req),
         Some(Route::Attach(pc)) => attach(cfg, pc, &q, req),
-        Some(Route::PortForward) => status(
-            StatusCode::BAD_REQUEST,
-            "BadRequest",
-            "port forwarding is not supported by this node agent (dualstack): reach the pod by its IPs from a node (`dualstack exec node-N -- ...`) or through a Service",
-        ),
+        Some(Route::PortForward(pc)) => port_forward(cfg, pc, req),
         _ => text(StatusCode::NOT_FOUND, "404 page not found"),
     }
 }
@@ -520,13 +518,32 @@ async fn stream_log(
 enum Upgrade {
     /// A WebSocket with the chosen subprotocol.
     WebSocket { protocol: &'static str, key: String },
-    /// SPDY/3.1 (kubectl 1.27–1.29).
-    Spdy,
+    /// SPDY/3.1 with the chosen `X-Stream-Protocol-Version`.
+    Spdy { protocol: &'static str },
 }
 
+/// The subprotocols a subresource speaks.
+struct Protocols {
+    websocket: &'static [&'static str],
+    spdy: &'static [&'static str],
+}
+
+/// exec and attach: the WebSocket channel protocols (kubectl 1.30+), `v4.channel.k8s.io` over
+/// SPDY (kubectl 1.27–1.29).
+const STREAMS: Protocols = Protocols {
+    websocket: &PROTOCOLS,
+    spdy: &["v4.channel.k8s.io"],
+};
+
+/// port-forward: SPDY tunnelled in WebSocket messages (kubectl 1.31+), or plain SPDY.
+const PORT_FORWARD: Protocols = Protocols {
+    websocket: &["SPDY/3.1+portforward.k8s.io"],
+    spdy: &["portforward.k8s.io"],
+};
+
 /// The upgrade asked for; `Err` is the message of a 400 Status.
-fn upgrade_of(req: &Request<Incoming>) -> Result<Upgrade, String> {
-    let h = |n: header::HeaderName| {
+fn upgrade_of(req: &Request<Incoming>, p: &Protocols) -> Result<Upgrade, String> {
+    let h = |n: &str| {
         req.headers()
             .get_all(n)
             .iter()
@@ -535,16 +552,18 @@ fn upgrade_of(req: &Request<Incoming>) -> Result<Upgrade, String> {
             .map(|s| s.trim().to_string())
             .collect::<Vec<_>>()
     };
-    let upgrade = h(header::UPGRADE);
+    let upgrade = h(header::UPGRADE.as_str());
     if upgrade.iter().any(|u| u.eq_ignore_ascii_case("websocket")) {
-        let offered = h(header::SEC_WEBSOCKET_PROTOCOL);
-        let Some(protocol) = PROTOCOLS
+        let offered = h(header::SEC_WEBSOCKET_PROTOCOL.as_str());
+        let Some(protocol) = p
+            .websocket
             .iter()
             .find(|p| offered.iter().any(|o| o == *p))
             .copied()
         else {
             return Err(format!(
-                "none of the offered WebSocket subprotocols {offered:?} is supported: {PROTOCOLS:?} are (kubectl 1.30 or newer)"
+                "none of the offered WebSocket subprotocols {offered:?} is supported: {:?} are",
+                p.websocket
             ));
         };
         let key = req
@@ -556,36 +575,45 @@ fn upgrade_of(req: &Request<Incoming>) -> Result<Upgrade, String> {
         return Ok(Upgrade::WebSocket { protocol, key });
     }
     if upgrade.iter().any(|u| u.eq_ignore_ascii_case("SPDY/3.1")) {
-        return Ok(Upgrade::Spdy);
+        let offered = h("x-stream-protocol-version");
+        return p
+            .spdy
+            .iter()
+            .find(|p| offered.iter().any(|o| o == *p))
+            .copied()
+            .map(|protocol| Upgrade::Spdy { protocol })
+            .ok_or_else(|| {
+                format!(
+                    "unable to upgrade: unable to negotiate protocol: client supports {offered:?}, server supports {:?}",
+                    p.spdy
+                )
+            });
     }
     Err("Upgrade request required".into())
 }
 
-fn spdy_refused(what: &str) -> Response<Body> {
-    status(
-        StatusCode::BAD_REQUEST,
-        "BadRequest",
-        &format!(
-            "{what} over SPDY/3.1 is not supported by this cluster (dualstack): use kubectl 1.30 or newer, which speaks WebSocket (v5.channel.k8s.io)"
-        ),
-    )
-}
-
-fn switching(protocol: &str, key: &str) -> Response<Body> {
-    Response::builder()
+/// The 101 answer of an upgrade.
+fn switching(up: &Upgrade) -> Response<Body> {
+    let b = Response::builder()
         .status(StatusCode::SWITCHING_PROTOCOLS)
-        .header(header::CONNECTION, "Upgrade")
-        .header(header::UPGRADE, "websocket")
-        .header(
-            header::SEC_WEBSOCKET_ACCEPT,
-            tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes()),
-        )
-        .header(
-            header::SEC_WEBSOCKET_PROTOCOL,
-            HeaderValue::from_str(protocol).expect("a valid protocol"),
-        )
-        .body(full(Bytes::new()))
-        .expect("a valid response")
+        .header(header::CONNECTION, "Upgrade");
+    let b = match up {
+        Upgrade::WebSocket { protocol, key } => b
+            .header(header::UPGRADE, "websocket")
+            .header(
+                header::SEC_WEBSOCKET_ACCEPT,
+                tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes()),
+            )
+            .header(
+                header::SEC_WEBSOCKET_PROTOCOL,
+                HeaderValue::from_static(protocol),
+            ),
+        Upgrade::Spdy { protocol } => b.header(header::UPGRADE, "SPDY/3.1").header(
+            "x-stream-protocol-version",
+            HeaderValue::from_static(protocol),
+        ),
+    };
+    b.body(full(Bytes::new())).expect("a valid response")
 }
 
 /// The running process of a container's latest run, with its spec file.
@@ -632,9 +660,265 @@ pub fn exit_status(command: &[String], code: i32) -> Value {
     })
 }
 
+#[derive(Debug, Clone, Copy)]
+struct StreamOpts {
+    stdin: bool,
+    stdout: bool,
+    stderr: bool,
+    tty: bool,
+}
+
+impl StreamOpts {
+    fn of(q: &Query) -> Self {
+        StreamOpts {
+            stdin: q.flag("stdin"),
+            stdout: q.flag("stdout") || !q.0.iter().any(|(k, _)| k == "stdout"),
+            stderr: q.flag("stderr"),
+            tty: q.flag("tty"),
+        }
+    }
+}
+
+/// What the client sent, whatever the protocol.
+#[derive(Debug)]
+enum In {
+    Stdin(Vec<u8>),
+    StdinEnd,
+    Resize(u16, u16),
+    Gone,
+}
+
+/// The protocol-free side of a streaming session (exec or attach).
+struct Session {
+    inbound: mpsc::Receiver<In>,
+    out: mpsc::Sender<(u8, Vec<u8>)>,
+    status: tokio::sync::oneshot::Sender<Value>,
+}
+
+/// The protocol side of a session.
+struct Transport {
+    inbound: mpsc::Sender<In>,
+    out: mpsc::Receiver<(u8, Vec<u8>)>,
+    status: tokio::sync::oneshot::Receiver<Value>,
+}
+
+fn session() -> (Session, Transport) {
+    let (in_tx, in_rx) = mpsc::channel(64);
+    let (out_tx, out_rx) = mpsc::channel(64);
+    let (st_tx, st_rx) = tokio::sync::oneshot::channel();
+    (
+        Session {
+            inbound: in_rx,
+            out: out_tx,
+            status: st_tx,
+        },
+        Transport {
+            inbound: in_tx,
+            out: out_rx,
+            status: st_rx,
+        },
+    )
+}
+
+/// Starts a streaming session on the upgraded connection of `req` (answered with 101 by the
+/// caller): the protocol driver and the session body `body`.
+fn start_session<F, Fut>(req: Request<Incoming>, up: &Upgrade, opts: StreamOpts, body: F)
+where
+    F: FnOnce(Session) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (s, t) = session();
+    let websocket = matches!(up, Upgrade::WebSocket { .. });
+    tokio::spawn(async move {
+        let upgraded = match hyper::upgrade::on(req).await {
+            Ok(u) => u,
+            Err(e) => {
+                tracing::debug!(error = %e, "kubelet port: upgrade failed");
+                return;
+            }
+        };
+        tokio::spawn(body(s));
+        let io = TokioIo::new(upgraded);
+        if websocket {
+            let ws = WebSocketStream::from_raw_socket(io, Role::Server, None).await;
+            drive_websocket(ws, t).await;
+        } else {
+            drive_spdy(io, opts, t).await;
+        }
+    });
+}
+
+/// The WebSocket channel protocol (v4/v5) of a session.
+async fn drive_websocket<S>(ws: WebSocketStream<S>, t: Transport)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sink, mut source) = ws.split();
+    let inbound = t.inbound;
+    let reader = tokio::spawn(async move {
+        while let Some(m) = source.next().await {
+            let msg = match m {
+                Ok(Message::Binary(b)) if !b.is_empty() => match b[0] {
+                    channel::STDIN => In::Stdin(b[1..].to_vec()),
+                    channel::RESIZE => match serde_json::from_slice::<Value>(&b[1..]) {
+                        Ok(v) => resize_of(&v),
+                        Err(_) => continue,
+                    },
+                    channel::CLOSE if b.get(1) == Some(&channel::STDIN) => In::StdinEnd,
+                    _ => continue,
+                },
+                Ok(Message::Close(_)) | Err(_) => break,
+                Ok(_) => continue,
+            };
+            if inbound.send(msg).await.is_err() {
+                return;
+            }
+        }
+        let _ = inbound.send(In::Gone).await;
+    });
+    let mut out = t.out;
+    while let Some((ch, data)) = out.recv().await {
+        if sink.send(frame(ch, &data)).await.is_err() {
+            break;
+        }
+    }
+    if let Ok(st) = t.status.await {
+        let _ = sink
+            .send(frame(channel::ERROR, st.to_string().as_bytes()))
+            .await;
+    }
+    close(&mut sink).await;
+    reader.abort();
+}
+
+fn resize_of(v: &Value) -> In {
+    In::Resize(
+        v["Width"].as_u64().unwrap_or(80).min(u64::from(u16::MAX)) as u16,
+        v["Height"].as_u64().unwrap_or(24).min(u64::from(u16::MAX)) as u16,
+    )
+}
+
+fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v.as_str())
+}
+
+/// The `v4.channel.k8s.io` protocol over SPDY: the client opens one stream per channel
+/// (`streamType` error, stdin, stdout, stderr, resize), each accepted with a reply; output is
+/// written on those streams, the Status on the error stream, each closed with `FIN`.
+async fn drive_spdy<IO>(io: IO, opts: StreamOpts, t: Transport)
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
+{
+    let (mut events, w) = spdy::start(io);
+    let mut expected = vec!["error"];
+    if opts.stdin {
+        expected.push("stdin");
+    }
+    if opts.stdout {
+        expected.push("stdout");
+    }
+    if opts.stderr && !opts.tty {
+        expected.push("stderr");
+    }
+    if opts.tty {
+        expected.push("resize");
+    }
+    let mut ids: std::collections::HashMap<String, u32> = Default::default();
+    let mut early = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !expected.iter().all(|s| ids.contains_key(*s)) {
+        match tokio::time::timeout_at(deadline, events.recv()).await {
+            Ok(Some(spdy::Event::Syn { id, headers })) => {
+                if !w.reply(id).await {
+                    return;
+                }
+                if let Some(st) = header(&headers, "streamtype") {
+                    ids.insert(st.to_string(), id);
+                }
+            }
+            Ok(Some(ev)) => early.push(ev),
+            _ => {
+                tracing::debug!(?ids, "SPDY session: the client did not open its streams");
+                return;
+            }
+        }
+    }
+    let stdin_id = ids.get("stdin").copied();
+    let resize_id = ids.get("resize").copied();
+    let inbound = t.inbound;
+    let reader = tokio::spawn(async move {
+        let mut resize_buf: Vec<u8> = Vec::new();
+        let mut pending = early.into_iter();
+        loop {
+            let ev = match pending.next() {
+                Some(ev) => ev,
+                None => match events.recv().await {
+                    Some(ev) => ev,
+                    None => break,
+                },
+            };
+            let mut msgs = Vec::new();
+            match ev {
+                spdy::Event::Data { id, data, fin } if Some(id) == stdin_id => {
+                    if !data.is_empty() {
+                        msgs.push(In::Stdin(data));
+                    }
+                    if fin {
+                        msgs.push(In::StdinEnd);
+                    }
+                }
+                spdy::Event::Data { id, data, .. } if Some(id) == resize_id => {
+                    resize_buf.extend_from_slice(&data);
+                    let mut it =
+                        serde_json::Deserializer::from_slice(&resize_buf).into_iter::<Value>();
+                    let mut used = 0;
+                    while let Some(Ok(v)) = it.next() {
+                        used = it.byte_offset();
+                        msgs.push(resize_of(&v));
+                    }
+                    resize_buf.drain(..used);
+                }
+                spdy::Event::Reset { id } if Some(id) == stdin_id => msgs.push(In::StdinEnd),
+                _ => {}
+            }
+            for m in msgs {
+                if inbound.send(m).await.is_err() {
+                    return;
+                }
+            }
+        }
+        let _ = inbound.send(In::Gone).await;
+    });
+    let mut out = t.out;
+    while let Some((ch, data)) = out.recv().await {
+        let id = match ch {
+            channel::STDOUT => ids.get("stdout"),
+            channel::STDERR => ids.get("stderr").or(ids.get("stdout")),
+            _ => None,
+        };
+        if let Some(id) = id
+            && !w.data(*id, &data, false).await
+        {
+            break;
+        }
+    }
+    for s in ["stdout", "stderr", "stdin", "resize"] {
+        if let Some(id) = ids.get(s) {
+            w.data(*id, &[], true).await;
+        }
+    }
+    let status = t.status.await.map(|s| s.to_string()).unwrap_or_default();
+    w.data(ids["error"], status.as_bytes(), true).await;
+    // The client closes the connection once it has read everything.
+    let _ = tokio::time::timeout(Duration::from_secs(5), reader).await;
+}
+
 fn exec(cfg: &ServerConfig, pc: PodContainer, q: &Query, req: Request<Incoming>) -> Response<Body> {
     let command = q.all("command");
-    let up = match upgrade_of(&req) {
+    let up = match upgrade_of(&req, &STREAMS) {
         Ok(u) => u,
         Err(m) => return status(StatusCode::BAD_REQUEST, "BadRequest", &m),
     };
@@ -648,38 +932,16 @@ fn exec(cfg: &ServerConfig, pc: PodContainer, q: &Query, req: Request<Incoming>)
             "you must specify at least 1 command",
         );
     }
-    let Upgrade::WebSocket { protocol, key } = up else {
-        return spdy_refused("exec");
-    };
-    let opts = StreamOpts {
-        stdin: q.flag("stdin"),
-        stdout: q.flag("stdout") || !q.0.iter().any(|(k, _)| k == "stdout"),
-        stderr: q.flag("stderr"),
-        tty: q.flag("tty"),
-    };
+    let opts = StreamOpts::of(q);
     let exe = cfg.shim_exe.clone();
-    tokio::spawn(async move {
-        match hyper::upgrade::on(req).await {
-            Ok(up) => {
-                let ws =
-                    WebSocketStream::from_raw_socket(TokioIo::new(up), Role::Server, None).await;
-                run_exec(ws, &exe, &run, pid, &command, opts).await;
-            }
-            Err(e) => tracing::debug!(error = %e, "exec: upgrade failed"),
-        }
+    let answer = switching(&up);
+    start_session(req, &up, opts, move |s| async move {
+        run_command(&exe, &run, pid, &command, opts, s).await;
     });
-    switching(protocol, &key)
+    answer
 }
 
-#[derive(Debug, Clone, Copy)]
-struct StreamOpts {
-    stdin: bool,
-    stdout: bool,
-    stderr: bool,
-    tty: bool,
-}
-
-/// What the session's threads report.
+/// What the command's threads report.
 enum Out {
     Data(u8, Vec<u8>),
     Exited(i32),
@@ -704,17 +966,16 @@ fn pump(mut r: impl Read + Send + 'static, ch: u8, tx: mpsc::Sender<Out>) {
     });
 }
 
-async fn run_exec<S>(
-    ws: WebSocketStream<S>,
+/// Runs `command` in the container's namespaces (`dualstack shim exec`) for a session: its
+/// output to the client, the client's stdin and resizes to it, its exit as the Status.
+async fn run_command(
     exe: &Path,
     run: &RunFiles,
     pid: i32,
     command: &[String],
     opts: StreamOpts,
-) where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-{
-    let (mut sink, mut source) = ws.split();
+    mut s: Session,
+) {
     let mut cmd = Command::new(exe);
     cmd.arg("shim")
         .arg("exec")
@@ -754,32 +1015,17 @@ async fn run_exec<S>(
             Err(e) => Err(std::io::Error::other(e)),
         }
     } else {
-        cmd.stdin(if opts.stdin {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(if opts.stdout {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stderr(if opts.stderr {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        });
-        cmd.spawn().inspect(|_| {})
+        let pipe = |on: bool| if on { Stdio::piped() } else { Stdio::null() };
+        cmd.stdin(pipe(opts.stdin))
+            .stdout(pipe(opts.stdout))
+            .stderr(pipe(opts.stderr));
+        cmd.spawn()
     };
     let mut child = match spawned {
         Ok(c) => c,
         Err(e) => {
-            let st = json!({"metadata": {}, "status": "Failure", "reason": "InternalError",
-                "message": format!("starting the command failed: {e}")});
-            let _ = sink
-                .send(frame(channel::ERROR, st.to_string().as_bytes()))
-                .await;
-            close(&mut sink).await;
+            let _ = s.status.send(json!({"metadata": {}, "status": "Failure",
+                "reason": "InternalError", "message": format!("starting the command failed: {e}")}));
             return;
         }
     };
@@ -799,9 +1045,9 @@ async fn run_exec<S>(
         let tx = tx.clone();
         std::thread::spawn(move || {
             let code = match child.wait() {
-                Ok(s) => {
+                Ok(st) => {
                     use std::os::unix::process::ExitStatusExt;
-                    s.code().unwrap_or_else(|| 128 + s.signal().unwrap_or(0))
+                    st.code().unwrap_or_else(|| 128 + st.signal().unwrap_or(0))
                 }
                 Err(_) => 1,
             };
@@ -822,12 +1068,13 @@ async fn run_exec<S>(
     }
     let mut exit: Option<i32> = None;
     let mut drain_deadline: Option<tokio::time::Instant> = None;
+    let mut inbound_open = true;
     loop {
         let deadline = drain_deadline;
         tokio::select! {
             m = rx.recv() => match m {
                 Some(Out::Data(ch, data)) => {
-                    if sink.send(frame(ch, &data)).await.is_err() {
+                    if s.out.send((ch, data)).await.is_err() {
                         break;
                     }
                 }
@@ -840,46 +1087,35 @@ async fn run_exec<S>(
                 None => break,
             },
             _ = async { tokio::time::sleep_until(deadline.expect("set")).await }, if deadline.is_some() => break,
-            m = source.next() => match m {
-                Some(Ok(Message::Binary(b))) if !b.is_empty() => match b[0] {
-                    channel::STDIN => { let _ = in_tx.send(Some(b[1..].to_vec())); }
-                    channel::RESIZE => {
-                        if let (Some(m), Ok(v)) = (&pty_master, serde_json::from_slice::<Value>(&b[1..])) {
-                            let size = rustix::termios::Winsize {
-                                ws_col: v["Width"].as_u64().unwrap_or(80) as u16,
-                                ws_row: v["Height"].as_u64().unwrap_or(24) as u16,
-                                ws_xpixel: 0,
-                                ws_ypixel: 0,
-                            };
-                            let _ = rustix::termios::tcsetwinsize(m, size);
-                        }
+            m = s.inbound.recv(), if inbound_open => match m {
+                Some(In::Stdin(d)) => { let _ = in_tx.send(Some(d)); }
+                Some(In::StdinEnd) => { let _ = in_tx.send(None); }
+                Some(In::Resize(cols, rows)) => {
+                    if let Some(m) = &pty_master {
+                        let size = rustix::termios::Winsize {
+                            ws_col: cols,
+                            ws_row: rows,
+                            ws_xpixel: 0,
+                            ws_ypixel: 0,
+                        };
+                        let _ = rustix::termios::tcsetwinsize(m, size);
                     }
-                    channel::CLOSE if b.get(1) == Some(&channel::STDIN) => {
-                        let _ = in_tx.send(None);
-                    }
-                    _ => {}
-                },
-                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => {
-                    // The client has gone: the command is left to end on its own input EOF.
+                }
+                Some(In::Gone) | None => {
+                    // The client has gone: the command is left to end on its input's EOF,
+                    // as a container runtime leaves it.
+                    inbound_open = false;
                     let _ = in_tx.send(None);
                     if exit.is_none() {
                         return;
                     }
-                    break;
                 }
-                Some(Ok(_)) => {}
             },
         }
     }
-    let Some(code) = exit else {
-        close(&mut sink).await;
-        return;
-    };
-    let st = exit_status(command, code);
-    let _ = sink
-        .send(frame(channel::ERROR, st.to_string().as_bytes()))
-        .await;
-    close(&mut sink).await;
+    if let Some(code) = exit {
+        let _ = s.status.send(exit_status(command, code));
+    }
 }
 
 /// Ends the session with a normal closure (1000): client-go treats a close without a status
@@ -911,35 +1147,24 @@ fn attach(
     q: &Query,
     req: Request<Incoming>,
 ) -> Response<Body> {
-    let up = match upgrade_of(&req) {
+    let up = match upgrade_of(&req, &STREAMS) {
         Ok(u) => u,
         Err(m) => return status(StatusCode::BAD_REQUEST, "BadRequest", &m),
     };
     let Some((run, _)) = running(cfg, &pc) else {
         return container_not_found(&pc);
     };
-    let Upgrade::WebSocket { protocol, key } = up else {
-        return spdy_refused("attach");
-    };
-    let stdout = q.flag("stdout") || !q.0.iter().any(|(k, _)| k == "stdout");
-    let stderr = q.flag("stderr");
-    tokio::spawn(async move {
-        let Ok(up) = hyper::upgrade::on(req).await else {
-            return;
-        };
-        let ws = WebSocketStream::from_raw_socket(TokioIo::new(up), Role::Server, None).await;
-        run_attach(ws, run, stdout, stderr).await;
+    let opts = StreamOpts::of(q);
+    let answer = switching(&up);
+    start_session(req, &up, opts, move |s| async move {
+        run_attach(run, opts, s).await;
     });
-    switching(protocol, &key)
+    answer
 }
 
 /// Streams the run's new log records until it ends or the client goes (stdin is not
 /// attachable: containers run with `/dev/null` as stdin).
-async fn run_attach<S>(ws: WebSocketStream<S>, run: RunFiles, stdout: bool, stderr: bool)
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-{
-    let (mut sink, mut source) = ws.split();
+async fn run_attach(run: RunFiles, opts: StreamOpts, mut s: Session) {
     let path = run.log();
     let mut offset = std::fs::metadata(&path).map_or(0, |m| m.len());
     loop {
@@ -958,8 +1183,8 @@ where
             .filter_map(logs::parse_record)
         {
             let (ch, want) = match r.stream {
-                logs::Stream::Stdout => (channel::STDOUT, stdout),
-                logs::Stream::Stderr => (channel::STDERR, stderr),
+                logs::Stream::Stdout => (channel::STDOUT, opts.stdout),
+                logs::Stream::Stderr => (channel::STDERR, opts.stderr),
             };
             if !want {
                 continue;
@@ -968,23 +1193,267 @@ where
             if !r.partial {
                 data.push(b'\n');
             }
-            if sink.send(frame(ch, &data)).await.is_err() {
+            if s.out.send((ch, data)).await.is_err() {
                 return;
             }
         }
         if ended && end == 0 {
-            let st = json!({"metadata": {}, "status": "Success"});
-            let _ = sink
-                .send(frame(channel::ERROR, st.to_string().as_bytes()))
-                .await;
-            close(&mut sink).await;
+            let _ = s.status.send(json!({"metadata": {}, "status": "Success"}));
             return;
         }
         tokio::select! {
             _ = tokio::time::sleep(FOLLOW_POLL) => {}
-            m = source.next() => if matches!(m, None | Some(Err(_)) | Some(Ok(Message::Close(_)))) { return },
+            m = s.inbound.recv() => if matches!(m, None | Some(In::Gone)) { return },
         }
     }
+}
+
+fn port_forward(cfg: &ServerConfig, pc: PodContainer, req: Request<Incoming>) -> Response<Body> {
+    let up = match upgrade_of(&req, &PORT_FORWARD) {
+        Ok(u) => u,
+        Err(m) => return status(StatusCode::BAD_REQUEST, "BadRequest", &m),
+    };
+    let Some(dir) = pod_dir(&cfg.root_dir, &pc) else {
+        return text(
+            StatusCode::NOT_FOUND,
+            &format!("pod not found ({:?})", pc.pod),
+        );
+    };
+    let netns = Some(dir.join("net.ns")).filter(|p| dualstack_host::netns::exists(p));
+    let uid = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default();
+    let websocket = matches!(up, Upgrade::WebSocket { .. });
+    let answer = switching(&up);
+    let target = Forwarding {
+        netns,
+        pod: pc.pod,
+        uid,
+    };
+    tokio::spawn(async move {
+        let upgraded = match hyper::upgrade::on(req).await {
+            Ok(u) => TokioIo::new(u),
+            Err(e) => {
+                tracing::debug!(error = %e, "port-forward: upgrade failed");
+                return;
+            }
+        };
+        if websocket {
+            // kubectl 1.31+: the SPDY connection's bytes ride in binary messages.
+            let ws = WebSocketStream::from_raw_socket(upgraded, Role::Server, None).await;
+            let (ours, theirs) = tokio::io::duplex(256 * 1024);
+            tokio::spawn(tunnel(ws, theirs));
+            serve_port_forward(ours, target).await;
+        } else {
+            serve_port_forward(upgraded, target).await;
+        }
+    });
+    answer
+}
+
+/// Carries a byte stream in WebSocket binary messages, both ways.
+async fn tunnel<S>(ws: WebSocketStream<S>, io: tokio::io::DuplexStream)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut sink, mut source) = ws.split();
+    let (mut rd, mut wr) = tokio::io::split(io);
+    let down = tokio::spawn(async move {
+        while let Some(Ok(m)) = source.next().await {
+            match m {
+                Message::Binary(b) => {
+                    if wr.write_all(&b).await.is_err() {
+                        break;
+                    }
+                }
+                Message::Close(_) => break,
+                _ => {}
+            }
+        }
+        let _ = wr.shutdown().await;
+    });
+    let mut buf = vec![0u8; 32 * 1024];
+    loop {
+        match rd.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                if sink
+                    .send(Message::Binary(buf[..n].to_vec().into()))
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+            }
+        }
+    }
+    close(&mut sink).await;
+    down.abort();
+}
+
+/// Where port-forward connects: the pod's network namespace (the node's for `hostNetwork`).
+#[derive(Debug, Clone)]
+struct Forwarding {
+    netns: Option<PathBuf>,
+    pod: String,
+    uid: String,
+}
+
+/// The port-forward protocol over SPDY: per forwarded connection the client opens an `error`
+/// and a `data` stream (`port`, `requestID` headers); the data stream is spliced to a TCP
+/// connection to `localhost:<port>` inside the pod; a failure is written on the error stream.
+async fn serve_port_forward<IO>(io: IO, target: Forwarding)
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
+{
+    #[derive(Default)]
+    struct Pair {
+        error: Option<u32>,
+        data: Option<u32>,
+    }
+    let (mut events, w) = spdy::start(io);
+    let mut pairs: std::collections::HashMap<String, Pair> = Default::default();
+    let mut to_pod: std::collections::HashMap<u32, mpsc::Sender<Option<Vec<u8>>>> =
+        Default::default();
+    while let Some(ev) = events.recv().await {
+        match ev {
+            spdy::Event::Syn { id, headers } => {
+                if !w.reply(id).await {
+                    return;
+                }
+                let port = header(&headers, "port").and_then(|p| p.parse::<u16>().ok());
+                let req = header(&headers, "requestid")
+                    .unwrap_or_default()
+                    .to_string();
+                let Some(port) = port else {
+                    w.reset(id).await;
+                    continue;
+                };
+                let p = pairs.entry(req.clone()).or_default();
+                match header(&headers, "streamtype") {
+                    Some("error") => p.error = Some(id),
+                    Some("data") => p.data = Some(id),
+                    _ => {}
+                }
+                if let (Some(e), Some(d)) = (p.error, p.data) {
+                    pairs.remove(&req);
+                    let (tx, rx) = mpsc::channel(16);
+                    to_pod.insert(d, tx);
+                    tokio::spawn(forward(target.clone(), port, d, e, w.clone(), rx));
+                }
+            }
+            spdy::Event::Data { id, data, fin } => {
+                if let Some(tx) = to_pod.get(&id) {
+                    if !data.is_empty() && tx.send(Some(data)).await.is_err() {
+                        to_pod.remove(&id);
+                        continue;
+                    }
+                    if fin {
+                        let _ = tx.send(None).await;
+                        to_pod.remove(&id);
+                    }
+                }
+            }
+            spdy::Event::Reset { id } => {
+                to_pod.remove(&id);
+            }
+        }
+    }
+}
+
+/// Connects to `localhost:port` in the pod (IPv4, then IPv6).
+async fn connect_in_pod(netns: Option<&Path>, port: u16) -> Result<tokio::net::TcpStream, String> {
+    let mut errors = Vec::new();
+    for (family, ip) in [
+        ("IPv4", std::net::IpAddr::from([127, 0, 0, 1])),
+        (
+            "IPv6",
+            std::net::IpAddr::from(std::net::Ipv6Addr::LOCALHOST),
+        ),
+    ] {
+        let addr = SocketAddr::new(ip, port);
+        let make = move || {
+            if addr.is_ipv4() {
+                tokio::net::TcpSocket::new_v4()
+            } else {
+                tokio::net::TcpSocket::new_v6()
+            }
+        };
+        let socket = match netns {
+            Some(ns) => dualstack_host::netns::run_in(ns, make)
+                .map_err(|e| e.to_string())
+                .and_then(|r| r.map_err(|e| e.to_string())),
+            None => make().map_err(|e| e.to_string()),
+        };
+        match socket {
+            Ok(s) => match s.connect(addr).await {
+                Ok(c) => return Ok(c),
+                Err(e) => errors.push(format!("{family}: dial tcp {addr}: {e}")),
+            },
+            Err(e) => errors.push(format!("{family}: {e}")),
+        }
+    }
+    Err(format!(
+        "failed to connect to localhost:{port} inside the pod's network namespace, {}",
+        errors.join(" ")
+    ))
+}
+
+async fn forward(
+    target: Forwarding,
+    port: u16,
+    data_id: u32,
+    error_id: u32,
+    w: spdy::Writer,
+    mut from_client: mpsc::Receiver<Option<Vec<u8>>>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let tcp = match connect_in_pod(target.netns.as_deref(), port).await {
+        Ok(t) => t,
+        Err(e) => {
+            let msg = format!(
+                "error forwarding port {port} to pod {}, uid {}: {e}",
+                target.pod, target.uid
+            );
+            w.data(error_id, msg.as_bytes(), true).await;
+            w.data(data_id, &[], true).await;
+            return;
+        }
+    };
+    let _ = tcp.set_nodelay(true);
+    let (mut rd, mut wr) = tcp.into_split();
+    let w2 = w.clone();
+    let up = tokio::spawn(async move {
+        let mut buf = vec![0u8; 32 * 1024];
+        loop {
+            match rd.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if !w2.data(data_id, &buf[..n], false).await {
+                        return;
+                    }
+                }
+            }
+        }
+        w2.data(data_id, &[], true).await;
+    });
+    while let Some(m) = from_client.recv().await {
+        match m {
+            Some(d) => {
+                if wr.write_all(&d).await.is_err() {
+                    break;
+                }
+            }
+            None => {
+                let _ = wr.shutdown().await;
+                break;
+            }
+        }
+    }
+    let _ = up.await;
+    w.data(error_id, &[], true).await;
 }
 
 #[cfg(test)]
@@ -1009,7 +1478,13 @@ mod tests {
             Some(Route::Exec(pc(Some("u1"))))
         );
         assert_eq!(parse_route("/attach/ns/p/c"), Some(Route::Attach(pc(None))));
-        assert_eq!(parse_route("/portForward/ns/p"), Some(Route::PortForward));
+        assert_eq!(
+            parse_route("/portForward/ns/p"),
+            Some(Route::PortForward(PodContainer {
+                container: String::new(),
+                ..pc(None)
+            }))
+        );
         assert_eq!(parse_route("/pods"), None);
     }
 

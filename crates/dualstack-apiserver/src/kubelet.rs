@@ -1,6 +1,6 @@
 //! The streaming subresources of pods, forwarded to the kubelet port of the pod's node as
-//! upstream's API server does: `pods/log` (a streamed body), `pods/exec` and `pods/attach`
-//! (the upgrade request passed through; once the node answers 101 the two connections are
+//! upstream's API server does: `pods/log` (a streamed body), `pods/exec`, `pods/attach` and
+//! `pods/portforward` (the upgrade request passed through; once the node answers 101 the two connections are
 //! spliced, so the WebSocket protocol is the node agent's business). The node is reached at
 //! its first InternalIP (ExternalIP if none) on `status.daemonEndpoints.kubeletEndpoint.Port`
 //! (`--kubelet-port`, 10250, when unset), over TLS with `--kubelet-client-certificate` /
@@ -161,9 +161,9 @@ async fn handle_inner(
         )));
     }
     let what = format!("{}/{sub}", info.resource);
-    if !matches!(sub, "log" | "exec" | "attach") {
+    if !matches!(sub, "log" | "exec" | "attach" | "portforward") {
         return Err(ApiError::BadRequest(format!(
-            "the {what} subresource is not supported by this server (dualstack): it serves pods/log, pods/exec and pods/attach"
+            "the {what} subresource is not supported by this server (dualstack): it serves pods/log, pods/exec, pods/attach and pods/portforward"
         )));
     }
     let Some(ns) = info.namespace.as_deref() else {
@@ -176,17 +176,22 @@ async fn handle_inner(
         .clone();
     let pod: Value = serde_json::from_slice(&pods.get(Some(ns), name).await?.output)
         .map_err(|e| ApiError::Internal(format!("decoding pod: {e}")))?;
-    let container = validate_container(q.get("container").map(String::as_str), &pod, name)?;
+    let container = if sub == "portforward" {
+        String::new()
+    } else {
+        validate_container(q.get("container").map(String::as_str), &pod, name)?
+    };
     let phase = pod["status"]["phase"].as_str().unwrap_or_default();
     if sub != "log" && matches!(phase, "Succeeded" | "Failed") {
-        let act = if sub == "exec" {
-            "exec into"
-        } else {
-            "attach to"
-        };
-        return Err(ApiError::BadRequest(format!(
-            "cannot {act} a container in a completed pod; current phase is {phase}"
-        )));
+        return Err(ApiError::BadRequest(match sub {
+            "exec" => {
+                format!("cannot exec into a container in a completed pod; current phase is {phase}")
+            }
+            "attach" => {
+                format!("cannot attach to a container in a completed pod; current phase is {phase}")
+            }
+            _ => format!("cannot port forward to a completed pod; current phase is {phase}"),
+        }));
     }
     let node_name = pod["spec"]["nodeName"].as_str().unwrap_or_default();
     if node_name.is_empty() {
@@ -253,6 +258,7 @@ async fn handle_inner(
                 enc(&container)
             )
         }
+        "portforward" => format!("/portForward/{}/{}", enc(ns), enc(name)),
         _ => format!("/{sub}/{}/{}/{}", enc(ns), enc(name), enc(&container)),
     };
     let uri = if query.is_empty() {
