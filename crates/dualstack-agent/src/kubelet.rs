@@ -990,6 +990,25 @@ async fn run_command(
     let (tx, mut rx) = mpsc::channel::<Out>(64);
     let mut stdin_w: Option<std::fs::File> = None;
     let mut pty_master: Option<std::fs::File> = None;
+    // A terminal starts with the client's size: its first resize is awaited (briefly), so a
+    // command that asks at once (`stty size`) sees it. What comes before it is replayed.
+    let mut early: Vec<In> = Vec::new();
+    let mut size: Option<rustix::termios::Winsize> = None;
+    if opts.tty {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+        while let Ok(Some(m)) = tokio::time::timeout_at(deadline, s.inbound.recv()).await {
+            if let In::Resize(cols, rows) = m {
+                size = Some(rustix::termios::Winsize {
+                    ws_col: cols,
+                    ws_row: rows,
+                    ws_xpixel: 0,
+                    ws_ypixel: 0,
+                });
+                break;
+            }
+            early.push(m);
+        }
+    }
     let spawned = if opts.tty {
         match nix::pty::openpty(None, None) {
             Ok(pty) => {
@@ -999,6 +1018,9 @@ async fn run_command(
                     (Ok(i), Ok(o), Ok(e)) => {
                         cmd.stdin(i).stdout(o).stderr(e);
                         let master = std::fs::File::from(pty.master);
+                        if let Some(size) = size {
+                            let _ = rustix::termios::tcsetwinsize(&master, size);
+                        }
                         let r = cmd.spawn();
                         drop(slave);
                         if r.is_ok() {
@@ -1065,6 +1087,17 @@ async fn run_command(
                 }
             }
         });
+    }
+    for m in early {
+        match m {
+            In::Stdin(d) => {
+                let _ = in_tx.send(Some(d));
+            }
+            In::StdinEnd => {
+                let _ = in_tx.send(None);
+            }
+            _ => {}
+        }
     }
     let mut exit: Option<i32> = None;
     let mut drain_deadline: Option<tokio::time::Instant> = None;
@@ -1439,19 +1472,23 @@ async fn forward(
         }
         w2.data(data_id, &[], true).await;
     });
-    while let Some(m) = from_client.recv().await {
-        match m {
-            Some(d) => {
-                if wr.write_all(&d).await.is_err() {
+    tokio::spawn(async move {
+        while let Some(m) = from_client.recv().await {
+            match m {
+                Some(d) => {
+                    if wr.write_all(&d).await.is_err() {
+                        break;
+                    }
+                }
+                None => {
+                    let _ = wr.shutdown().await;
                     break;
                 }
             }
-            None => {
-                let _ = wr.shutdown().await;
-                break;
-            }
         }
-    }
+    });
+    // The error stream ends when the pod's side has (as the kubelet's forwarder returns):
+    // kubectl closes its local connection only then.
     let _ = up.await;
     w.data(error_id, &[], true).await;
 }

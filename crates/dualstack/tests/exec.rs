@@ -326,20 +326,98 @@ fn kubectl_exec_returns_exit_codes_runs_in_the_pod_and_reaches_an_ipv6_cluster_i
         "copied both ways\n"
     );
 
-    // kubectl 1.27 speaks only SPDY: a Status that names the kubectl needed.
-    let k127 = common::Kubectl::require("1.27");
-    let o = Command::new(k127.path())
-        .arg("--kubeconfig")
-        .arg(lab.path().join("kubeconfig"))
-        .args(["exec", "client", "--", "true"])
-        .output()
-        .unwrap();
-    assert!(!o.status.success());
+    // kubectl 1.27 speaks only SPDY/3.1: the same exec, exit codes, stdin and -it.
+    let k127 = kubectl_path("1.27");
+    let old = |args: &[&str], stdin: Option<&str>| {
+        let mut child = Command::new(&k127)
+            .arg("--kubeconfig")
+            .arg(lab.path().join("kubeconfig"))
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut input = child.stdin.take().unwrap();
+        if let Some(s) = stdin {
+            use std::io::Write;
+            input.write_all(s.as_bytes()).unwrap();
+        }
+        drop(input);
+        child.wait_with_output().unwrap()
+    };
+    let o = old(
+        &[
+            "exec",
+            "client",
+            "--",
+            "sh",
+            "-c",
+            "echo out; echo err >&2; exit 3",
+        ],
+        None,
+    );
+    assert_eq!(o.status.code(), Some(3), "{}", out(&o));
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "out\n", "{}", out(&o));
     assert!(
-        String::from_utf8_lossy(&o.stderr).contains("use kubectl 1.30 or newer"),
+        String::from_utf8_lossy(&o.stderr).contains("err\ncommand terminated with exit code 3"),
         "{}",
         out(&o)
     );
+    let o = old(
+        &["exec", "-i", "client", "--", "wc", "-c"],
+        Some("twelve bytes"),
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).trim(),
+        "12",
+        "{}",
+        out(&o)
+    );
+    let cmd = format!(
+        "stty cols 99 rows 29; {} --kubeconfig {} exec -it client -- sh -c 'tty; stty size'",
+        k127.display(),
+        lab.path().join("kubeconfig").display()
+    );
+    let o = Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        text.contains("/dev/pts/") && text.contains("29 99"),
+        "{}",
+        out(&o)
+    );
+    let big: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let big_src = dir.path().join("big.bin");
+    std::fs::write(&big_src, &big).unwrap();
+    let big_pod = dir.path().join("big-in-pod.bin");
+    let o = old(
+        &[
+            "cp",
+            big_src.to_str().unwrap(),
+            &format!("client:{}", big_pod.display()),
+        ],
+        None,
+    );
+    assert!(o.status.success(), "{}", out(&o));
+    let big_back = dir.path().join("big-back.bin");
+    let o = old(
+        &[
+            "cp",
+            &format!("client:{}", big_pod.display()),
+            big_back.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert!(o.status.success(), "{}", out(&o));
+    assert!(
+        std::fs::read(&big_back).unwrap() == big,
+        "3 MB through SPDY both ways"
+    );
+
     // Subresources not served say so.
     let o = lab.kubectl(
         &["get", "--raw", "/api/v1/namespaces/default/pods/web/proxy/"],
@@ -347,6 +425,98 @@ fn kubectl_exec_returns_exit_codes_runs_in_the_pod_and_reaches_an_ipv6_cluster_i
     );
     assert!(
         String::from_utf8_lossy(&o.stderr).contains("the pods/proxy subresource is not supported"),
+        "{}",
+        out(&o)
+    );
+}
+
+/// `kubectl port-forward` to the web pod; returns the child and the local port.
+fn port_forward(lab: &Lab, version: &str, local: u16, remote: u16) -> std::process::Child {
+    let mut child = Command::new(kubectl_path(version))
+        .arg("--kubeconfig")
+        .arg(lab.path().join("kubeconfig"))
+        .args(["port-forward", "pod/web", &format!("{local}:{remote}")])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // kubectl prints "Forwarding from ..." once it listens.
+    let mut first = [0u8; 15];
+    child
+        .stdout
+        .as_mut()
+        .unwrap()
+        .read_exact(&mut first)
+        .unwrap();
+    assert_eq!(&first, b"Forwarding from");
+    child
+}
+
+fn http_get(port: u16, path: &str) -> Result<Vec<u8>, String> {
+    use std::io::Write;
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").map_err(|e| e.to_string())?;
+    let mut v = Vec::new();
+    s.read_to_end(&mut v).map_err(|e| e.to_string())?;
+    Ok(v)
+}
+
+#[test]
+fn kubectl_port_forward_reaches_the_pod_over_websocket_and_spdy() {
+    let lab = Lab::up("ds-pf-", 1, &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let body: Vec<u8> = (0..2_000_000u32).map(|i| (i % 253) as u8).collect();
+    std::fs::write(dir.path().join("blob"), &body).unwrap();
+    lab.apply(&format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: web}}
+spec:
+  containers:
+  - name: web
+    image: none
+    command: ["python3", "-m", "http.server", "--bind", "::", "--directory", "{}", "8080"]
+"#,
+        dir.path().display()
+    ));
+    wait_running(&lab, "web");
+    // 1.33 tunnels SPDY in WebSocket; 1.27 speaks SPDY/3.1 itself.
+    for (version, local) in [("1.33", 28080u16), ("1.27", 28081)] {
+        let mut pf = port_forward(&lab, version, local, 8080);
+        let mut last = String::new();
+        let Some(got) = eventually(Duration::from_secs(20), || {
+            http_get(local, "/blob").map_err(|e| last = e).ok()
+        }) else {
+            let _ = pf.kill();
+            let o = pf.wait_with_output().unwrap();
+            panic!(
+                "kubectl {version} port-forward never answered ({last}): {}\n{}",
+                out(&o),
+                lab.logs()
+            );
+        };
+        let at = got.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        assert!(got.starts_with(b"HTTP/1.0 200"), "{version}");
+        assert!(
+            got[at..] == body[..],
+            "kubectl {version}: the 2 MB body came through whole"
+        );
+        pf.kill().unwrap();
+        pf.wait().unwrap();
+    }
+    // A closed port in the pod: kubectl reports the node's error.
+    let mut pf = port_forward(&lab, "1.33", 28082, 81);
+    let _ = http_get(28082, "/");
+    let start = Instant::now();
+    while pf.try_wait().unwrap().is_none() && start.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = pf.kill();
+    let o = pf.wait_with_output().unwrap();
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("error forwarding port 81 to pod web"),
         "{}",
         out(&o)
     );
