@@ -4,14 +4,19 @@
 //! | path | what |
 //! |---|---|
 //! | `GET /containerLogs/<ns>/<pod>/<container>` | the container's log (`follow`, `tailLines`, `sinceSeconds`, `sinceTime`, `timestamps`, `previous`, `limitBytes`), from the CRI-format files of [`crate::runtime`] |
-//! | `GET/POST /exec/<ns>/<pod>/<container>?command=...` | a command in the container's namespaces (`dualstack shim exec`) over WebSocket, `v5.channel.k8s.io` / `v4.channel.k8s.io`, with a pseudo-terminal and resizes for `tty=true` |
+//! | `GET/POST /exec/<ns>/<pod>/<container>?command=...` | a command in the container's namespaces (`dualstack shim exec`), with a pseudo-terminal and resizes for `tty=true` |
 //! | `GET/POST /attach/<ns>/<pod>/<container>` | the running container's output from now on (its stdin is `/dev/null`) |
-//! | `/portForward/<ns>/<pod>` | not served: a Status that says so |
+//! | `GET/POST /portForward/<ns>/<pod>` | TCP to `localhost:<port>` inside the pod, per SPDY stream pair |
+//!
+//! Protocols: exec and attach speak the WebSocket channel protocol (`v5.channel.k8s.io`,
+//! `v4.channel.k8s.io`; kubectl 1.30+) or `v4.channel.k8s.io` over SPDY/3.1 (kubectl
+//! 1.27–1.29); both drive one protocol-free session. Port-forward speaks SPDY/3.1
+//! (`portforward.k8s.io`), plain or tunnelled in WebSocket binary messages
+//! (`SPDY/3.1+portforward.k8s.io`, kubectl 1.31+). SPDY itself is [`crate::spdy`].
 //!
 //! Callers authenticate with a client certificate from `--client-ca-file`; only the API
 //! server's identity ([`APISERVER_CLIENT_CN`]) is allowed (401 without a certificate, 403
-//! for any other identity, in kubelet's words). SPDY/3.1 upgrades (kubectl before 1.30) are
-//! validated like WebSocket ones, then answered with a Status naming the kubectl needed.
+//! for any other identity, in kubelet's words).
 
 use std::convert::Infallible;
 use std::io::{Read, Write};
@@ -1296,11 +1301,7 @@ where
     let down = tokio::spawn(async move {
         while let Some(Ok(m)) = source.next().await {
             match m {
-                Message::Binary(b) => {
-                    if wr.write_all(&b).await.is_err() {
-                        break;
-                    }
-                }
+                Message::Binary(b) if wr.write_all(&b).await.is_err() => break,
                 Message::Close(_) => break,
                 _ => {}
             }
