@@ -56,6 +56,8 @@ pub struct Config {
     pub lease_interval: Duration,
     /// How often an unchanged node status is reported anyway (kubelet: 5 min).
     pub status_report_interval: Duration,
+    /// The kubelet port when it is served (published in the Node's `daemonEndpoints`).
+    pub kubelet_port: Option<u16>,
 }
 
 /// Agent failures.

@@ -288,6 +288,55 @@ mod tests {
     use super::*;
 
     #[test]
+    fn issued_certificates_carry_the_subject_and_are_kept_while_the_request_is_the_same() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = Pki::new(dir.path());
+        let (cert, key) = (dir.path().join("c.crt"), dir.path().join("c.key"));
+        pki.issue(
+            &cert,
+            &key,
+            "kube-apiserver-kubelet-client",
+            &["kubeadm:cluster-admins"],
+            &[],
+        )
+        .unwrap();
+        let pem = std::fs::read(&cert).unwrap();
+        let (_, p) = x509_parser::pem::parse_x509_pem(&pem).unwrap();
+        let c = p.parse_x509().unwrap();
+        let cn = c
+            .subject()
+            .iter_common_name()
+            .next()
+            .unwrap()
+            .as_str()
+            .unwrap();
+        assert_eq!(cn, "kube-apiserver-kubelet-client");
+        assert!(c.issuer().to_string().contains(CA_CN));
+        pki.issue(
+            &cert,
+            &key,
+            "kube-apiserver-kubelet-client",
+            &["kubeadm:cluster-admins"],
+            &[],
+        )
+        .unwrap();
+        assert_eq!(std::fs::read(&cert).unwrap(), pem, "same request: kept");
+        pki.issue(
+            &cert,
+            &key,
+            "node",
+            &[],
+            &["node-1".into(), "203.0.113.11".into()],
+        )
+        .unwrap();
+        assert_ne!(
+            std::fs::read(&cert).unwrap(),
+            pem,
+            "another request: re-issued"
+        );
+    }
+
+    #[test]
     fn pki_is_created_once_and_reissued_when_names_change() {
         let dir = tempfile::tempdir().unwrap();
         let pki = Pki::new(dir.path());

@@ -188,6 +188,14 @@ impl AgentArgs {
             shim_exe: std::env::current_exe().context("locating the dualstack binary")?,
             lease_interval: Duration::from_secs(10),
             status_report_interval: Duration::from_secs(300),
+            kubelet_port: [
+                &self.tls_cert_file,
+                &self.tls_private_key_file,
+                &self.client_ca_file,
+            ]
+            .iter()
+            .all(|f| !f.is_empty())
+            .then_some(self.port),
         })
     }
 }
