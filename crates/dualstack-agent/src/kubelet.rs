@@ -5,7 +5,7 @@
 //! |---|---|
 //! | `GET /containerLogs/<ns>/<pod>/<container>` | the container's log (`follow`, `tailLines`, `sinceSeconds`, `sinceTime`, `timestamps`, `previous`, `limitBytes`), from the CRI-format files of [`crate::runtime`] |
 //! | `GET/POST /exec/<ns>/<pod>/<container>?command=...` | a command in the container's namespaces (`dualstack shim exec`), with a pseudo-terminal and resizes for `tty=true` |
-//! | `GET/POST /attach/<ns>/<pod>/<container>` | the running container's output from now on (its stdin is `/dev/null`) |
+//! | `GET/POST /attach/<ns>/<pod>/<container>` | the running container's output from now on, and its stdin (a FIFO) for `stdin: true` |
 //! | `GET/POST /portForward/<ns>/<pod>` | TCP to `localhost:<port>` inside the pod, per SPDY stream pair |
 //!
 //! Protocols: exec and attach speak the WebSocket channel protocol (`v5.channel.k8s.io`,
@@ -311,8 +311,8 @@ async fn route(
     let q = Query::parse(req.uri().query().unwrap_or(""));
     match parse_route(&path) {
         Some(Route::Logs(pc)) if req.method() == Method::GET => container_logs(cfg, &pc, &q).await,
-        Some(Route::Exec(pc)) => exec(cfg, pc, &q, req),
-        Some(Route::Attach(pc)) => attach(cfg, pc, &q, req),
+        Some(Route::Exec(pc)) => exec(cfg, pc, &q, req).await,
+        Some(Route::Attach(pc)) => attach(cfg, pc, &q, req).await,
         Some(Route::PortForward(pc)) => port_forward(cfg, pc, req),
         _ => text(StatusCode::NOT_FOUND, "404 page not found"),
     }
@@ -621,14 +621,25 @@ fn switching(up: &Upgrade) -> Response<Body> {
     b.body(full(Bytes::new())).expect("a valid response")
 }
 
-/// The running process of a container's latest run, with its spec file.
-fn running(cfg: &ServerConfig, pc: &PodContainer) -> Option<(RunFiles, i32)> {
+/// The running process of a container's latest run, with its spec file. A run whose shim
+/// has not yet recorded the process (the pod is reported Running as the shim starts) is
+/// waited for briefly.
+async fn running(cfg: &ServerConfig, pc: &PodContainer) -> Option<(RunFiles, i32)> {
     let dir = pod_dir(&cfg.root_dir, pc)?;
     let run = RunFiles::latest(&dir.join(&pc.container))?;
-    if run.read_exit().is_some() {
-        return None;
-    }
-    let pid = run.read_pid()?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    let pid = loop {
+        if run.read_exit().is_some() {
+            return None;
+        }
+        if let Some(p) = run.read_pid() {
+            break p;
+        }
+        if tokio::time::Instant::now() > deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     let alive = dualstack_host::process::ProcessRef {
         pid: pid.pid,
         start_time: pid.start_time,
@@ -921,13 +932,18 @@ where
     let _ = tokio::time::timeout(Duration::from_secs(5), reader).await;
 }
 
-fn exec(cfg: &ServerConfig, pc: PodContainer, q: &Query, req: Request<Incoming>) -> Response<Body> {
+async fn exec(
+    cfg: &ServerConfig,
+    pc: PodContainer,
+    q: &Query,
+    req: Request<Incoming>,
+) -> Response<Body> {
     let command = q.all("command");
     let up = match upgrade_of(&req, &STREAMS) {
         Ok(u) => u,
         Err(m) => return status(StatusCode::BAD_REQUEST, "BadRequest", &m),
     };
-    let Some((run, pid)) = running(cfg, &pc) else {
+    let Some((run, pid)) = running(cfg, &pc).await else {
         return container_not_found(&pc);
     };
     if command.is_empty() {
@@ -1179,7 +1195,7 @@ fn frame(ch: u8, data: &[u8]) -> Message {
     Message::Binary(v.into())
 }
 
-fn attach(
+async fn attach(
     cfg: &ServerConfig,
     pc: PodContainer,
     q: &Query,
@@ -1189,7 +1205,7 @@ fn attach(
         Ok(u) => u,
         Err(m) => return status(StatusCode::BAD_REQUEST, "BadRequest", &m),
     };
-    let Some((run, _)) = running(cfg, &pc) else {
+    let Some((run, _)) = running(cfg, &pc).await else {
         return container_not_found(&pc);
     };
     let opts = StreamOpts::of(q);
@@ -1200,9 +1216,50 @@ fn attach(
     answer
 }
 
-/// Streams the run's new log records until it ends or the client goes (stdin is not
-/// attachable: containers run with `/dev/null` as stdin).
+/// Streams the run's new log records until it ends or the client goes; with `stdin` asked
+/// for and a container with `stdin: true`, the client's input goes to its stdin FIFO (with
+/// `stdinOnce`, the end of this input is the end of the container's).
 async fn run_attach(run: RunFiles, opts: StreamOpts, mut s: Session) {
+    let spec: Option<crate::runtime::ShimSpec> = std::fs::read(run.spec())
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok());
+    let fifo = spec
+        .as_ref()
+        .and_then(|sp| sp.stdin.clone())
+        .filter(|_| opts.stdin);
+    let once = spec.as_ref().is_some_and(|sp| sp.stdin_once);
+    let (in_tx, in_rx) = std::sync::mpsc::channel::<Option<Vec<u8>>>();
+    if let Some(fifo) = fifo {
+        std::thread::spawn(move || {
+            use std::os::unix::fs::OpenOptionsExt;
+            // Non-blocking open: no reader left (the container gone) is an error, not a wait;
+            // then blocking writes.
+            let Ok(mut w) = std::fs::OpenOptions::new()
+                .write(true)
+                .custom_flags(nix::fcntl::OFlag::O_NONBLOCK.bits())
+                .open(&fifo)
+            else {
+                return;
+            };
+            let _ = nix::fcntl::fcntl(
+                &w,
+                nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::empty()),
+            );
+            while let Ok(Some(data)) = in_rx.recv() {
+                if w.write_all(&data).is_err() {
+                    break;
+                }
+            }
+            drop(w);
+            if once {
+                // The shim waits on this FIFO to let go of its writer.
+                let _ = std::fs::OpenOptions::new()
+                    .write(true)
+                    .custom_flags(nix::fcntl::OFlag::O_NONBLOCK.bits())
+                    .open(fifo.with_extension("stdin.done"));
+            }
+        });
+    }
     let path = run.log();
     let mut offset = std::fs::metadata(&path).map_or(0, |m| m.len());
     loop {
@@ -1241,7 +1298,12 @@ async fn run_attach(run: RunFiles, opts: StreamOpts, mut s: Session) {
         }
         tokio::select! {
             _ = tokio::time::sleep(FOLLOW_POLL) => {}
-            m = s.inbound.recv() => if matches!(m, None | Some(In::Gone)) { return },
+            m = s.inbound.recv() => match m {
+                Some(In::Stdin(d)) => { let _ = in_tx.send(Some(d)); }
+                Some(In::StdinEnd) => { let _ = in_tx.send(None); }
+                Some(In::Resize(..)) => {}
+                None | Some(In::Gone) => { let _ = in_tx.send(None); return }
+            },
         }
     }
 }

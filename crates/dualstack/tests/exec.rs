@@ -418,6 +418,50 @@ fn kubectl_exec_returns_exit_codes_runs_in_the_pod_and_reaches_an_ipv6_cluster_i
         "3 MB through SPDY both ways"
     );
 
+    // attach with stdin: `kubectl run -i --rm` (stdin + stdinOnce) with both protocols.
+    for (version, name) in [("1.33", "attach-ws"), ("1.27", "attach-spdy")] {
+        let mut child = Command::new(kubectl_path(version))
+            .arg("--kubeconfig")
+            .arg(lab.path().join("kubeconfig"))
+            .args([
+                "run",
+                name,
+                "-i",
+                "--rm",
+                "--image=none",
+                "--restart=Never",
+                "--command",
+                "--",
+            ])
+            .args(["sh", "-c", "cat; echo done-$?"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        {
+            use std::io::Write;
+            let mut input = child.stdin.take().unwrap();
+            input.write_all(b"via attach\n").unwrap();
+        }
+        let start = Instant::now();
+        while child.try_wait().unwrap().is_none() {
+            if start.elapsed() > Duration::from_secs(60) {
+                let _ = child.kill();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let o = child.wait_with_output().unwrap();
+        let text = String::from_utf8_lossy(&o.stdout);
+        assert!(o.status.success(), "kubectl {version} run -i: {}", out(&o));
+        assert!(
+            text.contains("via attach\ndone-0\n"),
+            "kubectl {version}: stdin reached the container and its end ended it: {}",
+            out(&o)
+        );
+    }
+
     // Subresources not served say so.
     let o = lab.kubectl(
         &["get", "--raw", "/api/v1/namespaces/default/pods/web/proxy/"],

@@ -129,11 +129,18 @@ fn supervise(spec_path: &Path) -> Result<()> {
         .append(true)
         .open(&spec.log)
         .with_context(|| format!("opening {}", spec.log.display()))?;
+    let stdin = match &spec.stdin {
+        Some(fifo) => match open_stdin(fifo, spec.stdin_once) {
+            Ok(f) => Stdio::from(f),
+            Err(e) => return fail(format!("{e:#}")),
+        },
+        None => Stdio::null(),
+    };
     let mut cmd = Command::new(&spec.argv[0]);
     cmd.args(&spec.argv[1..])
         .env_clear()
         .envs(spec.env.iter().map(|(k, v)| (k, v)))
-        .stdin(Stdio::null())
+        .stdin(stdin)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0);
@@ -206,6 +213,42 @@ fn supervise(spec_path: &Path) -> Result<()> {
             error: None,
         },
     )
+}
+
+/// Makes the stdin FIFO and opens the container's end. The shim holds a writer open so the
+/// container does not read EOF before anyone attaches; with `stdin_once` it lets go once the
+/// agent opens `<fifo>.done` (the first attach has ended), so the container reads EOF then.
+fn open_stdin(fifo: &Path, once: bool) -> Result<std::fs::File> {
+    match nix::unistd::mkfifo(fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)) {
+        Ok(()) | Err(nix::errno::Errno::EEXIST) => {}
+        Err(e) => bail!("mkfifo {}: {e}", fifo.display()),
+    }
+    // Read-write never blocks on a FIFO; the container's read-only end then finds a writer.
+    let holder = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(fifo)
+        .with_context(|| format!("opening {}", fifo.display()))?;
+    let reader = OpenOptions::new()
+        .read(true)
+        .open(fifo)
+        .with_context(|| format!("opening {}", fifo.display()))?;
+    if once {
+        let done = fifo.with_extension("stdin.done");
+        match nix::unistd::mkfifo(&done, nix::sys::stat::Mode::from_bits_truncate(0o600)) {
+            Ok(()) | Err(nix::errno::Errno::EEXIST) => {}
+            Err(e) => bail!("mkfifo {}: {e}", done.display()),
+        }
+        std::thread::spawn(move || {
+            // Blocks until the agent opens it for writing.
+            let _ = std::fs::File::open(&done);
+            drop(holder);
+        });
+    } else {
+        // Held for the shim's life.
+        std::mem::forget(holder);
+    }
+    Ok(reader)
 }
 
 /// How long the shim waits for the container's output to reach EOF after it exited.
