@@ -113,6 +113,20 @@ pub fn handles(info: &RequestInfo) -> bool {
         )
 }
 
+/// `.../{pods,services,nodes}/NAME/proxy/<path>` (a path below the subresource, which
+/// [`crate::request::parse_path`] does not take): the Status that says it is not served.
+pub fn unserved_proxy_path(path: &str) -> Option<ApiError> {
+    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let i = parts.iter().position(|p| *p == "proxy")?;
+    let resource = *parts.get(i.checked_sub(2)?)?;
+    let core = parts.first() == Some(&"api");
+    (core && matches!(resource, "pods" | "services" | "nodes") && parts.len() > i + 1).then(|| {
+        ApiError::BadRequest(format!(
+            "the {resource}/proxy subresource is not supported by this server (dualstack): it serves pods/log, pods/exec, pods/attach and pods/portforward"
+        ))
+    })
+}
+
 /// Handles a request [`handles`] accepted.
 pub async fn handle(
     rc: &RequestContext,
@@ -535,6 +549,18 @@ mod tests {
             Some("[2001:db8:1::11]:10251".parse().unwrap())
         );
         assert_eq!(node_address(&json!({}), 10250), None);
+    }
+
+    #[test]
+    fn proxy_paths_below_the_subresource_say_they_are_not_served() {
+        let e = unserved_proxy_path("/api/v1/namespaces/default/services/web:80/proxy/index.html")
+            .unwrap();
+        assert!(
+            e.to_string()
+                .starts_with("the services/proxy subresource is not supported")
+        );
+        assert!(unserved_proxy_path("/api/v1/namespaces/default/pods/p/proxy/x/y").is_some());
+        assert!(unserved_proxy_path("/api/v1/namespaces/default/configmaps/x/y/z").is_none());
     }
 
     #[test]

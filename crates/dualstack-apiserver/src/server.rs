@@ -845,6 +845,9 @@ async fn resource(State(s): State<AppState>, req: Request) -> Response {
         _ => {}
     }
     let Some(info) = parse_path(&path) else {
+        if let Some(e) = crate::kubelet::unserved_proxy_path(&path) {
+            return error_response(&e);
+        }
         return error_response(&ApiError::UnknownPath);
     };
     if crate::kubelet::handles(&info) {
