@@ -99,6 +99,37 @@ impl KubeletClient {
     }
 }
 
+impl KubeletClient {
+    /// The `--kubelet-netns` map.
+    pub fn netns(&self) -> &[(String, PathBuf)] {
+        &self.netns
+    }
+}
+
+/// A TCP connection to `addr`, the socket made inside `netns` when given (10 s to connect).
+pub async fn dial(
+    addr: SocketAddr,
+    netns: Option<PathBuf>,
+) -> anyhow::Result<tokio::net::TcpStream> {
+    let new_socket = move || {
+        if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()
+        } else {
+            tokio::net::TcpSocket::new_v6()
+        }
+    };
+    let socket = match netns {
+        // The socket is made on a thread inside the namespace; it belongs to it for life.
+        Some(ns) => dualstack_host::netns::run_in(&ns, new_socket)??,
+        None => new_socket()?,
+    };
+    let tcp = tokio::time::timeout(std::time::Duration::from_secs(10), socket.connect(addr))
+        .await
+        .map_err(|_| anyhow::anyhow!("i/o timeout"))??;
+    let _ = tcp.set_nodelay(true);
+    Ok(tcp)
+}
+
 /// Whether the request is one of the pod subresources handled here (or an upstream
 /// subresource we do not serve).
 pub fn handles(info: &RequestInfo) -> bool {
@@ -106,23 +137,20 @@ pub fn handles(info: &RequestInfo) -> bool {
         && info.name.is_some()
         && matches!(
             (info.resource.as_str(), info.subresource.as_deref()),
-            (
-                "pods",
-                Some("log" | "exec" | "attach" | "portforward" | "proxy")
-            ) | ("services" | "nodes", Some("proxy"))
+            ("pods", Some("log" | "exec" | "attach" | "portforward")) | ("nodes", Some("proxy"))
         )
 }
 
-/// `.../{pods,services,nodes}/NAME/proxy/<path>` (a path below the subresource, which
+/// `/api/v1/nodes/NAME/proxy/<path>` (a path below the subresource, which
 /// [`crate::request::parse_path`] does not take): the Status that says it is not served.
 pub fn unserved_proxy_path(path: &str) -> Option<ApiError> {
     let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
     let i = parts.iter().position(|p| *p == "proxy")?;
     let resource = *parts.get(i.checked_sub(2)?)?;
     let core = parts.first() == Some(&"api");
-    (core && matches!(resource, "pods" | "services" | "nodes") && parts.len() > i + 1).then(|| {
+    (core && resource == "nodes" && parts.len() > i + 1).then(|| {
         ApiError::BadRequest(format!(
-            "the {resource}/proxy subresource is not supported by this server (dualstack): it serves pods/log, pods/exec, pods/attach and pods/portforward"
+            "the {resource}/proxy subresource is not supported by this server (dualstack): it serves pods/log, pods/exec, pods/attach, pods/portforward, pods/proxy and services/proxy"
         ))
     })
 }
@@ -177,7 +205,7 @@ async fn handle_inner(
     let what = format!("{}/{sub}", info.resource);
     if !matches!(sub, "log" | "exec" | "attach" | "portforward") {
         return Err(ApiError::BadRequest(format!(
-            "the {what} subresource is not supported by this server (dualstack): it serves pods/log, pods/exec, pods/attach and pods/portforward"
+            "the {what} subresource is not supported by this server (dualstack): it serves pods/log, pods/exec, pods/attach, pods/portforward, pods/proxy and services/proxy"
         )));
     }
     let Some(ns) = info.namespace.as_deref() else {
@@ -482,24 +510,7 @@ async fn connect(
     Sender,
     impl std::future::Future<Output = hyper::Result<()>> + Send + 'static,
 )> {
-    let new_socket = move || {
-        if addr.is_ipv4() {
-            tokio::net::TcpSocket::new_v4()
-        } else {
-            tokio::net::TcpSocket::new_v6()
-        }
-    };
-    let socket = match netns {
-        Some(ns) => {
-            // The socket is made on a thread inside the namespace; it belongs to it for life.
-            dualstack_host::netns::run_in(&ns, new_socket)??
-        }
-        None => new_socket()?,
-    };
-    let tcp = tokio::time::timeout(std::time::Duration::from_secs(10), socket.connect(addr))
-        .await
-        .map_err(|_| anyhow::anyhow!("i/o timeout"))??;
-    let _ = tcp.set_nodelay(true);
+    let tcp = dial(addr, netns).await?;
     let tls = tokio_rustls::TlsConnector::from(client.tls.clone())
         .connect(ServerName::IpAddress(addr.ip().into()), tcp)
         .await?;
@@ -553,13 +564,12 @@ mod tests {
 
     #[test]
     fn proxy_paths_below_the_subresource_say_they_are_not_served() {
-        let e = unserved_proxy_path("/api/v1/namespaces/default/services/web:80/proxy/index.html")
-            .unwrap();
+        let e = unserved_proxy_path("/api/v1/nodes/node-1/proxy/metrics").unwrap();
         assert!(
             e.to_string()
-                .starts_with("the services/proxy subresource is not supported")
+                .starts_with("the nodes/proxy subresource is not supported")
         );
-        assert!(unserved_proxy_path("/api/v1/namespaces/default/pods/p/proxy/x/y").is_some());
+        assert!(unserved_proxy_path("/api/v1/namespaces/default/pods/p/proxy/x/y").is_none());
         assert!(unserved_proxy_path("/api/v1/namespaces/default/configmaps/x/y/z").is_none());
     }
 
@@ -575,7 +585,10 @@ mod tests {
         };
         assert!(handles(&info("pods", "exec")));
         assert!(handles(&info("pods", "log")));
-        assert!(handles(&info("services", "proxy")));
+        assert!(
+            !handles(&info("services", "proxy")),
+            "proxied over HTTP in proxy.rs"
+        );
         assert!(!handles(&info("pods", "status")));
     }
 }

@@ -20,6 +20,7 @@ pub mod kinds;
 pub mod kubelet;
 pub mod metrics;
 pub mod openapi;
+pub mod proxy;
 pub mod registry;
 pub mod request;
 pub mod resource;

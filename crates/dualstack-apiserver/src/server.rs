@@ -844,6 +844,16 @@ async fn resource(State(s): State<AppState>, req: Request) -> Response {
         }
         _ => {}
     }
+    if let Some(pp) = crate::proxy::parse(&path) {
+        return crate::proxy::handle(
+            &s.rc,
+            s.kubelet.as_deref(),
+            &user,
+            pp,
+            Request::from_parts(parts, body),
+        )
+        .await;
+    }
     let Some(info) = parse_path(&path) else {
         if let Some(e) = crate::kubelet::unserved_proxy_path(&path) {
             return error_response(&e);

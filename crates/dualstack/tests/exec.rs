@@ -464,11 +464,11 @@ fn kubectl_exec_returns_exit_codes_runs_in_the_pod_and_reaches_an_ipv6_cluster_i
 
     // Subresources not served say so.
     let o = lab.kubectl(
-        &["get", "--raw", "/api/v1/namespaces/default/pods/web/proxy/"],
+        &["get", "--raw", "/api/v1/nodes/node-1/proxy/metrics"],
         None,
     );
     assert!(
-        String::from_utf8_lossy(&o.stderr).contains("the pods/proxy subresource is not supported"),
+        String::from_utf8_lossy(&o.stderr).contains("the nodes/proxy subresource is not supported"),
         "{}",
         out(&o)
     );
@@ -507,7 +507,7 @@ fn http_get(port: u16, path: &str) -> Result<Vec<u8>, String> {
 }
 
 #[test]
-fn kubectl_port_forward_reaches_the_pod_over_websocket_and_spdy() {
+fn kubectl_port_forward_and_the_proxy_subresources_reach_the_pod() {
     let lab = Lab::up("ds-pf-", 1, &[]);
     let dir = tempfile::tempdir().unwrap();
     let body: Vec<u8> = (0..2_000_000u32).map(|i| (i % 253) as u8).collect();
@@ -516,12 +516,21 @@ fn kubectl_port_forward_reaches_the_pod_over_websocket_and_spdy() {
         r#"
 apiVersion: v1
 kind: Pod
-metadata: {{name: web}}
+metadata: {{name: web, labels: {{app: web}}}}
 spec:
   containers:
   - name: web
     image: none
+    ports: [{{name: http, containerPort: 8080}}]
     command: ["python3", "-m", "http.server", "--bind", "::", "--directory", "{}", "8080"]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: websvc}}
+spec:
+  ipFamilyPolicy: RequireDualStack
+  selector: {{app: web}}
+  ports: [{{name: web, port: 80, targetPort: 8080}}]
 "#,
         dir.path().display()
     ));
@@ -550,6 +559,36 @@ spec:
         pf.kill().unwrap();
         pf.wait().unwrap();
     }
+    // pods/proxy and services/proxy (the server dials from inside the pod's node).
+    std::fs::write(dir.path().join("small.txt"), "proxied\n").unwrap();
+    assert_eq!(
+        lab.kubectl_ok(&[
+            "get",
+            "--raw",
+            "/api/v1/namespaces/default/pods/web:http/proxy/small.txt"
+        ]),
+        "proxied\n"
+    );
+    let via_svc = eventually(Duration::from_secs(20), || {
+        let o = lab.kubectl(
+            &[
+                "get",
+                "--raw",
+                "/api/v1/namespaces/default/services/http:websvc:web/proxy/small.txt",
+            ],
+            None,
+        );
+        o.status
+            .success()
+            .then(|| String::from_utf8_lossy(&o.stdout).to_string())
+    });
+    assert_eq!(
+        via_svc.as_deref(),
+        Some("proxied\n"),
+        "services/proxy:\n{}",
+        lab.logs()
+    );
+
     // A closed port in the pod: kubectl reports the node's error.
     let mut pf = port_forward(&lab, "1.33", 28082, 81);
     let _ = http_get(28082, "/");
