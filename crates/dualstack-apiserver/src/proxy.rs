@@ -195,7 +195,7 @@ async fn inner(
         let ip = pod["status"]["podIP"]
             .as_str()
             .and_then(|s| s.parse::<IpAddr>().ok())
-            .ok_or_else(|| ApiError::BadRequest(format!("address not allowed")))?;
+            .ok_or_else(|| ApiError::BadRequest(format!("pod {name} has no IP address")))?;
         let named: Vec<(String, u16)> = pod["spec"]["containers"]
             .as_array()
             .into_iter()
