@@ -7,6 +7,7 @@
 //! decisions (status, phase, back-off, probe thresholds, file contents, address order) are the
 //! pure `dualstack-node` crate; this crate does the I/O.
 
+pub mod kubelet;
 pub mod masq;
 pub mod network;
 pub mod node;
@@ -14,6 +15,7 @@ pub mod pod;
 pub mod probe;
 pub mod routes;
 pub mod runtime;
+pub mod spdy;
 
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
@@ -58,6 +60,8 @@ pub struct Config {
     pub lease_interval: Duration,
     /// How often an unchanged node status is reported anyway (kubelet: 5 min).
     pub status_report_interval: Duration,
+    /// The kubelet port when it is served (published in the Node's `daemonEndpoints`).
+    pub kubelet_port: Option<u16>,
 }
 
 /// Agent failures.

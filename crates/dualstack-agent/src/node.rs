@@ -54,6 +54,7 @@ fn facts(agent: &Agent, network_ready: bool) -> dualstack_node::node::Facts {
         hostname: agent.config.node_name.clone(),
         network_ready,
         max_pods: agent.config.max_pods,
+        kubelet_port: agent.config.kubelet_port,
         cpus,
         memory_kib,
         info: NodeSystemInfo {

@@ -627,6 +627,8 @@ impl Worker {
             log: files.log(),
             pid_file: files.pid(),
             exit_file: files.exit(),
+            stdin: (c.spec.stdin == Some(true)).then(|| files.stdin()),
+            stdin_once: c.spec.stdin_once == Some(true),
         };
         let t = now();
         match runtime::spawn_shim(&self.agent.config.shim_exe, &files, &spec) {

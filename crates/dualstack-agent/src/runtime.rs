@@ -14,7 +14,9 @@
 //! pods/<uid>/<container>/<n>.shim        the shim (pid + start time), written by the agent
 //! pods/<uid>/<container>/<n>.pid         the container process (pid + start time + start), by the shim
 //! pods/<uid>/<container>/<n>.exit        its exit status, written atomically by the shim
-//! pods/<uid>/<container>/<n>.log         stdout and stderr
+//! pods/<uid>/<container>/<n>.log         stdout and stderr (CRI records)
+//! pods/<uid>/<container>/<n>.stdin       `stdin: true`: the container's stdin (a FIFO)
+//! pods/<uid>/<container>/<n>.stdin.done  `stdinOnce`: opened once the first attach ended
 //! ```
 //!
 //! Each container runs under its own `dualstack shim` (a separate session, so it survives the
@@ -56,6 +58,14 @@ pub struct ShimSpec {
     pub pid_file: PathBuf,
     /// Where the shim writes the [`ExitRecord`].
     pub exit_file: PathBuf,
+    /// `stdin: true`: the container's stdin is this FIFO (made by the shim), which `kubectl
+    /// attach -i` writes to. None: `/dev/null`.
+    #[serde(default)]
+    pub stdin: Option<PathBuf>,
+    /// `stdinOnce`: the shim stops holding the FIFO open once the first attach has ended
+    /// (signalled through `<stdin>.done`), so the container reads EOF.
+    #[serde(default)]
+    pub stdin_once: bool,
 }
 
 /// The container process, as the shim records it.
@@ -143,6 +153,10 @@ impl RunFiles {
     /// `<n>.log`.
     pub fn log(&self) -> PathBuf {
         self.file("log")
+    }
+    /// `<n>.stdin`.
+    pub fn stdin(&self) -> PathBuf {
+        self.file("stdin")
     }
 
     /// The recorded exit, if the shim wrote one.

@@ -29,4 +29,6 @@ pub struct ServerConfig {
     /// address there), served exactly like the main one: `dualstack up` gives every lab node
     /// the API on its own loopback without any route between the lab and the host.
     pub netns_listeners: Vec<(PathBuf, std::net::SocketAddr)>,
+    /// How pods' streaming subresources reach kubelet ports (`--kubelet-*`).
+    pub kubelet: crate::kubelet::KubeletClientConfig,
 }

@@ -50,6 +50,8 @@ struct AppState {
     ready: watch::Receiver<bool>,
     /// Permits for requests with large bodies, run on blocking threads.
     heavy: Arc<tokio::sync::Semaphore>,
+    /// The client of kubelet ports (pods/log, exec, attach); None when its files are unusable.
+    kubelet: Option<Arc<crate::kubelet::KubeletClient>>,
 }
 
 /// Bodies larger than this are handled on a blocking thread.
@@ -194,6 +196,13 @@ impl Server {
             heavy: Arc::new(tokio::sync::Semaphore::new(
                 std::thread::available_parallelism().map_or(2, |n| n.get()),
             )),
+            kubelet: match crate::kubelet::KubeletClient::new(&config.kubelet, &pki.ca_cert) {
+                Ok(k) => Some(Arc::new(k)),
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), "no kubelet client: pods/log, exec and attach are not available");
+                    None
+                }
+            },
         };
         let tokens = state.tokens.clone();
         let router = router(state);
@@ -835,9 +844,54 @@ async fn resource(State(s): State<AppState>, req: Request) -> Response {
         }
         _ => {}
     }
+    if let Some(pp) = crate::proxy::parse(&path) {
+        return crate::proxy::handle(
+            &s.rc,
+            s.kubelet.as_deref(),
+            &user,
+            pp,
+            Request::from_parts(parts, body),
+        )
+        .await;
+    }
     let Some(info) = parse_path(&path) else {
+        if let Some(e) = crate::kubelet::unserved_proxy_path(&path) {
+            return error_response(&e);
+        }
         return error_response(&ApiError::UnknownPath);
     };
+    if crate::kubelet::handles(&info) {
+        // Streams (and upgrades): the body is not read here. Upstream counts connections
+        // (exec, attach, proxy) under the verb CONNECT.
+        let verb = if info.subresource.as_deref() == Some("log") {
+            "GET"
+        } else {
+            "CONNECT"
+        };
+        let resp = crate::kubelet::handle(
+            &s.rc,
+            s.kubelet.as_deref(),
+            &user,
+            info.clone(),
+            q,
+            Request::from_parts(parts, body),
+        )
+        .await;
+        s.metrics.observe(
+            RequestLabels {
+                verb: verb.into(),
+                group: String::new(),
+                version: info.version.clone(),
+                resource: info.resource.clone(),
+                subresource: info.subresource.clone().unwrap_or_default(),
+                scope: "resource".into(),
+                component: "apiserver".into(),
+                code: resp.status().as_u16().to_string(),
+            },
+            start.elapsed().as_secs_f64(),
+        );
+        return resp;
+    }
     let body: Bytes = match http_body_util::Limited::new(body, MAX_BODY_BYTES + 1)
         .collect()
         .await

@@ -72,13 +72,7 @@ impl Pki {
         let dir = self.ca_cert.parent().expect("pki dir");
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let now = time::OffsetDateTime::now_utc();
-        if !self.ca_cert.exists() || !self.ca_key.exists() || !fresh(&self.ca_cert, now) {
-            let key = KeyPair::generate().context("generating CA key")?;
-            let cert = ca_params().self_signed(&key).context("self-signing CA")?;
-            write_private(&self.ca_key, key.serialize_pem().as_bytes())?;
-            std::fs::write(&self.ca_cert, cert.pem())?;
-            let _ = std::fs::remove_file(&self.server_sans);
-        }
+        self.ensure_ca()?;
         let mut sans: Vec<String> = vec![
             "localhost".into(),
             "kubernetes".into(),
@@ -126,6 +120,79 @@ impl Pki {
         write_private(&self.server_key, key.serialize_pem().as_bytes())?;
         std::fs::write(&self.server_cert, cert.pem())?;
         std::fs::write(&self.server_sans, want)?;
+        Ok(())
+    }
+
+    /// Creates the CA if it is missing or near its end (the first half of [`Pki::ensure`], for
+    /// a caller that issues certificates before the server has started).
+    pub fn ensure_ca(&self) -> Result<()> {
+        let dir = self.ca_cert.parent().expect("pki dir");
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let now = time::OffsetDateTime::now_utc();
+        if !self.ca_cert.exists() || !self.ca_key.exists() || !fresh(&self.ca_cert, now) {
+            let key = KeyPair::generate().context("generating CA key")?;
+            let cert = ca_params().self_signed(&key).context("self-signing CA")?;
+            write_private(&self.ca_key, key.serialize_pem().as_bytes())?;
+            std::fs::write(&self.ca_cert, cert.pem())?;
+            let _ = std::fs::remove_file(&self.server_sans);
+        }
+        Ok(())
+    }
+
+    /// Issues a certificate from the CA into `cert`/`key` (PEM, the key mode 0600) unless the
+    /// files hold one for the same request that is still fresh: `cn` and `orgs` name the
+    /// subject, `sans` (names or IPs) make a serving certificate, none a client certificate.
+    /// The API server's kubelet client certificate and each node's kubelet serving
+    /// certificate are made this way by `dualstack up`.
+    pub fn issue(
+        &self,
+        cert: &Path,
+        key: &Path,
+        cn: &str,
+        orgs: &[&str],
+        sans: &[String],
+    ) -> Result<()> {
+        self.ensure_ca()?;
+        let now = time::OffsetDateTime::now_utc();
+        let request = format!("{cn}\n{}\n{}", orgs.join(","), sans.join(","));
+        let stamp = cert.with_extension("req");
+        if std::fs::read_to_string(&stamp).is_ok_and(|r| r == request)
+            && key.exists()
+            && fresh(cert, now)
+        {
+            return Ok(());
+        }
+        let ca_key =
+            KeyPair::from_pem(&std::fs::read_to_string(&self.ca_key)?).context("reading CA key")?;
+        let issuer = Issuer::new(ca_params(), ca_key);
+        let pair = KeyPair::generate().context("generating a key")?;
+        let mut params = CertificateParams::new(sans.to_vec()).context("certificate names")?;
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, cn);
+        for o in orgs {
+            dn.push(DnType::OrganizationName, *o);
+        }
+        params.distinguished_name = dn;
+        params.extended_key_usages = vec![if sans.is_empty() {
+            ExtendedKeyUsagePurpose::ClientAuth
+        } else {
+            ExtendedKeyUsagePurpose::ServerAuth
+        }];
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        params.not_before = now - time::Duration::hours(1);
+        params.not_after = now + SERVING_VALIDITY;
+        let signed = params
+            .signed_by(&pair, &issuer)
+            .with_context(|| format!("signing the certificate of {cn}"))?;
+        if let Some(d) = cert.parent() {
+            std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+        }
+        write_private(key, pair.serialize_pem().as_bytes())?;
+        std::fs::write(cert, signed.pem())?;
+        std::fs::write(stamp, request)?;
         Ok(())
     }
 
@@ -219,6 +286,55 @@ pub fn write_kubeconfig(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn issued_certificates_carry_the_subject_and_are_kept_while_the_request_is_the_same() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = Pki::new(dir.path());
+        let (cert, key) = (dir.path().join("c.crt"), dir.path().join("c.key"));
+        pki.issue(
+            &cert,
+            &key,
+            "kube-apiserver-kubelet-client",
+            &["kubeadm:cluster-admins"],
+            &[],
+        )
+        .unwrap();
+        let pem = std::fs::read(&cert).unwrap();
+        let (_, p) = x509_parser::pem::parse_x509_pem(&pem).unwrap();
+        let c = p.parse_x509().unwrap();
+        let cn = c
+            .subject()
+            .iter_common_name()
+            .next()
+            .unwrap()
+            .as_str()
+            .unwrap();
+        assert_eq!(cn, "kube-apiserver-kubelet-client");
+        assert!(c.issuer().to_string().contains(CA_CN));
+        pki.issue(
+            &cert,
+            &key,
+            "kube-apiserver-kubelet-client",
+            &["kubeadm:cluster-admins"],
+            &[],
+        )
+        .unwrap();
+        assert_eq!(std::fs::read(&cert).unwrap(), pem, "same request: kept");
+        pki.issue(
+            &cert,
+            &key,
+            "node",
+            &[],
+            &["node-1".into(), "203.0.113.11".into()],
+        )
+        .unwrap();
+        assert_ne!(
+            std::fs::read(&cert).unwrap(),
+            pem,
+            "another request: re-issued"
+        );
+    }
 
     #[test]
     fn pki_is_created_once_and_reissued_when_names_change() {

@@ -96,6 +96,7 @@ async fn a_201_is_answered_after_an_fsync_and_a_failed_fsync_is_a_500_that_store
         repair_interval: Duration::from_secs(180),
         connection_limits: Default::default(),
         netns_listeners: Vec::new(),
+        kubelet: Default::default(),
     };
     let server = Server::start_with_backend(config, backend).await.unwrap();
     let cms = "/api/v1/namespaces/default/configmaps";

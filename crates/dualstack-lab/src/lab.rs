@@ -382,16 +382,42 @@ fn spawn_recorded(l: &Layout, name: &str, mut cmd: Command, ns: Option<&Path>) -
 }
 
 fn start_server(l: &Layout, state: &State, exe: &Path) -> Result<()> {
+    // The server's client certificate for the nodes' kubelet ports, from the cluster CA
+    // (made here if the server has not made it yet).
+    let pki = dualstack_apiserver::tls::Pki::new(&l.server_dir());
+    let (cert, key) = (
+        l.server_dir().join("pki/apiserver-kubelet-client.crt"),
+        l.server_dir().join("pki/apiserver-kubelet-client.key"),
+    );
+    pki.issue(
+        &cert,
+        &key,
+        dualstack_apiserver::kubelet::APISERVER_KUBELET_CLIENT_CN,
+        &["kubeadm:cluster-admins"],
+        &[],
+    )?;
     let mut cmd = Command::new(exe);
     cmd.arg("server")
         .arg("--data-dir")
         .arg(l.server_dir())
         .args(["--bind-address", "127.0.0.1"])
         .arg(format!("--secure-port={}", state.port))
+        .arg(format!("--kubelet-client-certificate={}", cert.display()))
+        .arg(format!("--kubelet-client-key={}", key.display()))
+        .arg(format!(
+            "--kubelet-certificate-authority={}",
+            pki.ca_cert.display()
+        ))
         .args(&state.server_flags);
     for n in &state.plan.nodes {
         cmd.arg(format!(
             "--netns-listener={}=127.0.0.1:{NODE_API_PORT}",
+            l.netns(&n.name).display()
+        ));
+        // Logs and exec: the server dials each node's kubelet port from inside the node.
+        cmd.arg(format!(
+            "--kubelet-netns={}={}",
+            n.name,
             l.netns(&n.name).display()
         ));
     }
@@ -421,10 +447,26 @@ fn start_agent(l: &Layout, state: &State, node: &plan::Host, exe: &Path) -> Resu
         &user.name,
         &token,
     )?;
+    // The kubelet port's serving certificate (the node's name and addresses), from the
+    // cluster CA; only the API server's client certificate is accepted there.
+    let pki = dualstack_apiserver::tls::Pki::new(&l.server_dir());
+    let (cert, key) = (dir.join("pki/kubelet.crt"), dir.join("pki/kubelet.key"));
+    let mut sans = vec![node.name.clone()];
+    sans.extend(node.ips(plan.ipv6_primary).iter().map(ToString::to_string));
+    pki.issue(
+        &cert,
+        &key,
+        &format!("system:node:{}", node.name),
+        &["system:nodes"],
+        &sans,
+    )?;
     let mut cmd = Command::new(exe);
     cmd.arg("agent")
         .arg("--kubeconfig")
         .arg(&kubeconfig)
+        .arg(format!("--tls-cert-file={}", cert.display()))
+        .arg(format!("--tls-private-key-file={}", key.display()))
+        .arg(format!("--client-ca-file={}", pki.ca_cert.display()))
         .args(["--node-name", &node.name])
         .arg(format!(
             "--node-ip={}",

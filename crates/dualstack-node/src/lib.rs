@@ -6,13 +6,15 @@
 //! `podIPs`/`hostIPs`, §7.1), [`image`] (what a container runs: its command, or the built-in
 //! `agnhost`/`pause` of upstream's test images), [`files`] (the pod's `/etc/hosts` and `/etc/resolv.conf`),
 //! [`env`] (`valueFrom.fieldRef` and `$(VAR)` expansion), [`backoff`] (restart policy and
-//! `CrashLoopBackOff`), [`probe`] (probe thresholds) and [`node`] (the Node's status).
+//! `CrashLoopBackOff`), [`probe`] (probe thresholds), [`logs`] (the CRI log format and
+//! `kubectl logs` options) and [`node`] (the Node's status).
 
 pub mod backoff;
 pub mod env;
 pub mod files;
 pub mod image;
 pub mod ips;
+pub mod logs;
 pub mod node;
 pub mod probe;
 pub mod status;

@@ -5,7 +5,9 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use jiff::Timestamp;
-use k8s_openapi::api::core::v1::{NodeAddress, NodeCondition, NodeStatus, NodeSystemInfo};
+use k8s_openapi::api::core::v1::{
+    DaemonEndpoint, NodeAddress, NodeCondition, NodeDaemonEndpoints, NodeStatus, NodeSystemInfo,
+};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
@@ -29,6 +31,9 @@ pub struct Facts {
     pub memory_kib: u64,
     /// `nodeInfo`.
     pub info: NodeSystemInfo,
+    /// The kubelet port, published as `daemonEndpoints.kubeletEndpoint.Port` (None: not
+    /// served).
+    pub kubelet_port: Option<u16>,
 }
 
 /// The labels kubelet sets on its Node.
@@ -143,6 +148,9 @@ pub fn status(f: &Facts, now: Timestamp, previous: Option<&NodeStatus>) -> NodeS
         capacity: Some(capacity),
         conditions: Some(conditions(f.network_ready, now, &prev)),
         node_info: Some(f.info.clone()),
+        daemon_endpoints: f.kubelet_port.map(|p| NodeDaemonEndpoints {
+            kubelet_endpoint: Some(DaemonEndpoint { port: i32::from(p) }),
+        }),
         ..Default::default()
     }
 }
@@ -169,6 +177,29 @@ mod tests {
 
     fn ips(s: &[&str]) -> Vec<IpAddr> {
         s.iter().map(|s| s.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn the_kubelet_port_is_published_as_the_daemon_endpoint() {
+        let mut f = Facts {
+            node_ips: ips(&["203.0.113.11"]),
+            hostname: "node-1".into(),
+            network_ready: true,
+            max_pods: 110,
+            cpus: 2,
+            memory_kib: 1024,
+            info: NodeSystemInfo::default(),
+            kubelet_port: Some(10250),
+        };
+        let port = |s: &NodeStatus| {
+            s.daemon_endpoints
+                .as_ref()
+                .and_then(|d| d.kubelet_endpoint.as_ref())
+                .map(|e| e.port)
+        };
+        assert_eq!(port(&status(&f, t(0), None)), Some(10250));
+        f.kubelet_port = None;
+        assert_eq!(port(&status(&f, t(0), None)), None);
     }
 
     #[test]

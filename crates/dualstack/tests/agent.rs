@@ -289,8 +289,11 @@ impl Lab {
 
     fn log_of(&self, pod: &Value, container: &str, n: u32) -> String {
         let uid = pod["metadata"]["uid"].as_str().unwrap();
-        std::fs::read_to_string(self.root().join(format!("pods/{uid}/{container}/{n}.log")))
-            .unwrap_or_default()
+        // The log file holds CRI records; this is what `kubectl logs` shows of it.
+        let file = std::fs::read(self.root().join(format!("pods/{uid}/{container}/{n}.log")))
+            .unwrap_or_default();
+        String::from_utf8_lossy(&dualstack_node::logs::render(&file, &Default::default()))
+            .to_string()
     }
 }
 

@@ -89,6 +89,33 @@ pub struct AgentArgs {
     )]
     pub pod_network: String,
 
+    /// The IP address for the kubelet port to serve on (0.0.0.0 or :: for all interfaces,
+    /// both families).
+    #[arg(long = "address", value_name = "ip", default_value = "0.0.0.0")]
+    pub address: std::net::IpAddr,
+
+    /// The port for the kubelet port (logs, exec, attach for the API server) to serve on.
+    #[arg(long = "port", value_name = "int32", default_value_t = dualstack_agent::kubelet::DEFAULT_PORT)]
+    pub port: u16,
+
+    /// File containing the x509 certificate for HTTPS on the kubelet port. The kubelet port is
+    /// served only when this, --tls-private-key-file and --client-ca-file are given.
+    #[arg(long = "tls-cert-file", value_name = "string", default_value = "")]
+    pub tls_cert_file: String,
+
+    /// File containing the x509 private key matching --tls-cert-file.
+    #[arg(
+        long = "tls-private-key-file",
+        value_name = "string",
+        default_value = ""
+    )]
+    pub tls_private_key_file: String,
+
+    /// The CA bundle that client certificates of the kubelet port are verified against; only
+    /// the API server's identity (CN kube-apiserver-kubelet-client) is authorized.
+    #[arg(long = "client-ca-file", value_name = "string", default_value = "")]
+    pub client_ca_file: String,
+
     #[command(flatten)]
     pub gates: crate::flags::FeatureGateFlags,
 
@@ -171,7 +198,52 @@ impl AgentArgs {
             shim_exe: std::env::current_exe().context("locating the dualstack binary")?,
             lease_interval: Duration::from_secs(10),
             status_report_interval: Duration::from_secs(300),
+            kubelet_port: [
+                &self.tls_cert_file,
+                &self.tls_private_key_file,
+                &self.client_ca_file,
+            ]
+            .iter()
+            .all(|f| !f.is_empty())
+            .then_some(self.port),
         })
+    }
+}
+
+impl AgentArgs {
+    /// The kubelet port's settings: `None` (with a log line) without certificate files.
+    fn kubelet_port(
+        &self,
+        config: &Config,
+    ) -> Result<Option<dualstack_agent::kubelet::ServerConfig>> {
+        let files = [
+            &self.tls_cert_file,
+            &self.tls_private_key_file,
+            &self.client_ca_file,
+        ];
+        if files.iter().all(|f| f.is_empty()) {
+            tracing::info!(
+                "no --tls-cert-file, --tls-private-key-file, --client-ca-file: the kubelet port is not served"
+            );
+            return Ok(None);
+        }
+        if files.iter().any(|f| f.is_empty()) {
+            bail!("--tls-cert-file, --tls-private-key-file and --client-ca-file go together");
+        }
+        // Go's 0.0.0.0 listens on both families; so does [::] here.
+        let ip = if self.address.is_unspecified() {
+            std::net::IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)
+        } else {
+            self.address
+        };
+        Ok(Some(dualstack_agent::kubelet::ServerConfig {
+            addr: std::net::SocketAddr::new(ip, self.port),
+            cert: PathBuf::from(&self.tls_cert_file),
+            key: PathBuf::from(&self.tls_private_key_file),
+            client_ca: PathBuf::from(&self.client_ca_file),
+            root_dir: config.root_dir.clone(),
+            shim_exe: config.shim_exe.clone(),
+        }))
     }
 }
 
@@ -203,8 +275,17 @@ pub fn run(args: AgentArgs) -> Result<()> {
     } else {
         None
     };
+    let kubelet_port = args.kubelet_port(&config)?;
     rt.block_on(async move {
         let client = client(&args.kubeconfig, "kubelet").await?;
+        if let Some(k) = kubelet_port {
+            let tls = dualstack_agent::kubelet::tls_config(&k)?;
+            tokio::spawn(async move {
+                if let Err(e) = dualstack_agent::kubelet::serve(k, tls).await {
+                    tracing::error!(error = %e, "the kubelet port stopped; logs and exec do not reach this node");
+                }
+            });
+        }
         tracing::info!(node = %config.node_name, ips = ?config.node_ips, "starting the node agent");
         if let Some(masq) = args.masq.settings(&client, &config)? {
             let nft = Arc::new(dualstack_agent::masq::NftCommand);

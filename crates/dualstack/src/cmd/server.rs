@@ -50,6 +50,37 @@ pub struct ServerArgs {
     #[arg(long = "netns-listener", value_name = "netns=ip:port", hide = true, value_parser = netns_listener)]
     pub netns_listeners: Vec<(PathBuf, std::net::SocketAddr)>,
 
+    /// Path to a client cert file for TLS to kubelets (pods/log, exec, attach).
+    #[arg(
+        long = "kubelet-client-certificate",
+        value_name = "string",
+        default_value = ""
+    )]
+    pub kubelet_client_certificate: String,
+
+    /// Path to a client key file for TLS to kubelets.
+    #[arg(long = "kubelet-client-key", value_name = "string", default_value = "")]
+    pub kubelet_client_key: String,
+
+    /// Path to a cert file for the certificate authority of kubelets' serving certificates
+    /// (default: this server's CA).
+    #[arg(
+        long = "kubelet-certificate-authority",
+        value_name = "string",
+        default_value = ""
+    )]
+    pub kubelet_certificate_authority: String,
+
+    /// The kubelet port of nodes that publish none in status.daemonEndpoints.
+    #[arg(long = "kubelet-port", value_name = "uint", default_value_t = 10250)]
+    pub kubelet_port: u16,
+
+    /// Reach node NODE's kubelet port from inside a network namespace: `NODE=NETNS_FILE`
+    /// (ours, repeatable; `dualstack up` passes one per lab node so the server never sends
+    /// from the host's namespace).
+    #[arg(long = "kubelet-netns", value_name = "node=netns", hide = true, value_parser = kubelet_netns)]
+    pub kubelet_netns: Vec<(String, PathBuf)>,
+
     /// How often the ClusterIP/NodePort repair loop runs (e.g. 3m, 30s).
     #[arg(long = "service-ip-repair-interval", value_name = "duration", default_value = "3m", value_parser = crate::flags::duration)]
     pub repair_interval: std::time::Duration,
@@ -136,6 +167,19 @@ impl ServerArgs {
             node_port_range,
             repair_interval: self.repair_interval,
             netns_listeners: self.netns_listeners.clone(),
+            kubelet: dualstack_apiserver::kubelet::KubeletClientConfig {
+                client_cert: Some(&self.kubelet_client_certificate)
+                    .filter(|s| !s.is_empty())
+                    .map(PathBuf::from),
+                client_key: Some(&self.kubelet_client_key)
+                    .filter(|s| !s.is_empty())
+                    .map(PathBuf::from),
+                ca: Some(&self.kubelet_certificate_authority)
+                    .filter(|s| !s.is_empty())
+                    .map(PathBuf::from),
+                port: self.kubelet_port,
+                netns: self.kubelet_netns.clone(),
+            },
             connection_limits: dualstack_apiserver::conn::Limits {
                 max_connections: self.max_connections.max(1),
                 max_untrusted: self.max_untrusted_connections.max(1),
@@ -156,6 +200,15 @@ fn netns_listener(v: &str) -> Result<(PathBuf, std::net::SocketAddr), String> {
         .parse()
         .map_err(|e| format!("{at:?}: {e} (want ADDRESS:PORT)"))?;
     Ok((PathBuf::from(ns), at))
+}
+
+/// `--kubelet-netns NODE=NETNS_FILE`.
+fn kubelet_netns(v: &str) -> Result<(String, PathBuf), String> {
+    let (node, ns) = v
+        .split_once('=')
+        .filter(|(n, f)| !n.is_empty() && !f.is_empty())
+        .ok_or_else(|| format!("{v:?}: want NODE=NETNS_FILE"))?;
+    Ok((node.to_string(), PathBuf::from(ns)))
 }
 
 /// Runs the server until interrupted.

@@ -9,6 +9,7 @@ mod api;
 mod controllers;
 mod deploy;
 mod dns;
+mod exec;
 mod nodes;
 mod programming;
 mod proxy;
@@ -49,6 +50,9 @@ enum Suite {
     /// The DNS load generator that `bench dns` runs inside a pod.
     #[command(hide = true)]
     DnsLoad(dns::DnsLoadArgs),
+    /// Issue 12 (root): `pods/exec` round trips through the API server to a node's kubelet
+    /// port (WebSocket v5), and kubectl exec as a user runs it.
+    Exec(exec::ExecArgs),
 }
 
 /// Runs a suite.
@@ -63,5 +67,6 @@ pub fn run(args: BenchArgs) -> Result<()> {
         Suite::Deploy(a) => deploy::run(a),
         Suite::Dns(a) => dns::run(a),
         Suite::DnsLoad(a) => dns::load(a),
+        Suite::Exec(a) => exec::run(a),
     }
 }

@@ -56,6 +56,15 @@ impl Lab {
     }
 
     pub(super) async fn client(&self) -> Result<kube::Client> {
+        self.client_inner().await
+    }
+
+    /// The lab's data dir.
+    pub(super) fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    async fn client_inner(&self) -> Result<kube::Client> {
         let kc = kube::config::Kubeconfig::read_from(self.dir.path().join("kubeconfig"))?;
         let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
         Ok(kube::Client::try_from(cfg)?)
