@@ -4,7 +4,7 @@
 use std::net::IpAddr;
 use std::path::PathBuf;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::Args;
 use dualstack_api::config::{
     ConfigError, ConfigErrors, FeatureGates, NodeIpamConfig, ServiceClusterIpRange, parse_node_ips,
@@ -68,6 +68,36 @@ pub struct ServerArgs {
     )]
     pub max_untrusted_connections: usize,
 
+    /// List of etcd servers to connect with (scheme://ip:port), comma separated. Without it
+    /// the embedded store in --data-dir is used.
+    #[arg(long = "etcd-servers", value_name = "strings", value_delimiter = ',')]
+    pub etcd_servers: Vec<String>,
+
+    /// SSL Certificate Authority file used to secure etcd communication.
+    #[arg(long = "etcd-cafile", value_name = "string")]
+    pub etcd_cafile: Option<PathBuf>,
+
+    /// SSL certification file used to secure etcd communication.
+    #[arg(long = "etcd-certfile", value_name = "string")]
+    pub etcd_certfile: Option<PathBuf>,
+
+    /// SSL key file used to secure etcd communication.
+    #[arg(long = "etcd-keyfile", value_name = "string")]
+    pub etcd_keyfile: Option<PathBuf>,
+
+    /// The prefix to prepend to all resource paths in etcd.
+    #[arg(
+        long = "etcd-prefix",
+        value_name = "string",
+        default_value = "/registry"
+    )]
+    pub etcd_prefix: String,
+
+    /// The interval of compaction requests. If 0, the compaction request from apiserver is
+    /// disabled.
+    #[arg(long = "etcd-compaction-interval", value_name = "duration", default_value = "5m", value_parser = crate::flags::duration)]
+    pub etcd_compaction_interval: std::time::Duration,
+
     #[command(flatten)]
     pub service: ServiceNetworkFlags,
 
@@ -83,6 +113,25 @@ pub struct ServerArgs {
 }
 
 impl ServerArgs {
+    /// The etcd client configuration, when `--etcd-servers` is given.
+    pub fn etcd_config(&self) -> Option<dualstack_store::etcd::EtcdConfig> {
+        let servers: Vec<String> = self
+            .etcd_servers
+            .iter()
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect();
+        if servers.is_empty() {
+            return None;
+        }
+        let mut config = dualstack_store::etcd::EtcdConfig::new(servers);
+        config.ca_file = self.etcd_cafile.clone();
+        config.cert_file = self.etcd_certfile.clone();
+        config.key_file = self.etcd_keyfile.clone();
+        config.prefix = self.etcd_prefix.clone();
+        Some(config)
+    }
+
     /// Validates every flag (upstream's order and messages) into a server configuration.
     pub fn resolve(&self) -> Result<(ServerConfig, Option<NodeIpamConfig>), ConfigErrors> {
         let gates = FeatureGates::parse(&self.gates.feature_gates)?;
@@ -161,6 +210,7 @@ fn netns_listener(v: &str) -> Result<(PathBuf, std::net::SocketAddr), String> {
 /// Runs the server until interrupted.
 pub fn run(args: ServerArgs) -> Result<()> {
     let (config, ipam) = args.resolve()?;
+    let etcd = args.etcd_config();
     let identity = crate::cmd::controller_manager::server_identity(&config.data_dir);
     let controllers = args.controllers.manager_config(ipam, identity, false)?;
     crate::cmd::init_tracing();
@@ -174,7 +224,22 @@ pub fn run(args: ServerArgs) -> Result<()> {
         .enable_all()
         .build()?;
     runtime.block_on(async move {
-        let server = dualstack_apiserver::Server::start(config).await?;
+        let server = match etcd {
+            None => dualstack_apiserver::Server::start(config).await?,
+            Some(etcd) => {
+                let backend = dualstack_store::etcd::Etcd::connect(&etcd)
+                    .await
+                    .with_context(|| {
+                        format!("connecting to etcd at {}", etcd.endpoints.join(","))
+                    })?;
+                tokio::spawn(dualstack_store::etcd::compaction_loop(
+                    backend.clone(),
+                    args.etcd_compaction_interval,
+                ));
+                dualstack_apiserver::Server::start_with_backend(config, std::sync::Arc::new(backend))
+                    .await?
+            }
+        };
         tracing::info!(url = %server.url(), kubeconfig = %server.kubeconfig_path().display(), "API server ready");
         // The built-in controllers' metrics are served on the server's /metrics.
         let controller_metrics = dualstack_controllers::Metrics::new();
