@@ -194,3 +194,92 @@ fn two_servers_with_eight_clients_each_create_2000_dual_stack_services_without_a
     drop((a, b));
     assert!(started.elapsed() < Duration::from_secs(10));
 }
+
+fn signal(pid: u32, sig: nix::sys::signal::Signal) {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig).unwrap();
+}
+
+/// `/readyz?verbose` of `s`: (status, body).
+fn readyz(s: &TestServer) -> (u16, String) {
+    s.request("GET", "/readyz?verbose", None, None).unwrap()
+}
+
+/// A Service create through curl: (status, Status JSON, how long it took).
+fn timed_create(s: &TestServer, name: &str) -> (u16, serde_json::Value, Duration) {
+    let started = Instant::now();
+    let body = serde_json::to_value(dual_stack_node_port(name)).unwrap();
+    let (code, out) = s.json_call(
+        "POST",
+        "/api/v1/namespaces/default/services",
+        Some(&body),
+        "application/json",
+    );
+    (code, out, started.elapsed())
+}
+
+fn assert_fault_reported(s: &TestServer, what: &str) {
+    let failing = common::eventually(Duration::from_secs(20), || {
+        let (code, body) = readyz(s);
+        (code == 500).then_some(body)
+    })
+    .unwrap_or_else(|| panic!("/readyz stayed ok with etcd {what}"));
+    assert!(
+        failing.contains("[-]etcd failed: reason withheld\n"),
+        "{failing}"
+    );
+    assert!(failing.ends_with("readyz check failed\n"), "{failing}");
+    let (code, status, took) = timed_create(s, &format!("during-{what}"));
+    assert!(
+        (500..600).contains(&code),
+        "a write with etcd {what} got {code}: {status}"
+    );
+    assert_eq!(status["kind"], "Status", "{status}");
+    assert_eq!(status["status"], "Failure", "{status}");
+    assert_eq!(status["code"], code, "{status}");
+    assert!(
+        status["message"].as_str().is_some_and(|m| m.contains("etcd")),
+        "{status}"
+    );
+    assert!(
+        took < Duration::from_secs(15),
+        "the write with etcd {what} took {took:?}"
+    );
+}
+
+fn assert_recovered(s: &TestServer, name: &str) {
+    common::eventually(Duration::from_secs(30), || {
+        (readyz(s).0 == 200).then_some(())
+    })
+    .expect("/readyz did not recover");
+    let recovered = common::eventually(Duration::from_secs(30), || {
+        let (code, _, _) = timed_create(s, name);
+        (code == 201).then_some(())
+    });
+    assert!(recovered.is_some(), "writes did not recover");
+}
+
+#[test]
+fn an_unreachable_etcd_fails_readyz_and_writes_get_a_5xx_status_in_bounded_time() {
+    use nix::sys::signal::Signal;
+    let rt = runtime();
+    let mut etcd = rt.block_on(LocalEtcd::start(1)).unwrap();
+    let s = server_on(&etcd, &["--controllers=-*"]);
+    let (code, body) = readyz(&s);
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("[+]etcd ok\n"), "{body}");
+
+    // A stopped etcd: connections stay open, nothing answers.
+    let pid = etcd.pid(0).unwrap();
+    signal(pid, Signal::SIGSTOP);
+    assert_fault_reported(&s, "stopped");
+    signal(pid, Signal::SIGCONT);
+    assert_recovered(&s, "after-stop");
+
+    // A killed etcd: connections refused; then it comes back on its data dir.
+    etcd.kill(0);
+    assert_fault_reported(&s, "killed");
+    etcd.restart(0).unwrap();
+    assert_recovered(&s, "after-kill");
+    let (code, out) = s.request("GET", "/api/v1/namespaces/default/services/after-stop", None, None).unwrap();
+    assert_eq!(code, 200, "{out}");
+}
