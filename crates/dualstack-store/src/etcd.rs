@@ -75,7 +75,10 @@ impl EtcdConfig {
 /// The etcd backend. Cheap to clone; clones share the connection.
 #[derive(Clone)]
 pub struct Etcd {
-    client: Client,
+    /// One client per endpoint: requests go to `current` and move to the next endpoint when
+    /// it cannot be reached (etcd-client's balancer keeps sending to a dead member).
+    clients: std::sync::Arc<Vec<Client>>,
+    current: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     keys: KeyMap,
     timeout: Duration,
     /// Bumped to ask every open watch for a progress report.
@@ -117,6 +120,18 @@ impl KeyMap {
 
 fn etcd_err(e: etcd_client::Error) -> StoreError {
     StoreError::Backend(format!("etcd: {e}"))
+}
+
+/// Whether a request certainly never reached etcd's state machine (safe to send elsewhere).
+fn not_sent(e: &etcd_client::Error) -> bool {
+    match e {
+        etcd_client::Error::TransportError(_) => true,
+        etcd_client::Error::GRpcStatus(s) => {
+            s.code() == tonic::Code::Unavailable
+                && (s.message().contains("connect") || s.message().contains("no leader"))
+        }
+        _ => false,
+    }
 }
 
 fn timed_out(timeout: Duration) -> StoreError {
@@ -163,15 +178,21 @@ impl Etcd {
             }
             options = options.with_tls(tls);
         }
-        let client = tokio::time::timeout(
-            config.request_timeout,
-            Client::connect(&config.endpoints, Some(options)),
-        )
-        .await
-        .map_err(|_| timed_out(config.request_timeout))?
-        .map_err(etcd_err)?;
+        let mut clients = Vec::new();
+        for endpoint in &config.endpoints {
+            // Connections are made lazily: a member that is down now is tried when needed.
+            let client = tokio::time::timeout(
+                config.request_timeout,
+                Client::connect([endpoint], Some(options.clone())),
+            )
+            .await
+            .map_err(|_| timed_out(config.request_timeout))?
+            .map_err(etcd_err)?;
+            clients.push(client);
+        }
         Ok(Self {
-            client,
+            clients: std::sync::Arc::new(clients),
+            current: std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0)),
             keys: KeyMap {
                 etcd_root: config.prefix.trim_end_matches('/').to_string(),
             },
@@ -180,15 +201,50 @@ impl Etcd {
         })
     }
 
-    /// Runs `f` under the request deadline.
-    async fn deadline<T>(
-        &self,
-        f: impl std::future::Future<Output = Result<T, etcd_client::Error>>,
-    ) -> Result<T, StoreError> {
-        tokio::time::timeout(self.timeout, f)
-            .await
-            .map_err(|_| timed_out(self.timeout))?
-            .map_err(etcd_err)
+    /// The endpoint requests go to now.
+    fn client(&self) -> (usize, Client) {
+        let i = self.current.load(std::sync::atomic::Ordering::Relaxed) % self.clients.len();
+        (i, self.clients[i].clone())
+    }
+
+    /// Endpoint `i` failed: move on to the next one (unless another request already did).
+    fn failed(&self, i: usize) {
+        let next = (i + 1) % self.clients.len();
+        let _ = self.current.compare_exchange(
+            i,
+            next,
+            std::sync::atomic::Ordering::Relaxed,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+
+    /// Runs one request under the deadline. A request that could not be sent (connection
+    /// refused, a member without a leader) is tried on the next endpoint; one that may have
+    /// reached etcd is never repeated (a transaction could have been applied), and its
+    /// endpoint is left for the next request.
+    async fn call<T, F, Fut>(&self, f: F) -> Result<T, StoreError>
+    where
+        F: Fn(Client) -> Fut,
+        Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let mut last = None;
+        for _ in 0..self.clients.len() {
+            let (i, c) = self.client();
+            match tokio::time::timeout_at(deadline, f(c)).await {
+                Ok(Ok(v)) => return Ok(v),
+                Ok(Err(e)) if not_sent(&e) => {
+                    self.failed(i);
+                    last = Some(e);
+                }
+                Ok(Err(e)) => return Err(etcd_err(e)),
+                Err(_) => {
+                    self.failed(i);
+                    return Err(timed_out(self.timeout));
+                }
+            }
+        }
+        Err(last.map_or_else(|| timed_out(self.timeout), etcd_err))
     }
 
     fn convert(&self, kv: &etcd_client::KeyValue) -> Result<KeyValue, StoreError> {
@@ -198,8 +254,9 @@ impl Etcd {
     /// Compacts etcd's history up to `revision`: watches from before it end with
     /// [`StoreError::Compacted`].
     pub async fn compact(&self, revision: Revision) -> Result<(), StoreError> {
-        let mut c = self.client.clone();
-        self.deadline(c.compact(revision, None)).await.map(|_| ())
+        self.call(|mut c| async move { c.compact(revision, None).await })
+            .await
+            .map(|_| ())
     }
 
     /// One round of upstream's compactor: whoever moves `compact_rev_key` from version `seen`
@@ -210,7 +267,6 @@ impl Etcd {
         seen: i64,
         last_rev: Revision,
     ) -> Result<(i64, Revision), StoreError> {
-        let mut c = self.client.clone();
         let txn = EtcdTxn::new()
             .when([EtcdCompare::version(
                 COMPACT_REV_KEY,
@@ -219,7 +275,12 @@ impl Etcd {
             )])
             .and_then([TxnOp::put(COMPACT_REV_KEY, last_rev.to_string(), None)])
             .or_else([TxnOp::get(COMPACT_REV_KEY, None)]);
-        let resp = self.deadline(c.txn(txn)).await?;
+        let resp = self
+            .call(|mut c| {
+                let txn = txn.clone();
+                async move { c.txn(txn).await }
+            })
+            .await?;
         let current = resp.header().map_or(0, |h| h.revision());
         if !resp.succeeded() {
             let version = resp
@@ -242,9 +303,13 @@ impl Etcd {
     /// Whether etcd answers a read under the prefix (kube-apiserver's `etcd` health check
     /// reads `<prefix>/health`).
     pub async fn ping(&self) -> Result<(), StoreError> {
-        let mut c = self.client.clone();
         let key = self.keys.to_etcd(&format!("{API_ROOT}/health"));
-        self.deadline(c.get(key, None)).await.map(|_| ())
+        self.call(|mut c| {
+            let key = key.clone();
+            async move { c.get(key, None).await }
+        })
+        .await
+        .map(|_| ())
     }
 }
 
@@ -288,17 +353,24 @@ fn range_end(prefix: &str) -> Vec<u8> {
 #[async_trait::async_trait]
 impl Backend for Etcd {
     async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
-        let mut c = self.client.clone();
-        let resp = self.deadline(c.get(self.keys.to_etcd(key), None)).await?;
+        let key = self.keys.to_etcd(key);
+        let resp = self
+            .call(|mut c| {
+                let key = key.clone();
+                async move { c.get(key, None).await }
+            })
+            .await?;
         resp.kvs().first().map(|kv| self.convert(kv)).transpose()
     }
 
     async fn list(&self, prefix: &str) -> Result<(Vec<KeyValue>, Revision), StoreError> {
-        let mut c = self.client.clone();
         let start = self.keys.to_etcd(prefix);
         let end = range_end(&start);
         let resp = self
-            .deadline(c.get(start, Some(GetOptions::new().with_range(end))))
+            .call(|mut c| {
+                let (start, end) = (start.clone(), end.clone());
+                async move { c.get(start, Some(GetOptions::new().with_range(end))).await }
+            })
             .await?;
         let revision = resp.header().map_or(0, |h| h.revision());
         let items = resp
@@ -330,8 +402,12 @@ impl Backend for Etcd {
             .map(|c| TxnOp::get(self.keys.to_etcd(&c.key), None))
             .collect();
         let request = EtcdTxn::new().when(compares).and_then(ops).or_else(reads);
-        let mut c = self.client.clone();
-        let resp = self.deadline(c.txn(request)).await?;
+        let resp = self
+            .call(|mut c| {
+                let request = request.clone();
+                async move { c.txn(request).await }
+            })
+            .await?;
         let revision = resp.header().map_or(0, |h| h.revision());
         if resp.succeeded() {
             return Ok(TxnResult::Committed { revision });
@@ -358,13 +434,13 @@ impl Backend for Etcd {
     }
 
     async fn current_revision(&self) -> Result<Revision, StoreError> {
-        let mut c = self.client.clone();
         // A count-only read of one key returns the store's revision in its header.
+        let key = self.keys.to_etcd(&format!("{API_ROOT}/health"));
         let resp = self
-            .deadline(c.get(
-                self.keys.to_etcd(&format!("{API_ROOT}/health")),
-                Some(GetOptions::new().with_count_only()),
-            ))
+            .call(|mut c| {
+                let key = key.clone();
+                async move { c.get(key, Some(GetOptions::new().with_count_only())).await }
+            })
             .await?;
         // Watches report how far they have got, so the watch cache reaches this revision even
         // when the last writes were outside its prefix.
@@ -414,13 +490,22 @@ impl Backend for Etcd {
             Done,
         }
         let far = || tokio::time::Instant::now() + Duration::from_secs(86_400);
+        let (endpoint, client) = self.client();
+        let this = self.clone();
         let stream = futures::stream::unfold(
-            (State::Start(self.client.clone(), start, options), wanted),
+            (State::Start(client, start, options), wanted),
             move |(state, mut wanted)| {
                 let keys = keys.clone();
+                let this = this.clone();
                 async move {
-                    // After an error the stream ends; its receiver is no longer needed.
-                    let done = |e| Some((Err(e), (State::Done, tokio::sync::watch::channel(0).1)));
+                    // After an error the stream ends (its receiver is no longer needed) and
+                    // the next watch goes to the next endpoint.
+                    let done = |e: StoreError| {
+                        if !matches!(e, StoreError::Compacted { .. }) {
+                            this.failed(endpoint);
+                        }
+                        Some((Err(e), (State::Done, tokio::sync::watch::channel(0).1)))
+                    };
                     let mut run = match state {
                         State::Done => return None,
                         State::Running(r) => r,
@@ -661,6 +746,41 @@ mod tests {
             matches!(w.next().await, Some(Err(StoreError::Compacted { .. }))),
             "history before revision {ra} should be gone"
         );
+    }
+
+    #[tokio::test]
+    async fn requests_and_watches_move_to_another_member_when_one_is_killed() {
+        let mut etcd = local::LocalEtcd::start(3).await.unwrap();
+        let s = etcd.connect().await.unwrap();
+        let mut w = s.watch("/registry/m/", 1).unwrap();
+        s.txn(put("/registry/m/a", "1")).await.unwrap();
+        assert_eq!(w.next().await.unwrap().unwrap()[0].kv.key, "/registry/m/a");
+        etcd.kill(0); // the member every request went to
+        // A request in flight on the broken connection fails (it may have reached etcd, so it
+        // is not repeated), and so may requests during the election that follows when the
+        // member led; then requests go to another member.
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            match s.txn(put("/registry/m/b", "1")).await {
+                Ok(r) => {
+                    assert!(matches!(r, TxnResult::Committed { .. }), "{r:?}");
+                    break;
+                }
+                Err(StoreError::Backend(e)) if std::time::Instant::now() < deadline => {
+                    eprintln!("retrying after: {e}");
+                }
+                Err(e) => panic!("no member took the write: {e}"),
+            }
+        }
+        assert!(s.get("/registry/m/b").await.unwrap().is_some());
+        // The broken watch ends; the next one goes elsewhere and replays from history.
+        let ended = w.next().await;
+        assert!(
+            matches!(ended, Some(Err(StoreError::Backend(_)))),
+            "{ended:?}"
+        );
+        let mut w = s.watch("/registry/m/", 2).unwrap();
+        assert_eq!(w.next().await.unwrap().unwrap()[0].kv.key, "/registry/m/b");
     }
 
     #[tokio::test]

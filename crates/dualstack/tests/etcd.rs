@@ -71,10 +71,20 @@ struct Outcome {
     errors: Vec<String>,
 }
 
-/// `clients_per_server` clients per server create `total` dual-stack NodePort Services
-/// concurrently; a client whose server fails moves on to the next server and retries.
+/// Each client creates `per_client` dual-stack NodePort Services, all clients concurrently; a
+/// client whose server fails moves on to the next client's server and retries.
 async fn create_load(clients: Vec<kube::Client>, per_client: usize) -> Outcome {
     let outcome = Arc::new(Mutex::new(Outcome::default()));
+    create_load_into(clients, per_client, outcome.clone()).await;
+    Arc::try_unwrap(outcome).unwrap().into_inner().unwrap()
+}
+
+/// [`create_load`] recording into `outcome` as it goes (so faults can be timed to it).
+async fn create_load_into(
+    clients: Vec<kube::Client>,
+    per_client: usize,
+    outcome: Arc<Mutex<Outcome>>,
+) {
     let n = clients.len();
     let mut tasks = Vec::new();
     for c in 0..n {
@@ -115,7 +125,6 @@ async fn create_load(clients: Vec<kube::Client>, per_client: usize) -> Outcome {
     for t in tasks {
         t.await.unwrap();
     }
-    Arc::try_unwrap(outcome).unwrap().into_inner().unwrap()
 }
 
 /// Every Service's ClusterIPs and NodePorts are unique; returns the names present.
@@ -237,7 +246,9 @@ fn assert_fault_reported(s: &TestServer, what: &str) {
     assert_eq!(status["status"], "Failure", "{status}");
     assert_eq!(status["code"], code, "{status}");
     assert!(
-        status["message"].as_str().is_some_and(|m| m.contains("etcd")),
+        status["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("etcd")),
         "{status}"
     );
     assert!(
@@ -280,6 +291,128 @@ fn an_unreachable_etcd_fails_readyz_and_writes_get_a_5xx_status_in_bounded_time(
     assert_fault_reported(&s, "killed");
     etcd.restart(0).unwrap();
     assert_recovered(&s, "after-kill");
-    let (code, out) = s.request("GET", "/api/v1/namespaces/default/services/after-stop", None, None).unwrap();
+    let (code, out) = s
+        .request(
+            "GET",
+            "/api/v1/namespaces/default/services/after-stop",
+            None,
+            None,
+        )
+        .unwrap();
     assert_eq!(code, 200, "{out}");
+}
+
+/// Waits until `outcome` holds at least `n` acknowledged creates.
+fn wait_acknowledged(outcome: &Mutex<Outcome>, n: usize) {
+    let got = common::eventually(Duration::from_secs(120), || {
+        (outcome.lock().unwrap().acknowledged.len() >= n).then_some(())
+    });
+    assert!(
+        got.is_some(),
+        "the load stalled at {} creates",
+        outcome.lock().unwrap().acknowledged.len()
+    );
+}
+
+#[test]
+fn acknowledged_creates_survive_the_loss_of_an_etcd_member_and_then_of_a_server() {
+    let rt = runtime();
+    let mut etcd = rt.block_on(LocalEtcd::start(3)).unwrap();
+    let mut a = server_on(&etcd, &["--controllers=-*"]);
+    let b = server_on(&etcd, &["--controllers=-*"]);
+    let (ca, cb) = rt.block_on(async { (client_of(&a).await, client_of(&b).await) });
+    let clients: Vec<kube::Client> = (0..16)
+        .map(|i| if i % 2 == 0 { ca.clone() } else { cb.clone() })
+        .collect();
+    let outcome = Arc::new(Mutex::new(Outcome::default()));
+    let load = rt.spawn(create_load_into(clients, 125, outcome.clone()));
+    wait_acknowledged(&outcome, 300);
+    etcd.kill(0);
+    wait_acknowledged(&outcome, 900);
+    a.kill9();
+    rt.block_on(load).unwrap();
+    let outcome = Arc::try_unwrap(outcome).unwrap().into_inner().unwrap();
+    assert!(outcome.errors.is_empty(), "failures: {:?}", outcome.errors);
+    // Every create was acknowledged or found to exist on a retry; every acknowledged one is
+    // there, read through the surviving server, with unique addresses.
+    assert!(
+        outcome.acknowledged.len() > 1900,
+        "{}",
+        outcome.acknowledged.len()
+    );
+    let services = rt.block_on(all_services(&cb));
+    let names = assert_unique_allocations(&services);
+    let missing: Vec<_> = outcome.acknowledged.difference(&names).collect();
+    assert!(missing.is_empty(), "acknowledged but lost: {missing:?}");
+    assert_eq!(names.len(), 2001, "every load Service and kubernetes");
+    // The killed server comes back on the surviving members and serves the same objects.
+    a.restart(None);
+    let again = rt.block_on(async { all_services(&client_of(&a).await).await });
+    assert_eq!(assert_unique_allocations(&again), names);
+}
+
+/// The holder of the controllers' Lease, read through `s`.
+fn lease_holder(s: &TestServer) -> Option<String> {
+    let (code, out) = s
+        .request(
+            "GET",
+            "/apis/coordination.k8s.io/v1/namespaces/kube-system/leases/dualstack-controller-manager",
+            None,
+            None,
+        )
+        .ok()?;
+    if code != 200 {
+        return None;
+    }
+    let v: serde_json::Value = serde_json::from_str(&out).ok()?;
+    v["spec"]["holderIdentity"].as_str().map(str::to_string)
+}
+
+#[test]
+fn the_controllers_fail_over_to_another_server_within_15_seconds() {
+    let rt = runtime();
+    let etcd = rt.block_on(LocalEtcd::start(1)).unwrap();
+    let pool = [
+        "--loadbalancer-ip-pool",
+        "198.51.100.0/24,2001:db8:1b::/120",
+    ];
+    let mut a = server_on(&etcd, &pool);
+    let first = common::eventually(Duration::from_secs(30), || lease_holder(&a))
+        .expect("server a never took the controllers' Lease");
+    let b = server_on(&etcd, &pool);
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        lease_holder(&b).as_deref(),
+        Some(first.as_str()),
+        "a keeps leading"
+    );
+    a.kill9();
+    let killed = Instant::now();
+    let second = common::eventually(Duration::from_secs(30), || {
+        lease_holder(&b).filter(|h| *h != first)
+    })
+    .expect("nobody took the Lease over");
+    let took = killed.elapsed();
+    assert!(took <= Duration::from_secs(15), "fail-over took {took:?}");
+    assert_ne!(second, first);
+    // The new leader's controllers work: a LoadBalancer Service gets both addresses.
+    b.create_json(
+        "/api/v1/namespaces/default/services",
+        serde_json::json!({
+            "apiVersion": "v1", "kind": "Service", "metadata": {"name": "lb"},
+            "spec": {"type": "LoadBalancer", "ipFamilyPolicy": "RequireDualStack",
+                     "ports": [{"port": 80}]}
+        }),
+    );
+    let ingress = common::eventually(Duration::from_secs(20), || {
+        let (_, v) = b.json_call("GET", "/api/v1/namespaces/default/services/lb", None, "");
+        let n = v["status"]["loadBalancer"]["ingress"]
+            .as_array()
+            .map_or(0, Vec::len);
+        (n == 2).then_some(v)
+    });
+    assert!(
+        ingress.is_some(),
+        "the LoadBalancer Service got no addresses after fail-over"
+    );
 }
