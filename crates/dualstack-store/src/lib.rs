@@ -11,6 +11,7 @@
 //!   transaction, so throughput does not stop at one fsync per write.
 //! - [`etcd`]: etcd v3 (`--etcd-servers`), for several API servers on one store; its
 //!   [`etcd::local`] starts real etcd members on loopback for tests and the lab.
+//! - [`migrate`]: copies a store into another (`dualstack migrate`: embedded → etcd).
 //! - [`probe`]: a fault-injection point behind the embedded backend (counts writes and fsyncs,
 //!   fails fsyncs on demand), for the tests that prove an acknowledged write is on disk.
 //! - [`cache`]: the watch cache the API server reads from (lists, gets, watches with history and
@@ -26,6 +27,7 @@ pub mod cache;
 mod conformance;
 pub mod embedded;
 pub mod etcd;
+pub mod migrate;
 pub mod probe;
 
 /// The largest value a key may hold, in bytes: etcd's default `--max-request-bytes` (1.5 MiB).

@@ -56,6 +56,9 @@ enum Command {
     /// ip-masq-agent for both families: masquerades traffic to destinations outside
     /// `nonMasqueradeCIDRs` to the node's address (nftables tables `ip`/`ip6 dualstack-masq`).
     MasqAgent(cmd::masq_agent::MasqAgentArgs),
+    /// Copy a data dir's embedded store into etcd (every object and allocation), resumable;
+    /// the data dir then serves with --etcd-servers.
+    Migrate(cmd::migrate::MigrateArgs),
 }
 
 fn main() -> ExitCode {
@@ -77,6 +80,7 @@ fn main() -> ExitCode {
         Command::Exec(args) => cmd::exec::run(args),
         Command::Down(args) => cmd::down::run(args),
         Command::MasqAgent(args) => cmd::masq_agent::run(args),
+        Command::Migrate(args) => cmd::migrate::run(args),
         Command::Cni(_) => return cmd::cni::run(),
     };
     match result {

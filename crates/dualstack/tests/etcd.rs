@@ -416,3 +416,118 @@ fn the_controllers_fail_over_to_another_server_within_15_seconds() {
         "the LoadBalancer Service got no addresses after fail-over"
     );
 }
+
+/// `dualstack migrate` with these flags: (success, stdout + stderr).
+fn migrate(args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new(common::binary())
+        .arg("migrate")
+        .args(args)
+        .output()
+        .expect("run dualstack migrate");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// What must survive a migration: per Service its uid, ClusterIPs and NodePorts.
+fn service_facts(s: &TestServer) -> Vec<(String, String, Vec<String>, Vec<i64>)> {
+    let (code, list) = s.json_call("GET", "/api/v1/services", None, "");
+    assert_eq!(code, 200, "{list}");
+    let mut out: Vec<_> = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|svc| {
+            (
+                format!(
+                    "{}/{}",
+                    svc["metadata"]["namespace"].as_str().unwrap(),
+                    svc["metadata"]["name"].as_str().unwrap()
+                ),
+                svc["metadata"]["uid"].as_str().unwrap().to_string(),
+                svc["spec"]["clusterIPs"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|ip| ip.as_str().unwrap().to_string())
+                    .collect(),
+                svc["spec"]["ports"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .filter_map(|p| p["nodePort"].as_i64())
+                    .collect(),
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+#[test]
+fn a_migrated_data_dir_serves_the_same_objects_from_etcd() {
+    let rt = runtime();
+    let etcd = rt.block_on(LocalEtcd::start(1)).unwrap();
+    let mut s = TestServer::start(&[
+        "--controllers=-*",
+        "--service-cluster-ip-range",
+        SERVICE_RANGES,
+    ]);
+    for i in 0..40 {
+        let body = serde_json::to_value(dual_stack_node_port(&format!("svc-{i}"))).unwrap();
+        s.create_json("/api/v1/namespaces/default/services", body);
+    }
+    let cm = s.create_json(
+        "/api/v1/namespaces/default/configmaps",
+        serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "settings"}, "data": {"a": "1"}}),
+    );
+    let before = service_facts(&s);
+    assert_eq!(before.len(), 41);
+    s.kill9();
+
+    let data_dir = s.data_dir.display().to_string();
+    let servers = format!("--etcd-servers={}", etcd.servers_flag());
+    let base = ["--data-dir", data_dir.as_str(), servers.as_str()];
+    // Interrupted after one transaction, then resumed.
+    let (ok, out) = migrate(&[&base[..], &["--max-batches", "1"]].concat());
+    assert!(!ok && out.contains("run again to resume"), "{out}");
+    let (ok, out) = migrate(&base);
+    assert!(ok && out.contains("resumed"), "{out}");
+    // A finished migration is not run again into the now non-empty etcd.
+    let (ok, out) = migrate(&base);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("refusing to migrate into a non-empty store without --force"),
+        "{out}"
+    );
+    let (ok, out) = migrate(&[&base[..], &["--force"]].concat());
+    assert!(ok, "{out}");
+
+    s.restart(Some(&[
+        servers.as_str(),
+        "--controllers=-*",
+        "--service-cluster-ip-range",
+        SERVICE_RANGES,
+    ]));
+    assert!(readyz(&s).1.contains("etcd"), "not serving from etcd");
+    assert_eq!(service_facts(&s), before);
+    let (code, got) = s.json_call(
+        "GET",
+        "/api/v1/namespaces/default/configmaps/settings",
+        None,
+        "",
+    );
+    assert_eq!(code, 200, "{got}");
+    assert_eq!(got["data"], cm["data"]);
+    assert_eq!(got["metadata"]["uid"], cm["metadata"]["uid"]);
+    // The allocations came along: a new Service gets addresses no migrated one holds.
+    let body = serde_json::to_value(dual_stack_node_port("after")).unwrap();
+    s.create_json("/api/v1/namespaces/default/services", body);
+    let (_, list) = s.json_call("GET", "/api/v1/services", None, "");
+    let services: Vec<Service> = serde_json::from_value(list["items"].clone()).unwrap();
+    assert_eq!(assert_unique_allocations(&services).len(), 42);
+}

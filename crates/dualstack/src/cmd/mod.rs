@@ -7,6 +7,7 @@ pub mod controller_manager;
 pub mod down;
 pub mod exec;
 pub mod masq_agent;
+pub mod migrate;
 pub mod proxy;
 pub mod server;
 pub mod shim;

@@ -14,6 +14,56 @@ use dualstack_apiserver::config::ServerConfig;
 
 use crate::flags::{ControllerFlags, FeatureGateFlags, NodeIpamFlags, ServiceNetworkFlags};
 
+/// kube-apiserver's etcd flags (`dualstack server`, `dualstack migrate`).
+#[derive(Debug, Clone, Args)]
+pub struct EtcdFlags {
+    /// List of etcd servers to connect with (scheme://ip:port), comma separated. Without it
+    /// the embedded store in --data-dir is used.
+    #[arg(long = "etcd-servers", value_name = "strings", value_delimiter = ',')]
+    pub servers: Vec<String>,
+
+    /// SSL Certificate Authority file used to secure etcd communication.
+    #[arg(long = "etcd-cafile", value_name = "string")]
+    pub cafile: Option<PathBuf>,
+
+    /// SSL certification file used to secure etcd communication.
+    #[arg(long = "etcd-certfile", value_name = "string")]
+    pub certfile: Option<PathBuf>,
+
+    /// SSL key file used to secure etcd communication.
+    #[arg(long = "etcd-keyfile", value_name = "string")]
+    pub keyfile: Option<PathBuf>,
+
+    /// The prefix to prepend to all resource paths in etcd.
+    #[arg(
+        long = "etcd-prefix",
+        value_name = "string",
+        default_value = "/registry"
+    )]
+    pub prefix: String,
+}
+
+impl EtcdFlags {
+    /// The etcd client configuration, when `--etcd-servers` is given.
+    pub fn etcd_config(&self) -> Option<dualstack_store::etcd::EtcdConfig> {
+        let servers: Vec<String> = self
+            .servers
+            .iter()
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect();
+        if servers.is_empty() {
+            return None;
+        }
+        let mut config = dualstack_store::etcd::EtcdConfig::new(servers);
+        config.ca_file = self.cafile.clone();
+        config.cert_file = self.certfile.clone();
+        config.key_file = self.keyfile.clone();
+        config.prefix = self.prefix.clone();
+        Some(config)
+    }
+}
+
 /// Flags of `dualstack server`.
 #[derive(Debug, Clone, Args)]
 pub struct ServerArgs {
@@ -68,30 +118,8 @@ pub struct ServerArgs {
     )]
     pub max_untrusted_connections: usize,
 
-    /// List of etcd servers to connect with (scheme://ip:port), comma separated. Without it
-    /// the embedded store in --data-dir is used.
-    #[arg(long = "etcd-servers", value_name = "strings", value_delimiter = ',')]
-    pub etcd_servers: Vec<String>,
-
-    /// SSL Certificate Authority file used to secure etcd communication.
-    #[arg(long = "etcd-cafile", value_name = "string")]
-    pub etcd_cafile: Option<PathBuf>,
-
-    /// SSL certification file used to secure etcd communication.
-    #[arg(long = "etcd-certfile", value_name = "string")]
-    pub etcd_certfile: Option<PathBuf>,
-
-    /// SSL key file used to secure etcd communication.
-    #[arg(long = "etcd-keyfile", value_name = "string")]
-    pub etcd_keyfile: Option<PathBuf>,
-
-    /// The prefix to prepend to all resource paths in etcd.
-    #[arg(
-        long = "etcd-prefix",
-        value_name = "string",
-        default_value = "/registry"
-    )]
-    pub etcd_prefix: String,
+    #[command(flatten)]
+    pub etcd: EtcdFlags,
 
     /// The interval of compaction requests. If 0, the compaction request from apiserver is
     /// disabled.
@@ -113,25 +141,6 @@ pub struct ServerArgs {
 }
 
 impl ServerArgs {
-    /// The etcd client configuration, when `--etcd-servers` is given.
-    pub fn etcd_config(&self) -> Option<dualstack_store::etcd::EtcdConfig> {
-        let servers: Vec<String> = self
-            .etcd_servers
-            .iter()
-            .map(|s| s.trim().to_string())
-            .filter(|s| !s.is_empty())
-            .collect();
-        if servers.is_empty() {
-            return None;
-        }
-        let mut config = dualstack_store::etcd::EtcdConfig::new(servers);
-        config.ca_file = self.etcd_cafile.clone();
-        config.cert_file = self.etcd_certfile.clone();
-        config.key_file = self.etcd_keyfile.clone();
-        config.prefix = self.etcd_prefix.clone();
-        Some(config)
-    }
-
     /// Validates every flag (upstream's order and messages) into a server configuration.
     pub fn resolve(&self) -> Result<(ServerConfig, Option<NodeIpamConfig>), ConfigErrors> {
         let gates = FeatureGates::parse(&self.gates.feature_gates)?;
@@ -210,7 +219,7 @@ fn netns_listener(v: &str) -> Result<(PathBuf, std::net::SocketAddr), String> {
 /// Runs the server until interrupted.
 pub fn run(args: ServerArgs) -> Result<()> {
     let (config, ipam) = args.resolve()?;
-    let etcd = args.etcd_config();
+    let etcd = args.etcd.etcd_config();
     let identity = crate::cmd::controller_manager::server_identity(&config.data_dir);
     let controllers = args.controllers.manager_config(ipam, identity, false)?;
     crate::cmd::init_tracing();
