@@ -59,6 +59,9 @@ enum Command {
     /// Copy a data dir's embedded store into etcd (every object and allocation), resumable;
     /// the data dir then serves with --etcd-servers.
     Migrate(cmd::migrate::MigrateArgs),
+    /// A loopback TCP balancer in front of several API servers (`up --ha` runs it).
+    #[command(hide = true)]
+    Lb(cmd::lb::LbArgs),
 }
 
 fn main() -> ExitCode {
@@ -81,6 +84,7 @@ fn main() -> ExitCode {
         Command::Down(args) => cmd::down::run(args),
         Command::MasqAgent(args) => cmd::masq_agent::run(args),
         Command::Migrate(args) => cmd::migrate::run(args),
+        Command::Lb(args) => cmd::lb::run(args),
         Command::Cni(_) => return cmd::cni::run(),
     };
     match result {

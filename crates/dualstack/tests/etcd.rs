@@ -531,3 +531,60 @@ fn a_migrated_data_dir_serves_the_same_objects_from_etcd() {
     let services: Vec<Service> = serde_json::from_value(list["items"].clone()).unwrap();
     assert_eq!(assert_unique_allocations(&services).len(), 42);
 }
+
+/// The `renewTime` of every node Lease of a lab.
+fn node_lease_renewals(lab: &common::lab::Lab) -> Vec<String> {
+    let v = lab.json(&["get", "leases", "-n", "kube-node-lease"]);
+    let mut out: Vec<String> = v["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["spec"]["renewTime"].as_str().unwrap_or("").to_string())
+        .collect();
+    out.sort();
+    out
+}
+
+#[test]
+fn an_ha_lab_keeps_serving_kubectl_and_the_agents_when_a_server_dies() {
+    let lab = common::lab::Lab::up("ds-etcd-ha", 2, &["--ha"]);
+    let run = lab.path().join("run");
+    for p in [
+        "etcd-0", "etcd-1", "etcd-2", "server", "server-1", "server-2", "lb",
+    ] {
+        assert!(run.join(format!("{p}.pid")).exists(), "{p} is not running");
+    }
+    let pid_of = |name: &str| -> u32 {
+        let text = std::fs::read_to_string(run.join(format!("{name}.pid"))).unwrap();
+        text.split_whitespace().next().unwrap().parse().unwrap()
+    };
+    // The server kubectl and the agents reached first dies.
+    signal(pid_of("server"), nix::sys::signal::Signal::SIGKILL);
+    let killed = std::time::SystemTime::now();
+    let nodes = lab.json(&["get", "nodes"]);
+    assert_eq!(nodes["items"].as_array().unwrap().len(), 2, "{nodes}");
+    lab.apply(
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: after-failover\nspec:\n  ipFamilyPolicy: RequireDualStack\n  ports:\n  - port: 80\n",
+    );
+    let svc = lab.json(&["get", "service", "after-failover"]);
+    assert_eq!(
+        svc["spec"]["clusterIPs"].as_array().unwrap().len(),
+        2,
+        "{svc}"
+    );
+    // The agents renew their Leases through another server (every 10 s).
+    let since = jiff::Timestamp::try_from(killed).unwrap();
+    let renewed = common::eventually(Duration::from_secs(30), || {
+        let all = node_lease_renewals(&lab);
+        all.iter()
+            .all(|t| t.parse::<jiff::Timestamp>().is_ok_and(|t| t > since))
+            .then_some(all)
+    });
+    assert!(
+        renewed.is_some(),
+        "the node Leases were not renewed after the server died: {:?}",
+        node_lease_renewals(&lab)
+    );
+    let nodes = lab.kubectl_ok(&["get", "nodes", "--no-headers"]);
+    assert_eq!(nodes.matches(" Ready ").count(), 2, "{nodes}");
+}

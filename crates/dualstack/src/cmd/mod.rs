@@ -6,6 +6,7 @@ pub mod cni;
 pub mod controller_manager;
 pub mod down;
 pub mod exec;
+pub mod lb;
 pub mod masq_agent;
 pub mod migrate;
 pub mod proxy;
