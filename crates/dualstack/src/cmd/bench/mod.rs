@@ -7,6 +7,7 @@ use clap::{Args, Subcommand};
 
 mod api;
 mod controllers;
+mod etcd;
 mod nodes;
 mod proxy;
 mod services;
@@ -34,6 +35,9 @@ enum Suite {
     /// Issue 10 (root): connect latency through our nftables ruleset vs kube-proxy's
     /// iptables layout at 10 / 1,000 / 10,000 Services, full and one-Service syncs, memory.
     Proxy(proxy::ProxyBenchArgs),
+    /// Issue 13: durable Service creates on the embedded store vs etcd (1 and 3 members),
+    /// beside `etcdctl check perf` on the same etcd.
+    Etcd(etcd::EtcdArgs),
 }
 
 /// Runs a suite.
@@ -44,5 +48,6 @@ pub fn run(args: BenchArgs) -> Result<()> {
         Suite::Controllers(a) => controllers::run(a),
         Suite::Nodes(a) => nodes::run(a),
         Suite::Proxy(a) => proxy::run(a),
+        Suite::Etcd(a) => etcd::run(a),
     }
 }
