@@ -101,14 +101,14 @@ struct KeyMap {
 }
 
 impl KeyMap {
-    fn to_etcd(&self, key: &str) -> String {
+    fn etcd_key(&self, key: &str) -> String {
         match key.strip_prefix(API_ROOT) {
             Some(rest) => format!("{}{rest}", self.etcd_root),
             None => key.to_string(),
         }
     }
 
-    fn from_etcd(&self, key: &[u8]) -> Result<String, StoreError> {
+    fn api_key(&self, key: &[u8]) -> Result<String, StoreError> {
         let key = std::str::from_utf8(key)
             .map_err(|_| StoreError::Backend("etcd returned a key that is not UTF-8".into()))?;
         Ok(match key.strip_prefix(self.etcd_root.as_str()) {
@@ -303,7 +303,7 @@ impl Etcd {
     /// Whether etcd answers a read under the prefix (kube-apiserver's `etcd` health check
     /// reads `<prefix>/health`).
     pub async fn ping(&self) -> Result<(), StoreError> {
-        let key = self.keys.to_etcd(&format!("{API_ROOT}/health"));
+        let key = self.keys.etcd_key(&format!("{API_ROOT}/health"));
         self.call(|mut c| {
             let key = key.clone();
             async move { c.get(key, None).await }
@@ -330,7 +330,7 @@ pub async fn compaction_loop(etcd: Etcd, interval: Duration) {
 }
 
 fn compare_of(keys: &KeyMap, c: &Compare) -> EtcdCompare {
-    let key = keys.to_etcd(&c.key);
+    let key = keys.etcd_key(&c.key);
     match c.condition {
         Condition::Absent => EtcdCompare::version(key, CompareOp::Equal, 0),
         Condition::Present => EtcdCompare::version(key, CompareOp::Greater, 0),
@@ -353,7 +353,7 @@ fn range_end(prefix: &str) -> Vec<u8> {
 #[async_trait::async_trait]
 impl Backend for Etcd {
     async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
-        let key = self.keys.to_etcd(key);
+        let key = self.keys.etcd_key(key);
         let resp = self
             .call(|mut c| {
                 let key = key.clone();
@@ -364,7 +364,7 @@ impl Backend for Etcd {
     }
 
     async fn list(&self, prefix: &str) -> Result<(Vec<KeyValue>, Revision), StoreError> {
-        let start = self.keys.to_etcd(prefix);
+        let start = self.keys.etcd_key(prefix);
         let end = range_end(&start);
         let resp = self
             .call(|mut c| {
@@ -392,14 +392,14 @@ impl Backend for Etcd {
             .ops
             .iter()
             .map(|op| match op {
-                Op::Put { key, value } => TxnOp::put(self.keys.to_etcd(key), value.to_vec(), None),
-                Op::Delete { key } => TxnOp::delete(self.keys.to_etcd(key), None),
+                Op::Put { key, value } => TxnOp::put(self.keys.etcd_key(key), value.to_vec(), None),
+                Op::Delete { key } => TxnOp::delete(self.keys.etcd_key(key), None),
             })
             .collect();
         let reads: Vec<TxnOp> = txn
             .compares
             .iter()
-            .map(|c| TxnOp::get(self.keys.to_etcd(&c.key), None))
+            .map(|c| TxnOp::get(self.keys.etcd_key(&c.key), None))
             .collect();
         let request = EtcdTxn::new().when(compares).and_then(ops).or_else(reads);
         let resp = self
@@ -435,7 +435,7 @@ impl Backend for Etcd {
 
     async fn current_revision(&self) -> Result<Revision, StoreError> {
         // A count-only read of one key returns the store's revision in its header.
-        let key = self.keys.to_etcd(&format!("{API_ROOT}/health"));
+        let key = self.keys.etcd_key(&format!("{API_ROOT}/health"));
         let resp = self
             .call(|mut c| {
                 let key = key.clone();
@@ -467,7 +467,7 @@ impl Backend for Etcd {
         after: Revision,
     ) -> Result<ProgressStream, StoreError> {
         let keys = self.keys.clone();
-        let start = keys.to_etcd(prefix);
+        let start = keys.etcd_key(prefix);
         let options = WatchOptions::new()
             .with_range(range_end(&start))
             .with_start_revision(after + 1)
@@ -485,7 +485,7 @@ impl Backend for Etcd {
             pending: bool,
         }
         enum State {
-            Start(Client, String, WatchOptions),
+            Start(Box<(Client, String, WatchOptions)>),
             Running(Box<Running>),
             Done,
         }
@@ -493,7 +493,7 @@ impl Backend for Etcd {
         let (endpoint, client) = self.client();
         let this = self.clone();
         let stream = futures::stream::unfold(
-            (State::Start(client, start, options), wanted),
+            (State::Start(Box::new((client, start, options))), wanted),
             move |(state, mut wanted)| {
                 let keys = keys.clone();
                 let this = this.clone();
@@ -509,7 +509,8 @@ impl Backend for Etcd {
                     let mut run = match state {
                         State::Done => return None,
                         State::Running(r) => r,
-                        State::Start(mut client, start, options) => {
+                        State::Start(start) => {
+                            let (mut client, start, options) = *start;
                             match tokio::time::timeout(timeout, client.watch(start, Some(options)))
                                 .await
                             {
@@ -609,7 +610,7 @@ impl Backend for Etcd {
 
 fn convert_kv(keys: &KeyMap, kv: &etcd_client::KeyValue) -> Result<KeyValue, StoreError> {
     Ok(KeyValue {
-        key: keys.from_etcd(kv.key())?,
+        key: keys.api_key(kv.key())?,
         value: Bytes::copy_from_slice(kv.value()),
         create_revision: kv.create_revision(),
         mod_revision: kv.mod_revision(),
@@ -631,7 +632,7 @@ fn convert_event(keys: &KeyMap, e: &etcd_client::Event) -> Result<Event, StoreEr
             // etcd's delete event carries only the key and the deletion's revision; the last
             // value is the previous one.
             let mut last = prev.clone().unwrap_or(KeyValue {
-                key: keys.from_etcd(kv.key())?,
+                key: keys.api_key(kv.key())?,
                 value: Bytes::new(),
                 create_revision: 0,
                 mod_revision: 0,
@@ -808,20 +809,19 @@ mod tests {
             etcd_root: "/cluster-a".into(),
         };
         assert_eq!(
-            m.to_etcd("/registry/services/specs/default/web"),
+            m.etcd_key("/registry/services/specs/default/web"),
             "/cluster-a/services/specs/default/web"
         );
         assert_eq!(
-            m.from_etcd(b"/cluster-a/services/specs/default/web")
-                .unwrap(),
+            m.api_key(b"/cluster-a/services/specs/default/web").unwrap(),
             "/registry/services/specs/default/web"
         );
         let default = KeyMap {
             etcd_root: "/registry".into(),
         };
-        assert_eq!(default.to_etcd("/registry/pods/a/b"), "/registry/pods/a/b");
-        assert_eq!(m.to_etcd("/a"), "/a");
-        assert_eq!(m.from_etcd(b"/a").unwrap(), "/a");
+        assert_eq!(default.etcd_key("/registry/pods/a/b"), "/registry/pods/a/b");
+        assert_eq!(m.etcd_key("/a"), "/a");
+        assert_eq!(m.api_key(b"/a").unwrap(), "/a");
     }
 
     #[test]
