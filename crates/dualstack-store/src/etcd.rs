@@ -784,6 +784,139 @@ mod tests {
         assert_eq!(w.next().await.unwrap().unwrap()[0].kv.key, "/registry/m/b");
     }
 
+    fn openssl(dir: &std::path::Path, args: &[&str]) {
+        let out = std::process::Command::new("openssl")
+            .current_dir(dir)
+            .args(args)
+            .output()
+            .expect("run openssl (scripts/test installs it)");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// A CA and a certificate signed by it for `name` (with 127.0.0.1 as its address).
+    fn issue(dir: &std::path::Path, name: &str) {
+        openssl(
+            dir,
+            &[
+                "req",
+                "-new",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+                "-keyout",
+                &format!("{name}.key"),
+                "-out",
+                &format!("{name}.csr"),
+                "-subj",
+                &format!("/CN={name}"),
+            ],
+        );
+        std::fs::write(
+            dir.join(format!("{name}.ext")),
+            "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n",
+        )
+        .unwrap();
+        openssl(
+            dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &format!("{name}.csr"),
+                "-CA",
+                "ca.crt",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-days",
+                "1",
+                "-out",
+                &format!("{name}.crt"),
+                "-extfile",
+                &format!("{name}.ext"),
+            ],
+        );
+    }
+
+    #[tokio::test]
+    async fn tls_with_a_client_certificate_reaches_an_etcd_that_requires_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        openssl(
+            d,
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.crt",
+                "-days",
+                "1",
+                "-subj",
+                "/CN=etcd-ca",
+            ],
+        );
+        issue(d, "server");
+        issue(d, "client");
+        let spec = local::plan(d, 1).unwrap().remove(0);
+        let client_url = spec.client_url.replace("http://", "https://");
+        let path = |f: &str| d.join(f).display().to_string();
+        let mut child = std::process::Command::new(local::etcd_binary())
+            .args(spec.args(std::slice::from_ref(&spec), "tls"))
+            .arg(format!("--listen-client-urls={client_url}"))
+            .arg(format!("--advertise-client-urls={client_url}"))
+            .arg(format!("--cert-file={}", path("server.crt")))
+            .arg(format!("--key-file={}", path("server.key")))
+            .arg(format!("--trusted-ca-file={}", path("ca.crt")))
+            .arg("--client-cert-auth")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut config = EtcdConfig::new(vec![client_url]);
+        config.ca_file = Some(d.join("ca.crt"));
+        config.cert_file = Some(d.join("client.crt"));
+        config.key_file = Some(d.join("client.key"));
+        config.request_timeout = Duration::from_secs(2);
+        let mut result = None;
+        for _ in 0..100 {
+            if let Ok(s) = Etcd::connect(&config).await
+                && let Ok(r) = s.txn(put("/registry/tls/a", "1")).await
+            {
+                result = Some(r);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // Without the client certificate the same etcd refuses.
+        let mut anonymous = config.clone();
+        anonymous.cert_file = None;
+        anonymous.key_file = None;
+        let refused = match Etcd::connect(&anonymous).await {
+            Ok(s) => s.get("/registry/tls/a").await.is_err(),
+            Err(_) => true,
+        };
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(
+            matches!(result, Some(TxnResult::Committed { .. })),
+            "no write over TLS: {result:?}"
+        );
+        assert!(refused, "etcd answered a client without a certificate");
+    }
+
     #[tokio::test]
     async fn a_store_whose_etcd_is_gone_fails_requests_within_the_deadline() {
         let mut etcd = local::LocalEtcd::start(1).await.unwrap();
