@@ -88,9 +88,19 @@ impl LocalEtcd {
             .prefix("dualstack-etcd-")
             .tempdir()
             .map_err(io)?;
-        let mut etcd = Self::start_in(dir.path(), n).await?;
-        etcd._dir = Some(dir);
-        Ok(etcd)
+        // A free port can be taken by someone else between the probe and etcd's bind: try
+        // again with other ports.
+        let mut last = None;
+        for attempt in 0..3 {
+            match Self::start_in(&dir.path().join(format!("try-{attempt}")), n).await {
+                Ok(mut etcd) => {
+                    etcd._dir = Some(dir);
+                    return Ok(etcd);
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.expect("three attempts"))
     }
 
     /// Starts `n` members with their data under `dir` and waits until the cluster answers.
@@ -107,7 +117,7 @@ impl LocalEtcd {
             let child = etcd.spawn(i)?;
             etcd.children.push(Some(child));
         }
-        etcd.wait_ready(Duration::from_secs(30)).await?;
+        etcd.wait_ready(Duration::from_secs(20)).await?;
         Ok(etcd)
     }
 
@@ -135,6 +145,12 @@ impl LocalEtcd {
         let mut config = self.config();
         config.request_timeout = Duration::from_secs(2);
         loop {
+            if let Some(i) = self.exited() {
+                return Err(StoreError::Backend(format!(
+                    "etcd member {i} exited; see {}",
+                    self.members[i].data_dir.with_extension("log").display()
+                )));
+            }
             let err = match Etcd::connect(&config).await {
                 Ok(c) => match c.ping().await {
                     Ok(()) => return Ok(()),
@@ -149,6 +165,20 @@ impl LocalEtcd {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// A member that was started and has exited.
+    fn exited(&self) -> Option<usize> {
+        // `try_wait` needs `&mut`; a zero-signal probe tells the same without reaping.
+        self.children.iter().enumerate().find_map(|(i, c)| {
+            let pid = c.as_ref()?.id();
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok();
+            let zombie = stat
+                .as_deref()
+                .and_then(|s| s.rfind(')').map(|j| s[j + 2..].starts_with('Z')))
+                .unwrap_or(true);
+            zombie.then_some(i)
+        })
     }
 
     /// The members' client URLs.
