@@ -588,3 +588,28 @@ fn an_ha_lab_keeps_serving_kubectl_and_the_agents_when_a_server_dies() {
     let nodes = lab.kubectl_ok(&["get", "nodes", "--no-headers"]);
     assert_eq!(nodes.matches(" Ready ").count(), 2, "{nodes}");
 }
+
+#[test]
+fn a_list_on_one_server_right_after_a_create_on_the_other_includes_it() {
+    let rt = runtime();
+    let etcd = rt.block_on(LocalEtcd::start(1)).unwrap();
+    let a = server_on(&etcd, &["--controllers=-*"]);
+    let b = server_on(&etcd, &["--controllers=-*"]);
+    rt.block_on(async {
+        let (ca, cb) = (client_of(&a).await, client_of(&b).await);
+        for i in 0..40 {
+            let (writer, reader) = if i % 2 == 0 { (&ca, &cb) } else { (&cb, &ca) };
+            let name = format!("rw-{i}");
+            let api: Api<Service> = Api::namespaced(writer.clone(), "default");
+            api.create(&PostParams::default(), &dual_stack_node_port(&name))
+                .await
+                .unwrap();
+            // A list without resourceVersion is a consistent read on every server.
+            let names = assert_unique_allocations(&all_services(reader).await);
+            assert!(
+                names.contains(&name),
+                "{name} missing from the other server's list"
+            );
+        }
+    });
+}
