@@ -147,7 +147,10 @@ async fn run_async(args: EtcdArgs) -> Result<()> {
     }
     for (label, verdict) in perf {
         report.row(
-            format!("{label}: `etcdctl check perf --load=s`"),
+            format!(
+                "{label}: `etcdctl check perf --load={}`",
+                args.check_perf_load
+            ),
             verdict,
             "",
             None,
