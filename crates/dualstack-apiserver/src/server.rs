@@ -637,10 +637,11 @@ async fn health(State(s): State<AppState>, headers: HeaderMap, uri: Uri) -> Resp
 
 async fn health_checks(s: &AppState) -> Vec<crate::health::Check> {
     use crate::health::Check;
-    let storage = match tokio::time::timeout(
-        Duration::from_secs(2),
-        s.rc.storage.backend.current_revision(),
-    )
+    let backend = &s.rc.storage.backend;
+    let storage = match tokio::time::timeout(Duration::from_secs(2), async {
+        backend.health().await?;
+        backend.current_revision().await
+    })
     .await
     {
         Ok(Ok(_)) => None,
@@ -657,7 +658,8 @@ async fn health_checks(s: &AppState) -> Vec<crate::health::Check> {
             failure: None,
         },
         Check {
-            name: "storage",
+            // `etcd` on etcd, as upstream's.
+            name: backend.health_check_name(),
             failure: storage,
         },
         Check {

@@ -28,6 +28,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::plan::{self, NODE_API_PORT, OUTSIDE, Plan, SWITCH};
 
+pub mod ha;
+
 /// What `up` was asked for.
 #[derive(Debug, Clone)]
 pub struct UpOptions {
@@ -43,6 +45,8 @@ pub struct UpOptions {
     pub exe: PathBuf,
     /// How long to wait for every node to be Ready.
     pub timeout: Duration,
+    /// `--ha`: 3 etcd members and 3 servers behind a balancer (see [`ha`]).
+    pub ha: bool,
 }
 
 /// What `up` found and did.
@@ -66,6 +70,9 @@ struct State {
     plan: Plan,
     port: u16,
     server_flags: Vec<String>,
+    /// Set for an `--ha` lab.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ha: Option<ha::HaState>,
 }
 
 /// Paths inside a lab's data dir.
@@ -104,12 +111,15 @@ impl Layout {
         self.dir.join("run").join(format!("{process}.pid"))
     }
     /// Everything `up` creates, for `down`.
-    fn made(&self) -> [PathBuf; 7] {
+    fn made(&self) -> [PathBuf; 10] {
         [
             self.state(),
             self.kubeconfig(),
             self.dir.join("netns"),
             self.server_dir(),
+            self.dir.join("etcd"),
+            self.dir.join(ha::server_name(1)),
+            self.dir.join(ha::server_name(2)),
             self.dir.join("nodes"),
             self.dir.join("logs"),
             self.dir.join("run"),
@@ -173,6 +183,14 @@ pub async fn up(opts: &UpOptions) -> Result<UpReport> {
                     l.dir.display()
                 );
             }
+            if opts.ha != s.ha.is_some() {
+                bail!(
+                    "the lab in {} was made {} --ha: run `dualstack down --data-dir {}` first",
+                    l.dir.display(),
+                    if s.ha.is_some() { "with" } else { "without" },
+                    l.dir.display()
+                );
+            }
             if !opts.server_flags.is_empty() && opts.server_flags != s.server_flags {
                 bail!(
                     "the lab in {} was made with other flags ({}): run `dualstack down --data-dir {}` first",
@@ -189,6 +207,7 @@ pub async fn up(opts: &UpOptions) -> Result<UpReport> {
                 plan,
                 port: free_port()?,
                 server_flags: opts.server_flags.clone(),
+                ha: opts.ha.then(ha::HaState::new).transpose()?,
             };
             write_atomic(&l.state(), &serde_json::to_vec_pretty(&s)?)?;
             s
@@ -213,14 +232,35 @@ pub async fn up(opts: &UpOptions) -> Result<UpReport> {
         started = true;
     }
 
+    if let Some(ha) = &state.ha {
+        started |= ha::start_etcd(&l, ha, opts.timeout).await?;
+    }
     if !alive(&l.pid("server")) {
-        start_server(&l, &state, &opts.exe)?;
+        match &state.ha {
+            Some(ha) => ha::start_server(&l, &state, ha, 0, &opts.exe)?,
+            None => start_server(&l, &state, &opts.exe)?,
+        }
         started = true;
     }
     let url = format!("https://127.0.0.1:{}", state.port);
-    let client = wait_for_server(&l, opts.timeout).await?;
-    fs::copy(l.server_dir().join("kubeconfig"), l.kubeconfig())
-        .context("copying the admin kubeconfig")?;
+    let mut client = wait_for_server(&l, &l.server_dir().join("kubeconfig"), opts.timeout).await?;
+    if let Some(ha) = &state.ha {
+        for i in 1..ha::REPLICAS {
+            if !alive(&l.pid(&ha::server_name(i))) {
+                ha::start_server(&l, &state, ha, i, &opts.exe)?;
+                started = true;
+            }
+        }
+        if !alive(&l.pid("lb")) {
+            ha::start_lb(&l, &state, ha, &opts.exe)?;
+            started = true;
+        }
+        ha::write_kubeconfig(&l, &state)?;
+        client = wait_for_server(&l, &l.kubeconfig(), opts.timeout).await?;
+    } else {
+        fs::copy(l.server_dir().join("kubeconfig"), l.kubeconfig())
+            .context("copying the admin kubeconfig")?;
+    }
     ensure_masq_configmap(&client, &state, opts.timeout).await?;
     ensure_dns_service(&client, &state, opts.timeout).await?;
 
@@ -382,8 +422,27 @@ fn spawn_recorded(l: &Layout, name: &str, mut cmd: Command, ns: Option<&Path>) -
 }
 
 fn start_server(l: &Layout, state: &State, exe: &Path) -> Result<()> {
-    // The server's client certificate for the nodes' kubelet ports, from the cluster CA
-    // (made here if the server has not made it yet).
+    let mut cmd = Command::new(exe);
+    cmd.arg("server")
+        .arg("--data-dir")
+        .arg(l.server_dir())
+        .args(["--bind-address", "127.0.0.1"])
+        .arg(format!("--secure-port={}", state.port));
+    kubelet_client_flags(l, state, &mut cmd)?;
+    cmd.args(&state.server_flags);
+    for n in &state.plan.nodes {
+        cmd.arg(format!(
+            "--netns-listener={}=127.0.0.1:{NODE_API_PORT}",
+            l.netns(&n.name).display()
+        ));
+    }
+    spawn_recorded(l, "server", cmd, None)
+}
+
+/// What a server needs to reach the nodes' kubelet ports (logs, exec, attach, port-forward):
+/// its client certificate from the cluster CA (made here if not yet made; every server of an
+/// HA lab shares the first one's CA and uses it), and each node's namespace to dial from.
+fn kubelet_client_flags(l: &Layout, state: &State, cmd: &mut Command) -> Result<()> {
     let pki = dualstack_apiserver::tls::Pki::new(&l.server_dir());
     let (cert, key) = (
         l.server_dir().join("pki/apiserver-kubelet-client.crt"),
@@ -396,24 +455,13 @@ fn start_server(l: &Layout, state: &State, exe: &Path) -> Result<()> {
         &["kubeadm:cluster-admins"],
         &[],
     )?;
-    let mut cmd = Command::new(exe);
-    cmd.arg("server")
-        .arg("--data-dir")
-        .arg(l.server_dir())
-        .args(["--bind-address", "127.0.0.1"])
-        .arg(format!("--secure-port={}", state.port))
-        .arg(format!("--kubelet-client-certificate={}", cert.display()))
+    cmd.arg(format!("--kubelet-client-certificate={}", cert.display()))
         .arg(format!("--kubelet-client-key={}", key.display()))
         .arg(format!(
             "--kubelet-certificate-authority={}",
             pki.ca_cert.display()
-        ))
-        .args(&state.server_flags);
-    for n in &state.plan.nodes {
-        cmd.arg(format!(
-            "--netns-listener={}=127.0.0.1:{NODE_API_PORT}",
-            l.netns(&n.name).display()
         ));
+    for n in &state.plan.nodes {
         // Logs and exec: the server dials each node's kubelet port from inside the node.
         cmd.arg(format!(
             "--kubelet-netns={}={}",
@@ -421,7 +469,7 @@ fn start_server(l: &Layout, state: &State, exe: &Path) -> Result<()> {
             l.netns(&n.name).display()
         ));
     }
-    spawn_recorded(l, "server", cmd, None)
+    Ok(())
 }
 
 fn start_agent(l: &Layout, state: &State, node: &plan::Host, exe: &Path) -> Result<()> {
@@ -717,12 +765,11 @@ async fn route_outside(
     Ok(())
 }
 
-async fn wait_for_server(l: &Layout, timeout: Duration) -> Result<kube::Client> {
+async fn wait_for_server(l: &Layout, path: &Path, timeout: Duration) -> Result<kube::Client> {
     let deadline = Instant::now() + timeout;
-    let path = l.server_dir().join("kubeconfig");
     loop {
         let attempt = async {
-            let kc = kube::config::Kubeconfig::read_from(&path)?;
+            let kc = kube::config::Kubeconfig::read_from(path)?;
             let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
             let client = kube::Client::try_from(cfg)?;
             client.apiserver_version().await?;
@@ -937,7 +984,7 @@ fn lab_processes(l: &Layout) -> Vec<u32> {
             let args: Vec<&[u8]> = c.split(|b| *b == 0).collect();
             let daemon = args
                 .get(1)
-                .is_some_and(|a| matches!(*a, b"server" | b"agent" | b"shim"));
+                .is_some_and(|a| matches!(*a, b"server" | b"agent" | b"shim" | b"lb"));
             daemon && String::from_utf8_lossy(&c).contains(dir.as_str())
         });
         if in_lab || names_lab {

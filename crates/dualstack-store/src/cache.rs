@@ -18,7 +18,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use tokio::sync::watch;
 
-use crate::{Backend, Event, EventKind, KeyValue, Revision, StoreError};
+use crate::{Backend, Event, EventKind, KeyValue, Revision, StoreError, WatchItem};
 
 /// Events kept per resource for watches that start in the past.
 pub const HISTORY_PER_RESOURCE: usize = 20_000;
@@ -522,7 +522,7 @@ async fn follow(
     mut revision: Revision,
 ) {
     loop {
-        let mut stream = match backend.watch(&prefix, revision) {
+        let mut stream = match backend.watch_with_progress(&prefix, revision) {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(error = %e, "watch cache: cannot watch; re-listing");
@@ -535,7 +535,7 @@ async fn follow(
                 return; // every Cache handle is gone
             }
             match stream.next().await {
-                Some(Ok(events)) => {
+                Some(Ok(WatchItem::Events(events))) => {
                     let last = events.last().map(Event::revision);
                     apply(&state, events, decorator.as_ref());
                     if let Some(last) = last {
@@ -544,9 +544,23 @@ async fn follow(
                         tx.send_replace(revision);
                     }
                 }
-                Some(Err(e)) => {
+                Some(Ok(WatchItem::Progress(at))) => {
+                    if at > revision {
+                        state.write().expect("cache lock").revision = at;
+                        revision = at;
+                        tx.send_replace(revision);
+                    }
+                }
+                Some(Err(e @ StoreError::Compacted { .. })) => {
                     tracing::warn!(error = %e, "watch cache: watch failed; re-listing");
                     revision = relist(&backend, &prefix, &decorator, &state, &tx, revision).await;
+                    break;
+                }
+                Some(Err(e)) => {
+                    // A broken connection (etcd restarting, a member gone): watch again from
+                    // where the cache is; the history is still there unless compacted.
+                    tracing::warn!(error = %e, "watch cache: watch failed; watching again");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
                     break;
                 }
                 None => return, // backend closed

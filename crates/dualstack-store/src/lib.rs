@@ -9,6 +9,9 @@
 //! - [`embedded`]: the default backend. Durable (redb, fsync before a write is acknowledged),
 //!   with group commit: concurrent transactions are committed together in one redb write
 //!   transaction, so throughput does not stop at one fsync per write.
+//! - [`etcd`]: etcd v3 (`--etcd-servers`), for several API servers on one store; its
+//!   [`etcd::local`] starts real etcd members on loopback for tests and the lab.
+//! - [`migrate`]: copies a store into another (`dualstack migrate`: embedded → etcd).
 //! - [`probe`]: a fault-injection point behind the embedded backend (counts writes and fsyncs,
 //!   fails fsyncs on demand), for the tests that prove an acknowledged write is on disk.
 //! - [`cache`]: the watch cache the API server reads from (lists, gets, watches with history and
@@ -20,7 +23,11 @@ use bytes::Bytes;
 use futures::stream::BoxStream;
 
 pub mod cache;
+#[cfg(test)]
+mod conformance;
 pub mod embedded;
+pub mod etcd;
+pub mod migrate;
 pub mod probe;
 
 /// The largest value a key may hold, in bytes: etcd's default `--max-request-bytes` (1.5 MiB).
@@ -239,6 +246,18 @@ impl Event {
 /// revisions (a transaction's events are never split across items).
 pub type WatchStream = BoxStream<'static, Result<Vec<Event>, StoreError>>;
 
+/// What a [`Backend::watch_with_progress`] stream delivers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WatchItem {
+    /// Every event of one or more whole revisions, as [`WatchStream`] items.
+    Events(Vec<Event>),
+    /// No event under the prefix up to this revision: a reader waiting for it may go on.
+    Progress(Revision),
+}
+
+/// A [`WatchStream`] with progress reports.
+pub type ProgressStream = BoxStream<'static, Result<WatchItem, StoreError>>;
+
 /// Storage failures.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StoreError {
@@ -293,4 +312,31 @@ pub trait Backend: Send + Sync + 'static {
 
     /// Every change to keys starting with `prefix` with a revision greater than `after`.
     fn watch(&self, prefix: &str, after: Revision) -> Result<WatchStream, StoreError>;
+
+    /// [`Backend::watch`] with progress reports: a backend whose revisions also count writes
+    /// outside the watched prefix (etcd, shared with other writers) reports how far the watch
+    /// has got, so a reader waiting for [`Backend::current_revision`] is not held up by them.
+    fn watch_with_progress(
+        &self,
+        prefix: &str,
+        after: Revision,
+    ) -> Result<ProgressStream, StoreError> {
+        use futures::StreamExt;
+        Ok(self
+            .watch(prefix, after)?
+            .map(|r| r.map(WatchItem::Events))
+            .boxed())
+    }
+
+    /// The name of the store's check in `/readyz` and `/livez` (`etcd` as upstream's for
+    /// etcd).
+    fn health_check_name(&self) -> &'static str {
+        "storage"
+    }
+
+    /// Whether the store answers now (the API server's `/readyz` check `etcd`). The embedded
+    /// store always does.
+    async fn health(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
 }

@@ -63,6 +63,12 @@ enum Command {
     /// Cluster DNS (a kube-dns / CoreDNS stand-in) for both families: A and AAAA, SRV, PTR and
     /// pod records from Services and EndpointSlices; `dns query` asks one question.
     Dns(cmd::dns::DnsCommand),
+    /// Copy a data dir's embedded store into etcd (every object and allocation), resumable;
+    /// the data dir then serves with --etcd-servers.
+    Migrate(cmd::migrate::MigrateArgs),
+    /// A loopback TCP balancer in front of several API servers (`up --ha` runs it).
+    #[command(hide = true)]
+    Lb(cmd::lb::LbArgs),
 }
 
 fn main() -> ExitCode {
@@ -86,6 +92,8 @@ fn main() -> ExitCode {
         Command::Down(args) => cmd::down::run(args),
         Command::MasqAgent(args) => cmd::masq_agent::run(args),
         Command::Dns(args) => cmd::dns::run(args),
+        Command::Migrate(args) => cmd::migrate::run(args),
+        Command::Lb(args) => cmd::lb::run(args),
         Command::Cni(_) => return cmd::cni::run(),
     };
     match result {

@@ -4,7 +4,7 @@
 use std::net::IpAddr;
 use std::path::PathBuf;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::Args;
 use dualstack_api::config::{
     ConfigError, ConfigErrors, FeatureGates, NodeIpamConfig, ServiceClusterIpRange, parse_node_ips,
@@ -13,6 +13,56 @@ use dualstack_api::config::{
 use dualstack_apiserver::config::ServerConfig;
 
 use crate::flags::{ControllerFlags, FeatureGateFlags, NodeIpamFlags, ServiceNetworkFlags};
+
+/// kube-apiserver's etcd flags (`dualstack server`, `dualstack migrate`).
+#[derive(Debug, Clone, Args)]
+pub struct EtcdFlags {
+    /// List of etcd servers to connect with (scheme://ip:port), comma separated. Without it
+    /// the embedded store in --data-dir is used.
+    #[arg(long = "etcd-servers", value_name = "strings", value_delimiter = ',')]
+    pub servers: Vec<String>,
+
+    /// SSL Certificate Authority file used to secure etcd communication.
+    #[arg(long = "etcd-cafile", value_name = "string")]
+    pub cafile: Option<PathBuf>,
+
+    /// SSL certification file used to secure etcd communication.
+    #[arg(long = "etcd-certfile", value_name = "string")]
+    pub certfile: Option<PathBuf>,
+
+    /// SSL key file used to secure etcd communication.
+    #[arg(long = "etcd-keyfile", value_name = "string")]
+    pub keyfile: Option<PathBuf>,
+
+    /// The prefix to prepend to all resource paths in etcd.
+    #[arg(
+        long = "etcd-prefix",
+        value_name = "string",
+        default_value = "/registry"
+    )]
+    pub prefix: String,
+}
+
+impl EtcdFlags {
+    /// The etcd client configuration, when `--etcd-servers` is given.
+    pub fn etcd_config(&self) -> Option<dualstack_store::etcd::EtcdConfig> {
+        let servers: Vec<String> = self
+            .servers
+            .iter()
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect();
+        if servers.is_empty() {
+            return None;
+        }
+        let mut config = dualstack_store::etcd::EtcdConfig::new(servers);
+        config.ca_file = self.cafile.clone();
+        config.cert_file = self.certfile.clone();
+        config.key_file = self.keyfile.clone();
+        config.prefix = self.prefix.clone();
+        Some(config)
+    }
+}
 
 /// Flags of `dualstack server`.
 #[derive(Debug, Clone, Args)]
@@ -98,6 +148,14 @@ pub struct ServerArgs {
         default_value_t = 256
     )]
     pub max_untrusted_connections: usize,
+
+    #[command(flatten)]
+    pub etcd: EtcdFlags,
+
+    /// The interval of compaction requests. If 0, the compaction request from apiserver is
+    /// disabled.
+    #[arg(long = "etcd-compaction-interval", value_name = "duration", default_value = "5m", value_parser = crate::flags::duration)]
+    pub etcd_compaction_interval: std::time::Duration,
 
     #[command(flatten)]
     pub service: ServiceNetworkFlags,
@@ -214,6 +272,7 @@ fn kubelet_netns(v: &str) -> Result<(String, PathBuf), String> {
 /// Runs the server until interrupted.
 pub fn run(args: ServerArgs) -> Result<()> {
     let (config, ipam) = args.resolve()?;
+    let etcd = args.etcd.etcd_config();
     let identity = crate::cmd::controller_manager::server_identity(&config.data_dir);
     let controllers = args.controllers.manager_config(ipam, identity, false)?;
     crate::cmd::init_tracing();
@@ -227,7 +286,22 @@ pub fn run(args: ServerArgs) -> Result<()> {
         .enable_all()
         .build()?;
     runtime.block_on(async move {
-        let server = dualstack_apiserver::Server::start(config).await?;
+        let server = match etcd {
+            None => dualstack_apiserver::Server::start(config).await?,
+            Some(etcd) => {
+                let backend = dualstack_store::etcd::Etcd::connect(&etcd)
+                    .await
+                    .with_context(|| {
+                        format!("connecting to etcd at {}", etcd.endpoints.join(","))
+                    })?;
+                tokio::spawn(dualstack_store::etcd::compaction_loop(
+                    backend.clone(),
+                    args.etcd_compaction_interval,
+                ));
+                dualstack_apiserver::Server::start_with_backend(config, std::sync::Arc::new(backend))
+                    .await?
+            }
+        };
         tracing::info!(url = %server.url(), kubeconfig = %server.kubeconfig_path().display(), "API server ready");
         // The built-in controllers' metrics are served on the server's /metrics.
         let controller_metrics = dualstack_controllers::Metrics::new();

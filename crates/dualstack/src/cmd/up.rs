@@ -61,6 +61,11 @@ pub struct UpArgs {
     #[arg(long = "feature-gates", value_name = "mapStringBool")]
     pub feature_gates: Option<String>,
 
+    /// A highly available control plane: a 3-member etcd cluster (Debian's etcd-server) and
+    /// 3 API servers on it, on loopback, behind a balancer kubectl and the agents go through.
+    #[arg(long = "ha")]
+    pub ha: bool,
+
     /// How long to wait for the server and every node to be Ready.
     #[arg(long = "timeout", value_name = "duration", default_value = "120s", value_parser = crate::flags::duration)]
     pub timeout: Duration,
@@ -143,6 +148,7 @@ pub fn run(args: UpArgs) -> Result<()> {
         ipv6_primary,
         exe: std::env::current_exe()?,
         timeout: args.timeout,
+        ha: args.ha,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

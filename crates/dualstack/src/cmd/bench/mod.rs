@@ -9,6 +9,7 @@ mod api;
 mod controllers;
 mod deploy;
 mod dns;
+mod etcd;
 mod exec;
 mod nodes;
 mod programming;
@@ -53,6 +54,9 @@ enum Suite {
     /// Issue 12 (root): `pods/exec` round trips through the API server to a node's kubelet
     /// port (WebSocket v5), and kubectl exec as a user runs it.
     Exec(exec::ExecArgs),
+    /// Issue 13: durable Service creates on the embedded store vs etcd (1 and 3 members),
+    /// beside `etcdctl check perf` on the same etcd.
+    Etcd(etcd::EtcdArgs),
 }
 
 /// Runs a suite.
@@ -68,5 +72,6 @@ pub fn run(args: BenchArgs) -> Result<()> {
         Suite::Dns(a) => dns::run(a),
         Suite::DnsLoad(a) => dns::load(a),
         Suite::Exec(a) => exec::run(a),
+        Suite::Etcd(a) => etcd::run(a),
     }
 }
