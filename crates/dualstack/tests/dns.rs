@@ -88,7 +88,11 @@ impl Lab {
         let path = self
             .path()
             .join(format!("nodes/{node}/pods/{uid}/{container}/0.log"));
-        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
+        // The log file holds CRI records; this is what `kubectl logs` shows of it.
+        let file =
+            std::fs::read(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+        String::from_utf8_lossy(&dualstack_node::logs::render(&file, &Default::default()))
+            .to_string()
     }
 
     fn cluster_ips(&self, svc: &str) -> Vec<IpAddr> {
