@@ -1,4 +1,4 @@
-//! A Deployment on a real 3-node lab (issue 12): 3 replicas spread over the 3 nodes, scaled to
+//! A Deployment on a real 3-node lab (issue 12): 3 replicas spread over the nodes, scaled to
 //! 5, rolled to a new command while its dual-stack Service keeps a ready endpoint in both
 //! families, answering on both ClusterIPs afterwards (probed from inside the lab), then deleted
 //! with everything it owns.
@@ -109,14 +109,19 @@ fn a_deployment_spreads_scales_rolls_without_losing_its_endpoints_and_is_deleted
         (pods.len() == 3).then_some(pods)
     })
     .unwrap_or_else(|| panic!("3 ready pods: {:?}\n{}", ready_pods(&lab), lab.logs()));
+    // The scheduler places each pod on the node with the fewest pods (the lab's two DNS pods
+    // count too): never all on one node, and every node has one once there are 5.
     let nodes: BTreeSet<&str> = spread.iter().map(|(_, n, _)| n.as_str()).collect();
-    assert_eq!(nodes.len(), 3, "one replica per node: {spread:?}");
+    assert!(nodes.len() >= 2, "spread over the nodes: {spread:?}");
 
     lab.kubectl_ok(&["scale", "deployment", "web", "--replicas=5"]);
-    eventually(Duration::from_secs(90), || {
-        (ready_pods(&lab).len() == 5).then_some(())
+    let five = eventually(Duration::from_secs(90), || {
+        let pods = ready_pods(&lab);
+        (pods.len() == 5).then_some(pods)
     })
     .unwrap_or_else(|| panic!("5 ready pods: {:?}", ready_pods(&lab)));
+    let nodes: BTreeSet<&str> = five.iter().map(|(_, n, _)| n.as_str()).collect();
+    assert_eq!(nodes.len(), 3, "5 replicas on all 3 nodes: {five:?}");
     eventually(Duration::from_secs(30), || {
         (ready_endpoints(&lab) == (5, 5)).then_some(())
     })

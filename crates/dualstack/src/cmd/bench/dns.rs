@@ -284,8 +284,11 @@ async fn load_pod(
         .and_then(|s| s.node_name.clone())
         .unwrap_or_default();
     let uid = done.metadata.uid.clone().unwrap_or_default();
-    let log = std::fs::read_to_string(lab_dir.join(format!("nodes/{node}/pods/{uid}/load/0.log")))
+    let file = std::fs::read(lab_dir.join(format!("nodes/{node}/pods/{uid}/load/0.log")))
         .context("reading the load pod's log")?;
+    // The file holds CRI records; the output is what `kubectl logs` shows of it.
+    let log = String::from_utf8_lossy(&dualstack_node::logs::render(&file, &Default::default()))
+        .to_string();
     let line = log
         .lines()
         .rev()
