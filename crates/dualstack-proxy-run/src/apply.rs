@@ -27,17 +27,21 @@ pub trait NftApplier: Send + Sync {
     fn probe_nat(&self, family: IpFamily) -> Result<(), ProxyRunError>;
 }
 
-/// The real thing: the `nft` binary (Debian's `nftables` package).
+/// The real thing: the `nft` binary (Debian's `nftables` package), and a netlink socket per
+/// family for element-only transactions (opened by the first one, in the namespace of the
+/// thread that applies it, and kept).
 #[derive(Debug, Clone)]
 pub struct NftCommand {
     /// The `nft` executable.
     pub program: String,
+    netlink: Arc<[Mutex<Option<crate::netlink::Conn>>; 2]>,
 }
 
 impl Default for NftCommand {
     fn default() -> Self {
         NftCommand {
             program: "nft".to_string(),
+            netlink: Arc::new([Mutex::new(None), Mutex::new(None)]),
         }
     }
 }
@@ -94,10 +98,19 @@ impl NftApplier for NftCommand {
         );
         // Element-only changes (the common incremental sync) skip the `nft` process: one
         // netlink batch, no text to parse, no table read back first.
-        if let Some(batch) = dualstack_proxy::netlink::element_batch(tx, 1)
-            && batch.bytes.len() <= crate::netlink::MAX_BATCH_BYTES
-        {
-            return crate::netlink::send(&batch, &what);
+        if dualstack_proxy::netlink::element_batch(tx, 1).is_some() {
+            let slot = &self.netlink[usize::from(tx.family == IpFamily::IPv6)];
+            let mut conn = slot.lock().expect("not poisoned");
+            if conn.is_none() {
+                *conn = Some(crate::netlink::Conn::open(&what)?);
+            }
+            if let Some(result) = conn.as_mut().and_then(|c| c.apply(tx, &what)) {
+                if result.is_err() {
+                    // A fresh socket next time: nothing of a failed exchange lingers.
+                    *conn = None;
+                }
+                return result;
+            }
         }
         self.run(&["-f", "-"], tx.to_text().as_bytes(), &what)
     }

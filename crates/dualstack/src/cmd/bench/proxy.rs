@@ -252,13 +252,19 @@ fn rss_kib() -> u64 {
         .unwrap_or(0)
 }
 
+/// The applier of the bench: one for the whole run, as the proxy keeps one (its netlink
+/// sockets are opened in the bench namespace by the first element-only sync and kept).
+fn nft() -> &'static NftCommand {
+    static NFT: std::sync::OnceLock<NftCommand> = std::sync::OnceLock::new();
+    NFT.get_or_init(NftCommand::default)
+}
+
 /// Applies both families' transactions side by side, as the proxy does.
 fn apply(ns: &Netns, v4: Transaction, v6: Transaction) -> Result<()> {
     let one = |tx: Transaction| {
         let path = ns.path.clone();
         std::thread::spawn(move || -> Result<()> {
-            let nft = NftCommand::default();
-            dualstack_host::netns::run_in(&path, move || nft.apply(&tx))??;
+            dualstack_host::netns::run_in(&path, move || nft().apply(&tx))??;
             Ok(())
         })
     };
@@ -321,8 +327,17 @@ pub fn run(args: ProxyBenchArgs) -> Result<()> {
             let start = Instant::now();
             what(px);
             let inc = px.sync(Instant::now());
+            let rendered = start.elapsed();
             let ops = inc.ipv4.transaction.ops.len() + inc.ipv6.transaction.ops.len();
+            let netlink =
+                dualstack_proxy::netlink::element_batch(&inc.ipv4.transaction, 1).is_some();
             apply(&ns, inc.ipv4.transaction, inc.ipv6.transaction)?;
+            if std::env::var_os("DS_BENCH_DEBUG").is_some() {
+                eprintln!(
+                    "  change: rendered in {rendered:?}, applied at {:?} (netlink: {netlink})",
+                    start.elapsed()
+                );
+            }
             anyhow::Ok((ops, start.elapsed()))
         };
         for s in slices.iter_mut().filter(|s| {
