@@ -98,7 +98,7 @@ impl NftApplier for NftCommand {
         );
         // Element-only changes (the common incremental sync) skip the `nft` process: one
         // netlink batch, no text to parse, no table read back first.
-        if dualstack_proxy::netlink::element_batch(tx, 1).is_some() {
+        if dualstack_proxy::netlink::is_element_only(tx) {
             let slot = &self.netlink[usize::from(tx.family == IpFamily::IPv6)];
             let mut conn = slot.lock().expect("not poisoned");
             if conn.is_none() {

@@ -44,6 +44,17 @@ const NFT_RETURN: i32 = -5;
 /// Elements per message, so one message stays well under the socket's buffer.
 const ELEMENTS_PER_MESSAGE: usize = 256;
 
+/// Whether `tx` is an incremental transaction of element operations only (what
+/// [`element_batch`] encodes), without encoding it.
+pub fn is_element_only(tx: &Transaction) -> bool {
+    !tx.full
+        && !tx.ops.is_empty()
+        && tx
+            .ops
+            .iter()
+            .all(|op| matches!(op, Op::AddElements { .. } | Op::DeleteElements { .. }))
+}
+
 /// One batch ready to send.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Batch {
@@ -56,7 +67,7 @@ pub struct Batch {
 /// The batch of `tx` when it holds only element operations; `None` otherwise (the edge then
 /// uses `nft`). Sequence numbers start at `seq`.
 pub fn element_batch(tx: &Transaction, seq: u32) -> Option<Batch> {
-    if tx.full || tx.ops.is_empty() {
+    if !is_element_only(tx) {
         return None;
     }
     let family = match tx.family {
@@ -116,7 +127,7 @@ pub fn element_batch(tx: &Transaction, seq: u32) -> Option<Batch> {
                     seq += 1;
                 }
             }
-            _ => return None,
+            _ => unreachable!("checked by is_element_only"),
         }
     }
     message(

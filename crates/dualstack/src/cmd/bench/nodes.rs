@@ -147,19 +147,28 @@ fn running_with_two_ips(p: &Pod) -> bool {
     })
 }
 
-/// Creates `names` (all at once) and returns each one's create → Running-with-two-addresses
-/// latency, measured from the watch.
-async fn create_and_time(pods: &Api<Pod>, names: &[String]) -> Result<Vec<Duration>> {
+/// A watch of the pods with `labels`, from the current resourceVersion on (what happens after
+/// this call, not the initial list).
+pub(super) async fn watch_from_now(
+    pods: &Api<Pod>,
+    labels: &str,
+) -> Result<futures::stream::BoxStream<'static, kube::Result<WatchEvent<Pod>>>> {
     let rv = pods
         .list_metadata(&Default::default())
         .await?
         .metadata
         .resource_version
         .unwrap_or_default();
-    let mut watch = pods
-        .watch(&WatchParams::default().labels("bench=pods"), &rv)
+    Ok(pods
+        .watch(&WatchParams::default().labels(labels), &rv)
         .await?
-        .boxed();
+        .boxed())
+}
+
+/// Creates `names` (all at once) and returns each one's create → Running-with-two-addresses
+/// latency, measured from the watch.
+async fn create_and_time(pods: &Api<Pod>, names: &[String]) -> Result<Vec<Duration>> {
+    let mut watch = watch_from_now(pods, "bench=pods").await?;
     let mut started = std::collections::HashMap::new();
     for n in names {
         started.insert(n.clone(), Instant::now());

@@ -12,9 +12,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Pod, Service};
-use kube::api::{Api, DeleteParams, PostParams, WatchEvent, WatchParams};
+use kube::api::{Api, DeleteParams, PostParams, WatchEvent};
 
-use super::nodes::Lab;
+use super::nodes::{Lab, watch_from_now};
 use super::support::{Report, Summary, block_on, ms};
 
 /// `dualstack bench programming`
@@ -123,16 +123,7 @@ pub fn run(args: ProgrammingArgs) -> Result<()> {
         let mut samples = Vec::new();
         for round in 0..=args.rounds {
             let name = format!("prog-{round}");
-            let rv = pods
-                .list_metadata(&Default::default())
-                .await?
-                .metadata
-                .resource_version
-                .unwrap_or_default();
-            let mut watch = pods
-                .watch(&WatchParams::default().labels("app=prog"), &rv)
-                .await?
-                .boxed();
+            let mut watch = watch_from_now(&pods, "app=prog").await?;
             pods.create(&PostParams::default(), &pod(&name)).await?;
             let deadline = Instant::now() + Duration::from_secs(60);
             let ready_at = loop {

@@ -329,8 +329,7 @@ pub fn run(args: ProxyBenchArgs) -> Result<()> {
             let inc = px.sync(Instant::now());
             let rendered = start.elapsed();
             let ops = inc.ipv4.transaction.ops.len() + inc.ipv6.transaction.ops.len();
-            let netlink =
-                dualstack_proxy::netlink::element_batch(&inc.ipv4.transaction, 1).is_some();
+            let netlink = dualstack_proxy::netlink::is_element_only(&inc.ipv4.transaction);
             apply(&ns, inc.ipv4.transaction, inc.ipv6.transaction)?;
             if std::env::var_os("DS_BENCH_DEBUG").is_some() {
                 eprintln!(
