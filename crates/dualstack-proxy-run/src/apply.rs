@@ -1,11 +1,12 @@
 //! Applying the proxier's transactions to the kernel, behind the narrow [`NftApplier`] trait:
-//! [`NftCommand`] runs `nft -f -` (the text syntax on stdin, one atomic batch per call), or
-//! sends an element-only transaction as a netlink batch itself (`netlink.rs`);
-//! [`RecordingApplier`] keeps what it was given and can be told to fail, for tests.
+//! [`NftCommand`] sends each transaction as one netlink batch of our own encoding
+//! (`dualstack_proxy::netlink`, sent by `netlink.rs`), and runs the `nft` binary only for the
+//! NAT probe; [`RecordingApplier`] keeps what it was given and can be told to fail, for tests.
 //!
-//! Text, not libnftables JSON (`nft -j`, what the `nftables` crate speaks): nft 1.0.6's JSON
-//! cannot declare our backend maps (their data is a concatenation), and it parsed a full load
-//! a third slower (BENCHMARKS.md).
+//! Not `nft -f -`: nft parses the text and reads the table back first, which took 2 s of a
+//! full load of 10,000 Services; not libnftables JSON (`nft -j`, what the `nftables` crate
+//! speaks) either: nft 1.0.6's JSON cannot declare our backend maps (their data is a
+//! concatenation), and it parsed a third slower still (BENCHMARKS.md).
 
 use std::io::Write;
 use std::process::{Command, Stdio};
@@ -27,9 +28,9 @@ pub trait NftApplier: Send + Sync {
     fn probe_nat(&self, family: IpFamily) -> Result<(), ProxyRunError>;
 }
 
-/// The real thing: the `nft` binary (Debian's `nftables` package), and a netlink socket per
-/// family for element-only transactions (opened by the first one, in the namespace of the
-/// thread that applies it, and kept).
+/// The real thing: a netfilter netlink socket per family (opened by the first transaction, in
+/// the namespace of the thread that applies it, and kept), and the `nft` binary (Debian's
+/// `nftables` package) for the NAT probe.
 #[derive(Debug, Clone)]
 pub struct NftCommand {
     /// The `nft` executable.
@@ -96,23 +97,19 @@ impl NftApplier for NftCommand {
             tx.ops.len(),
             family_word(tx.family)
         );
-        // Element-only changes (the common incremental sync) skip the `nft` process: one
-        // netlink batch, no text to parse, no table read back first.
-        if dualstack_proxy::netlink::is_element_only(tx) {
-            let slot = &self.netlink[usize::from(tx.family == IpFamily::IPv6)];
-            let mut conn = slot.lock().expect("not poisoned");
-            if conn.is_none() {
-                *conn = Some(crate::netlink::Conn::open(&what)?);
-            }
-            if let Some(result) = conn.as_mut().and_then(|c| c.apply(tx, &what)) {
-                if result.is_err() {
-                    // A fresh socket next time: nothing of a failed exchange lingers.
-                    *conn = None;
-                }
-                return result;
-            }
+        // One netlink batch per transaction, encoded by us: no text to parse, no table read
+        // back first (what `nft -f` spends its time on).
+        let slot = &self.netlink[usize::from(tx.family == IpFamily::IPv6)];
+        let mut conn = slot.lock().expect("not poisoned");
+        if conn.is_none() {
+            *conn = Some(crate::netlink::Conn::open(&what)?);
         }
-        self.run(&["-f", "-"], tx.to_text().as_bytes(), &what)
+        let result = conn.as_mut().expect("opened above").apply(tx, &what);
+        if result.is_err() {
+            // A fresh socket next time: nothing of a failed exchange lingers.
+            *conn = None;
+        }
+        result
     }
 
     fn probe_nat(&self, family: IpFamily) -> Result<(), ProxyRunError> {

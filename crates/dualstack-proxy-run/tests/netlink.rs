@@ -1,5 +1,11 @@
-//! Element-only syncs sent as our own netlink batch reach the same kernel state as `nft -f` of a
-//! fresh full ruleset: run in a new network namespace of a test thread (root; CI is root).
+//! Our own netlink batches against the kernel, in a new network namespace of a test thread
+//! (root; CI is root): what they load lists exactly as what `nft -f` loads from the same
+//! transaction's text, full and incremental, for every scenario of the golden tests; element-only
+//! syncs reach the same state as a fresh full load; a refused batch names the operation; a
+//! batch far over the socket's default buffer goes in one piece.
+
+#[path = "../../dualstack-proxy/tests/support/mod.rs"]
+mod support;
 
 use std::net::IpAddr;
 use std::process::Command;
@@ -119,7 +125,7 @@ fn element_only_syncs_sent_over_netlink_equal_a_fresh_full_load() {
         for f in inc.families() {
             let tx = &f.transaction;
             assert!(
-                dualstack_proxy::netlink::element_batch(tx, 1).is_some(),
+                dualstack_proxy::netlink::is_element_only(tx),
                 "element-only: {:?}",
                 tx.ops
             );
@@ -146,7 +152,274 @@ fn element_only_syncs_sent_over_netlink_equal_a_fresh_full_load() {
             keys: vec![dualstack_proxy::nft::Key::Addr("10.9.9.9".parse().unwrap())],
         });
         let e = nft.apply(&bad).unwrap_err().to_string();
-        assert!(e.contains("refused"), "{e}");
+        assert!(
+            e.contains("refused") && e.contains("No such file or directory"),
+            "{e}"
+        );
+        assert!(
+            e.contains("in `delete element ip dualstack-proxy no-such-set { 10.9.9.9 }`"),
+            "names the refused operation: {e}"
+        );
+    })
+    .join()
+    .unwrap();
+}
+
+/// Loads `tx` with `nft -f -` from its text.
+fn nft_text(tx: &dualstack_proxy::Transaction) {
+    use std::io::Write;
+    let mut child = Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(tx.to_text().as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn flush() {
+    assert!(
+        Command::new("nft")
+            .args(["flush", "ruleset"])
+            .status()
+            .unwrap()
+            .success()
+    );
+}
+
+/// A transaction of the rule shapes the scenarios do not reach: anonymous interval sets of
+/// several networks (overlapping, adjacent, one running to the top of the address space, the
+/// whole space) and a random choice among chains.
+fn anonymous_sets(family: dualstack_ipam::IpFamily) -> dualstack_proxy::Transaction {
+    use dualstack_proxy::nft::*;
+    let (nets, top, all) = match family {
+        dualstack_ipam::IpFamily::IPv4 => (
+            vec![
+                "10.0.0.0/8",
+                "10.1.0.0/16",
+                "192.168.1.0/24",
+                "10.9.9.9/32",
+                "11.0.0.0/8",
+            ],
+            vec!["255.255.255.0/24", "10.0.0.0/8"],
+            "0.0.0.0/0",
+        ),
+        dualstack_ipam::IpFamily::IPv6 => (
+            vec!["fd00::/64", "fd01::/120", "fd02::1/128", "fd00::/63"],
+            vec!["ffff::/16", "fd00::/8"],
+            "::/0",
+        ),
+    };
+    let parse =
+        |v: &[&str]| -> Vec<ipnet::IpNet> { v.iter().map(|n| n.parse().unwrap()).collect() };
+    let saddr_not = |n: Vec<ipnet::IpNet>| Match::Addr {
+        dir: Dir::Saddr,
+        negate: true,
+        rhs: AddrRhs::Nets(n),
+    };
+    let mut tx = dualstack_proxy::Transaction::new(family, true);
+    tx.ops.push(Op::AddTable);
+    for c in ["c", "d"] {
+        tx.ops.push(Op::AddChain(ChainDef {
+            name: c.into(),
+            base: None,
+        }));
+    }
+    let rules = vec![
+        Rule::when(vec![saddr_not(parse(&nets))], Stmt::Verdict(Verdict::Drop)),
+        Rule::when(
+            vec![
+                Match::Addr {
+                    dir: Dir::Daddr,
+                    negate: false,
+                    rhs: AddrRhs::Nets(parse(&nets)),
+                },
+                Match::L4Proto(Protocol::Udp),
+                Match::ThDport(53),
+            ],
+            Stmt::Verdict(Verdict::Accept),
+        )
+        .comment("several networks"),
+        Rule::when(vec![saddr_not(parse(&top))], Stmt::Verdict(Verdict::Drop)),
+        Rule::when(
+            vec![saddr_not(parse(&[all, top[1]]))],
+            Stmt::Verdict(Verdict::Drop),
+        ),
+        Rule::when(vec![saddr_not(parse(&[all]))], Stmt::Verdict(Verdict::Drop)),
+        Rule::new(Stmt::Numgen {
+            targets: vec!["d".into(), "d".into(), "d".into()],
+        }),
+    ];
+    tx.ops.push(Op::AddRules {
+        chain: "c".into(),
+        rules: rules.into(),
+    });
+    tx
+}
+
+#[test]
+fn what_netlink_loads_lists_as_what_nft_loads_from_the_same_text() {
+    assert!(is_root(), "needs root and nft (CI runs as root)");
+    std::thread::spawn(|| {
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        let nft = NftCommand::default();
+        let t = Instant::now();
+        let listing = || (normalized("ip"), normalized("ip6"));
+        for cfg in [support::node_config(), support::node_config_all_nodeports()] {
+            let (svcs, slices) = support::world();
+            // Half the Services and a third of the slices afterwards: chains flushed and
+            // deleted, sets and elements removed.
+            let svcs2: Vec<Service> = svcs.iter().step_by(2).cloned().collect();
+            let slices2: Vec<EndpointSlice> = slices.iter().step_by(3).cloned().collect();
+            let mut px = DualStackProxier::new(&cfg);
+            let full = px.update(&svcs, &slices, t).unwrap();
+            let inc = px.update(&svcs2, &slices2, t).unwrap();
+            for (label, steps) in [
+                ("full", vec![&full]),
+                ("full, then a change", vec![&full, &inc]),
+            ] {
+                flush();
+                for step in &steps {
+                    for f in step.families() {
+                        nft.apply(&f.transaction).unwrap();
+                    }
+                }
+                let ours = listing();
+                flush();
+                for step in &steps {
+                    for f in step.families() {
+                        nft_text(&f.transaction);
+                    }
+                }
+                let theirs = listing();
+                assert!(ours.0.len() > 100 && ours.1.len() > 100, "{ours:?}");
+                assert_same(&ours.0, &theirs.0, label);
+                assert_same(&ours.1, &theirs.1, label);
+            }
+        }
+        for family in [
+            dualstack_ipam::IpFamily::IPv4,
+            dualstack_ipam::IpFamily::IPv6,
+        ] {
+            let tx = anonymous_sets(family);
+            flush();
+            nft.apply(&tx).unwrap();
+            let ours = listing_of(family);
+            flush();
+            nft_text(&tx);
+            assert_same(&ours, &listing_of(family), "anonymous sets");
+            assert!(
+                ours.iter()
+                    .any(|l| l.contains("comment \"several networks\"")),
+                "{ours:?}"
+            );
+        }
+        flush();
+    })
+    .join()
+    .unwrap();
+}
+
+/// Equal listings, or a failure that shows only the lines that differ.
+fn assert_same(ours: &[String], theirs: &[String], label: &str) {
+    if ours != theirs {
+        let only = |a: &[String], b: &[String]| -> Vec<String> {
+            a.iter()
+                .filter(|l| !b.contains(l))
+                .take(10)
+                .cloned()
+                .collect()
+        };
+        panic!(
+            "{label}: netlink and nft -f differ\nonly ours: {:#?}\nonly nft's: {:#?}",
+            only(ours, theirs),
+            only(theirs, ours)
+        );
+    }
+}
+
+/// The listing of one family's table, lines as nft prints them (anonymous sets inline).
+fn listing_of(family: dualstack_ipam::IpFamily) -> Vec<String> {
+    let f = if family == dualstack_ipam::IpFamily::IPv4 {
+        "ip"
+    } else {
+        "ip6"
+    };
+    let out = Command::new("nft")
+        .args(["list", "table", f, "dualstack-proxy"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn a_batch_far_over_the_default_socket_buffer_goes_in_one_piece() {
+    assert!(is_root(), "needs root and nft (CI runs as root)");
+    std::thread::spawn(|| {
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        let nft = NftCommand::default();
+        let t = Instant::now();
+        // 2,000 dual-stack Services of 4 endpoints: a few MiB per family.
+        let mut svcs = Vec::new();
+        let mut slices = Vec::new();
+        for i in 0..2000u32 {
+            let name = format!("big{i}");
+            let (hi, lo) = (i / 250, i % 250 + 1);
+            svcs.push(service(
+                &name,
+                &format!("172.30.{hi}.{lo}"),
+                &format!("fd00:172:30::{hi}:{lo}"),
+                30000 + u16::try_from(i).unwrap(),
+            ));
+            let v4: Vec<String> = (0..4).map(|e| format!("10.{hi}.{lo}.{}", e + 1)).collect();
+            let v6: Vec<String> = (0..4)
+                .map(|e| format!("fd00:10:{hi}:{lo}::{}", e + 1))
+                .collect();
+            slices.push(slice(&name, false, &v4));
+            slices.push(slice(&name, true, &v6));
+        }
+        let mut px = DualStackProxier::new(&node());
+        let full = px.update(&svcs, &slices, t).unwrap();
+        for f in full.families() {
+            let bytes = dualstack_proxy::netlink::batch(&f.transaction, 1)
+                .bytes
+                .len();
+            assert!(
+                bytes > 1 << 20,
+                "{bytes} bytes is not far over the default buffer"
+            );
+            nft.apply(&f.transaction).unwrap();
+        }
+        let (v4, v6) = (normalized("ip"), normalized("ip6"));
+        assert!(
+            v4.iter().any(|l| l.starts_with("172.30.7.250 . tcp . 80")),
+            "the last Service is in"
+        );
+        assert!(
+            v6.iter()
+                .any(|l| l.starts_with("fd00:172:30::7:250 . tcp . 80")),
+            "the last Service is in"
+        );
+        flush();
     })
     .join()
     .unwrap();

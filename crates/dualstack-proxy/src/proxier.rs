@@ -18,7 +18,7 @@ use crate::ProxyError;
 use crate::input::{
     FamilyConfig, NodeConfig, ServiceInfo, ServiceKey, ServicePortName, SliceInfo, SlicesOf,
 };
-use crate::nft::{Op, Protocol, Transaction};
+use crate::nft::{Op, Protocol, SetDef, Transaction};
 use crate::ruleset::{
     self, Base, Fragment, HAIRPIN_ENDPOINTS, Ruleset, hairpin_element, push_elements, regular,
 };
@@ -79,6 +79,8 @@ pub struct Proxier {
     stale_chains: BTreeMap<String, Instant>,
     /// How many fragments hold each local endpoint in their `hairpin`.
     hairpin: HashMap<IpAddr, usize>,
+    /// The sets of the base with a size: (declared size, elements held now).
+    set_fill: HashMap<String, (u32, usize)>,
 }
 
 impl Proxier {
@@ -92,6 +94,7 @@ impl Proxier {
             applied: HashMap::new(),
             dirty: HashSet::new(),
             full_pending: true,
+            set_fill: HashMap::new(),
             stale_chains: BTreeMap::new(),
             hairpin: HashMap::new(),
         }
@@ -324,10 +327,48 @@ impl Proxier {
                 None => self.applied.remove(&key),
             };
         }
+        // 6. A set that would hold more than its size refuses elements: sync it all instead,
+        //    with sizes for what the sets hold now.
+        if !self.account(&tx) {
+            let mut full = self.full_sync();
+            full.removed_udp_endpoints.extend(removed);
+            return full;
+        }
         FamilySync {
             transaction: tx,
             removed_udp_endpoints: removed,
         }
+    }
+
+    /// Counts what `tx` adds to and deletes from the sized sets; false when one would hold more
+    /// than its size. A full transaction declares the sizes afresh.
+    fn account(&mut self, tx: &Transaction) -> bool {
+        if tx.full {
+            self.set_fill.clear();
+        }
+        for op in &tx.ops {
+            match op {
+                Op::AddSet(SetDef {
+                    name,
+                    size: Some(size),
+                    ..
+                }) => {
+                    self.set_fill.insert(name.clone(), (*size, 0));
+                }
+                Op::AddElements { set, elements } => {
+                    if let Some((_, n)) = self.set_fill.get_mut(set) {
+                        *n += elements.len();
+                    }
+                }
+                Op::DeleteElements { set, keys } => {
+                    if let Some((_, n)) = self.set_fill.get_mut(set) {
+                        *n = n.saturating_sub(keys.len());
+                    }
+                }
+                _ => {}
+            }
+        }
+        self.set_fill.values().all(|(size, n)| *n <= *size as usize)
     }
 
     fn full_sync(&mut self) -> FamilySync {
@@ -353,13 +394,15 @@ impl Proxier {
         }
         let hairpin: BTreeSet<IpAddr> = self.hairpin.keys().copied().collect();
         let sorted: BTreeMap<&ServiceKey, &Fragment> = self.applied.iter().collect();
+        let transaction = ruleset::full_transaction(
+            self.cfg.family,
+            &self.base,
+            &hairpin,
+            sorted.values().copied(),
+        );
+        self.account(&transaction);
         FamilySync {
-            transaction: ruleset::full_transaction(
-                self.cfg.family,
-                &self.base,
-                &hairpin,
-                sorted.values().copied(),
-            ),
+            transaction,
             removed_udp_endpoints: removed,
         }
     }

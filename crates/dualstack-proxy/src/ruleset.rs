@@ -2,7 +2,7 @@
 //! maps) and one [`Fragment`] per Service (its chains, affinity sets and map elements), built
 //! after upstream's nftables proxier. `README.md` of this crate describes the layout.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 
 use dualstack_ipam::IpFamily;
@@ -276,8 +276,23 @@ pub(crate) fn full_transaction<'a>(
     tx.ops.push(Op::AddTable);
     tx.ops.push(Op::DeleteTable);
     tx.ops.push(Op::AddTable);
+    // Every set of the base gets a size with room to spare for what it holds now.
+    let mut counts: HashMap<&str, usize> = HashMap::new();
+    for (set, _) in &base.elements {
+        *counts.entry(set).or_default() += 1;
+    }
+    for f in services.clone() {
+        for (set, _) in f.elements.keys() {
+            *counts.entry(set).or_default() += 1;
+        }
+    }
+    *counts.entry(HAIRPIN_ENDPOINTS).or_default() += hairpin.len();
     for s in &base.sets {
-        tx.ops.push(Op::AddSet(s.clone()));
+        let mut s = s.clone();
+        if s.timeout_secs.is_none() {
+            s.size = Some(set_size(counts.get(s.name.as_str()).copied().unwrap_or(0)));
+        }
+        tx.ops.push(Op::AddSet(s));
     }
     for (c, _) in &base.chains {
         tx.ops.push(Op::AddChain(c.clone()));
@@ -322,6 +337,17 @@ pub(crate) fn full_transaction<'a>(
     tx
 }
 
+/// The fewest elements a set of the base is sized for.
+pub const MIN_SET_SIZE: u32 = 1024;
+
+/// The size a full sync declares for a set of the base that holds `count` elements: at least
+/// twice that, rounded up to a power of two, and [`MIN_SET_SIZE`] at least. An incremental sync
+/// that would fill a set becomes a full one, which sizes it anew (`Proxier::sync`).
+pub fn set_size(count: usize) -> u32 {
+    let want = count.saturating_mul(2).max(MIN_SET_SIZE as usize);
+    u32::try_from(want.next_power_of_two()).unwrap_or(u32::MAX)
+}
+
 /// The [`HAIRPIN_ENDPOINTS`] element of a local endpoint.
 pub(crate) fn hairpin_element(addr: IpAddr) -> Element {
     Element {
@@ -360,6 +386,7 @@ fn set(name: &str, ty: SetType, comment: &str) -> SetDef {
         name: name.to_string(),
         ty,
         timeout_secs: None,
+        size: None,
         comment: Some(comment.to_string()),
     }
 }
@@ -996,6 +1023,7 @@ pub fn service_fragment(
                         name: n.affinity.clone(),
                         ty: SetType::Addr,
                         timeout_secs: Some(timeout),
+                        size: None,
                         comment: None,
                     },
                 );

@@ -129,6 +129,61 @@ fn incremental_result_equals_a_fresh_full_render() {
     }
 }
 
+/// The size a transaction declares for `set`, if it declares it.
+fn declared_size(tx: &dualstack_proxy::Transaction, set: &str) -> Option<u32> {
+    tx.ops.iter().find_map(|op| match op {
+        Op::AddSet(s) if s.name == set => s.size,
+        _ => None,
+    })
+}
+
+#[test]
+fn sets_are_sized_with_room_and_a_sync_that_would_fill_one_is_a_full_one() {
+    use dualstack_proxy::ruleset::{MIN_SET_SIZE, set_size};
+    assert_eq!(set_size(0), MIN_SET_SIZE);
+    assert_eq!(set_size(100_000), 262_144);
+    let t = Instant::now();
+    let mut p = DualStackProxier::new(&node_config());
+    // 200 Services × 2 endpoints: 400 backends per family get the smallest size.
+    let (svcs, slices) = many(200, 2);
+    let r = p.update(&svcs, &slices, t).unwrap();
+    assert!(r.ipv4.transaction.full);
+    assert_eq!(
+        declared_size(&r.ipv4.transaction, "service-backends"),
+        Some(MIN_SET_SIZE)
+    );
+    // 300 more: 1,000 backends still fit, so the change is incremental.
+    let (svcs, slices) = many(500, 2);
+    let r = p.update(&svcs, &slices, t).unwrap();
+    assert!(!r.ipv4.transaction.full && !r.ipv6.transaction.full);
+    // 100 more would make 1,200 backends in a set of 1,024: the whole table is written again,
+    // the set sized for what it holds.
+    let (svcs, slices) = many(600, 2);
+    let r = p.update(&svcs, &slices, t).unwrap();
+    for f in r.families() {
+        assert!(f.transaction.full, "{}", f.transaction.family);
+        assert_eq!(
+            declared_size(&f.transaction, "service-backends"),
+            Some(4096)
+        );
+        assert_eq!(declared_size(&f.transaction, "service-ips"), Some(2048));
+    }
+    // Elements only go: nothing refills, so the next change is incremental again.
+    let (svcs, slices) = many(300, 2);
+    let r = p.update(&svcs, &slices, t).unwrap();
+    assert!(!r.ipv4.transaction.full && !r.ipv6.transaction.full);
+    // Affinity sets, which update themselves, get no size (the kernel's fixed hash cannot time
+    // elements out).
+    let mut fresh = DualStackProxier::new(&node_config());
+    let (svcs, slices) = world();
+    let r = fresh.update(&svcs, &slices, t).unwrap();
+    for op in &r.ipv4.transaction.ops {
+        if let Op::AddSet(s) = op {
+            assert_eq!(s.size.is_some(), s.timeout_secs.is_none(), "{s:?}");
+        }
+    }
+}
+
 #[test]
 fn removing_an_endpoint_flushes_and_deletes_only_its_chain_later() {
     let ns = "ns1";
