@@ -82,16 +82,7 @@ fn node() -> NodeConfig {
 /// The table's listing with every set's elements sorted (the kernel lists a hash in its own
 /// order).
 fn normalized(family: &str) -> Vec<String> {
-    let out = Command::new("nft")
-        .args(["list", "table", family, "dualstack-proxy"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8_lossy(&out.stdout).replace(['{', '}'], "\n");
+    let text = list_table(family).replace(['{', '}'], "\n");
     let mut lines: Vec<String> = text
         .split([',', '\n'])
         .map(|l| l.trim().trim_start_matches("elements = ").to_string())
@@ -101,15 +92,24 @@ fn normalized(family: &str) -> Vec<String> {
     lines
 }
 
+/// Runs `f` on a thread of its own in a new network namespace (gone with the thread), as root.
+fn in_new_netns(f: impl FnOnce() + Send + 'static) {
+    assert!(is_root(), "needs root and nft (CI runs as root)");
+    std::thread::spawn(|| {
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        f();
+    })
+    .join()
+    .unwrap();
+}
+
 fn is_root() -> bool {
     nix::unistd::Uid::effective().is_root()
 }
 
 #[test]
 fn element_only_syncs_sent_over_netlink_equal_a_fresh_full_load() {
-    assert!(is_root(), "needs root and nft (CI runs as root)");
-    std::thread::spawn(|| {
-        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+    in_new_netns(|| {
         let nft = NftCommand::default();
         let t = Instant::now();
         let mut px = DualStackProxier::new(&node());
@@ -160,9 +160,7 @@ fn element_only_syncs_sent_over_netlink_equal_a_fresh_full_load() {
             e.contains("in `delete element ip dualstack-proxy no-such-set { 10.9.9.9 }`"),
             "names the refused operation: {e}"
         );
-    })
-    .join()
-    .unwrap();
+    });
 }
 
 /// Loads `tx` with `nft -f -` from its text.
@@ -270,9 +268,7 @@ fn anonymous_sets(family: dualstack_ipam::IpFamily) -> dualstack_proxy::Transact
 
 #[test]
 fn what_netlink_loads_lists_as_what_nft_loads_from_the_same_text() {
-    assert!(is_root(), "needs root and nft (CI runs as root)");
-    std::thread::spawn(|| {
-        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+    in_new_netns(|| {
         let nft = NftCommand::default();
         let t = Instant::now();
         let listing = || (normalized("ip"), normalized("ip6"));
@@ -326,9 +322,7 @@ fn what_netlink_loads_lists_as_what_nft_loads_from_the_same_text() {
             );
         }
         flush();
-    })
-    .join()
-    .unwrap();
+    });
 }
 
 /// Equal listings, or a failure that shows only the lines that differ.
@@ -356,8 +350,13 @@ fn listing_of(family: dualstack_ipam::IpFamily) -> Vec<String> {
     } else {
         "ip6"
     };
+    list_table(f).lines().map(str::to_string).collect()
+}
+
+/// `nft list table FAMILY dualstack-proxy`.
+fn list_table(family: &str) -> String {
     let out = Command::new("nft")
-        .args(["list", "table", f, "dualstack-proxy"])
+        .args(["list", "table", family, "dualstack-proxy"])
         .output()
         .unwrap();
     assert!(
@@ -365,17 +364,12 @@ fn listing_of(family: dualstack_ipam::IpFamily) -> Vec<String> {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(str::to_string)
-        .collect()
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 #[test]
 fn a_batch_far_over_the_default_socket_buffer_goes_in_one_piece() {
-    assert!(is_root(), "needs root and nft (CI runs as root)");
-    std::thread::spawn(|| {
-        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+    in_new_netns(|| {
         let nft = NftCommand::default();
         let t = Instant::now();
         // 2,000 dual-stack Services of 4 endpoints: a few MiB per family.
@@ -420,7 +414,5 @@ fn a_batch_far_over_the_default_socket_buffer_goes_in_one_piece() {
             "the last Service is in"
         );
         flush();
-    })
-    .join()
-    .unwrap();
+    });
 }

@@ -4,6 +4,12 @@
 //! node-2) and measures, from the moment the watch shows the new pod Ready, how long until a
 //! TCP connect from node-1's network namespace to each ClusterIP is accepted. Probes run
 //! inside the lab namespace (never from the host's).
+//!
+//! Two series: back to back (a round starts as soon as the previous pod's deletion is
+//! programmed, so the Ready sync follows two syncs of the deletion and meets kube-proxy's
+//! pacing, at most one sync per `--nftables-min-sync-period` after a burst of 2), and settled
+//! (a round starts [`SETTLE`] after that, when the pacer has its burst again): the proxy's own
+//! programming latency.
 
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -27,6 +33,9 @@ pub struct ProgrammingArgs {
     #[arg(long, default_value = "/tmp")]
     pub work_dir: PathBuf,
 }
+
+/// The pause before a settled round: two minimum sync periods refill the pacer's burst.
+const SETTLE: Duration = Duration::from_secs(2);
 
 fn service() -> Service {
     serde_json::from_value(serde_json::json!({
@@ -120,8 +129,15 @@ pub fn run(args: ProgrammingArgs) -> Result<()> {
             .map(|s| s.parse())
             .collect::<Result<_, _>>()?;
         let targets: Vec<SocketAddr> = ips.iter().map(|ip| SocketAddr::new(*ip, 80)).collect();
-        let mut samples = Vec::new();
-        for round in 0..=args.rounds {
+        let mut back_to_back = Vec::new();
+        let mut settled = Vec::new();
+        for round in 0..=2 * args.rounds {
+            // Round 0 warms the lab up (first pod on the node, first programming); odd rounds
+            // are back to back, even ones settled.
+            let settle = round > 0 && round % 2 == 0;
+            if settle {
+                tokio::time::sleep(SETTLE).await;
+            }
             let name = format!("prog-{round}");
             let mut watch = watch_from_now(&pods, "app=prog").await?;
             pods.create(&PostParams::default(), &pod(&name)).await?;
@@ -141,9 +157,10 @@ pub fn run(args: ProgrammingArgs) -> Result<()> {
             let (ns, t) = (netns.clone(), targets.clone());
             let took =
                 tokio::task::spawn_blocking(move || until_all_connect(&ns, &t, ready_at)).await??;
-            // Round 0 warms the lab up (first pod on the node, first programming).
-            if round > 0 {
-                samples.push(took);
+            match (round, settle) {
+                (0, _) => {}
+                (_, true) => settled.push(took),
+                (_, false) => back_to_back.push(took),
             }
             pods.delete(&name, &DeleteParams::default()).await?;
             // The next round starts from a Service without endpoints: refused everywhere.
@@ -168,17 +185,34 @@ pub fn run(args: ProgrammingArgs) -> Result<()> {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         }
-        let s = Summary::of(&mut samples);
         let mut report = Report::default();
-        report.row(
-            format!(
-                "pod Ready (watch) → TCP connect to both ClusterIPs accepted from another node ({} rounds)",
-                s.n
+        for (what, samples, goal) in [
+            (
+                "back to back: the previous pod's deletion synced just before",
+                &mut back_to_back,
+                false,
             ),
-            format!("p50 {}, p99 {}, max {}", ms(s.p50), ms(s.p99), ms(s.max)),
-            "p99 ≤ 1 s (upstream SLO: p99 ≤ 5 s at scale)",
-            Some(s.p99 <= Duration::from_secs(1)),
-        );
+            (
+                "settled: 2 s after the previous deletion",
+                &mut settled,
+                true,
+            ),
+        ] {
+            let s = Summary::of(samples);
+            report.row(
+                format!(
+                    "pod Ready (watch) → TCP connect to both ClusterIPs accepted from another node, {what} ({} rounds)",
+                    s.n
+                ),
+                format!("p50 {}, p99 {}, max {}", ms(s.p50), ms(s.p99), ms(s.max)),
+                if goal {
+                    "p99 ≤ 1 s (upstream SLO: p99 ≤ 5 s at scale)"
+                } else {
+                    "— (bounded by the 1 s minimum sync period, kept from kube-proxy)"
+                },
+                goal.then_some(s.p99 <= Duration::from_secs(1)),
+            );
+        }
         report.print();
         drop(lab);
         Ok(())
