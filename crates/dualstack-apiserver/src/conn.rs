@@ -17,6 +17,9 @@
 //!   one before a newer one.
 //! - A connection must finish its TLS handshake and the headers of its first request within the
 //!   handshake timeout, and is closed after the idle timeout without a request in flight.
+//! - An upgraded connection (exec, attach, port-forward) outlives its HTTP connection task in
+//!   the task that splices it to the node: it holds its slot ([`Governor::hold`]), busy, until
+//!   that session ends, so sessions count against the caps like any connection.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -71,6 +74,10 @@ struct Slot {
     inflight: u32,
     accepted: Instant,
     last_active: Instant,
+    /// Upgraded sessions still using the connection (each also counts in `inflight`).
+    holds: u32,
+    /// The connection task ended; the slot stays while `holds` > 0.
+    closed: bool,
 }
 
 /// What [`Table::admit`] decided.
@@ -159,6 +166,8 @@ impl Table {
                 inflight: 0,
                 accepted: now,
                 last_active: now,
+                holds: 0,
+                closed: false,
             },
         );
         self.untrusted += 1;
@@ -197,6 +206,40 @@ impl Table {
         {
             s.trusted = true;
             self.untrusted -= 1;
+        }
+    }
+
+    /// An upgraded session goes on using `id` beyond its connection task: busy until
+    /// [`Table::release`]. False when `id` is gone.
+    pub fn hold(&mut self, id: ConnId, now: Instant) -> bool {
+        let Some(s) = self.slots.get_mut(&id) else {
+            return false;
+        };
+        s.holds += 1;
+        s.inflight += 1;
+        s.last_active = now;
+        true
+    }
+
+    /// The upgraded session on `id` ended; a connection whose task ended before goes now.
+    pub fn release(&mut self, id: ConnId, now: Instant) {
+        let Some(s) = self.slots.get_mut(&id) else {
+            return;
+        };
+        s.holds = s.holds.saturating_sub(1);
+        s.inflight = s.inflight.saturating_sub(1);
+        s.last_active = now;
+        if s.closed && s.holds == 0 {
+            self.remove(id);
+        }
+    }
+
+    /// The connection task of `id` ended: forgotten, unless an upgraded session holds it.
+    pub fn close(&mut self, id: ConnId) {
+        match self.slots.get_mut(&id) {
+            Some(s) if s.holds > 0 => s.closed = true,
+            Some(_) => self.remove(id),
+            None => {}
         }
     }
 
@@ -303,10 +346,23 @@ impl Governor {
         self.table.lock().expect("conn table").trust(id);
     }
 
-    /// The connection task ended.
+    /// The connection task ended (an upgraded session may still hold the slot).
     pub fn closed(&self, id: ConnId) {
-        self.table.lock().expect("conn table").remove(id);
+        self.table.lock().expect("conn table").close(id);
         self.kills.lock().expect("kills").remove(&id);
+    }
+
+    /// Keeps connection `id` counted and busy until the returned guard drops: for an upgraded
+    /// session, which lives on after the connection task. `None` when `id` is gone.
+    pub fn hold(&self, id: ConnId) -> Option<Hold> {
+        self.table
+            .lock()
+            .expect("conn table")
+            .hold(id, Instant::now())
+            .then(|| Hold {
+                governor: self.clone(),
+                id,
+            })
     }
 
     /// Closes the connections past their deadlines; returns how many.
@@ -326,6 +382,40 @@ impl Governor {
     pub fn counts(&self) -> (usize, usize) {
         let t = self.table.lock().expect("conn table");
         (t.len(), t.untrusted())
+    }
+}
+
+/// A connection's slot held by an upgraded session ([`Governor::hold`]); released on drop.
+#[derive(Debug)]
+pub struct Hold {
+    governor: Governor,
+    id: ConnId,
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        self.governor
+            .table
+            .lock()
+            .expect("conn table")
+            .release(self.id, Instant::now());
+    }
+}
+
+/// The connection a request came on, in the request's extensions: what an upgrade handler
+/// holds for the life of its session ([`ConnHandle::hold`]).
+#[derive(Debug, Clone)]
+pub struct ConnHandle {
+    /// The governor.
+    pub governor: Governor,
+    /// The connection.
+    pub id: ConnId,
+}
+
+impl ConnHandle {
+    /// See [`Governor::hold`].
+    pub fn hold(&self) -> Option<Hold> {
+        self.governor.hold(self.id)
     }
 }
 
@@ -496,6 +586,36 @@ mod tests {
         let (w, _) = admitted(t.admit(t0));
         t.begin(w, t0);
         assert!(t.expire(t0 + Duration::from_secs(3600)).is_empty());
+    }
+
+    #[test]
+    fn an_upgraded_session_holds_its_slot_after_the_connection_task_ends() {
+        let t0 = Instant::now();
+        let mut t = Table::new(limits(2, 2));
+        let (a, _) = admitted(t.admit(t0));
+        t.begin(a, t0);
+        assert!(t.hold(a, t0));
+        t.end(a, t0); // the 101 response went out
+        t.close(a); // hyper handed the stream to the session
+        assert_eq!(t.len(), 1, "still counted");
+        assert!(t.expire(t0 + Duration::from_secs(3600)).is_empty(), "busy");
+        // Two sessions fill a table of two: a third connection is refused, not let in.
+        let (b, _) = admitted(t.admit(t0));
+        t.begin(b, t0);
+        assert!(t.hold(b, t0));
+        t.end(b, t0);
+        t.close(b);
+        assert_eq!(t.admit(t0), Admission::Refused);
+        // The session ends: the slot goes with it.
+        t.release(a, t0 + Duration::from_secs(1));
+        assert_eq!(t.len(), 1);
+        let (c, evict) = admitted(t.admit(t0 + Duration::from_secs(2)));
+        assert_eq!(evict, None);
+        // A held slot whose connection is still open stays after the session ends.
+        assert!(t.hold(c, t0));
+        t.release(c, t0 + Duration::from_secs(3));
+        assert_eq!(t.len(), 2);
+        assert!(!t.hold(99, t0), "a gone connection cannot be held");
     }
 
     #[test]

@@ -349,9 +349,19 @@ async fn handle_inner(
         let mut answer = Response::builder().status(StatusCode::SWITCHING_PROTOCOLS);
         copy_headers(resp.headers(), answer.headers_mut().expect("builder"));
         let backend = hyper::upgrade::on(&mut resp);
+        // The session outlives the client's HTTP connection task: it keeps the connection's
+        // slot in the governor until it ends (see `conn`).
+        let hold = parts
+            .extensions
+            .get::<crate::conn::ConnHandle>()
+            .and_then(crate::conn::ConnHandle::hold);
+        if hold.is_none() {
+            tracing::warn!("an upgraded session whose connection the governor does not know");
+        }
         let mut client_req = http::Request::from_parts(parts, Body::empty());
         let frontend = hyper::upgrade::on(&mut client_req);
         tokio::spawn(async move {
+            let _hold = hold;
             let (Ok(b), Ok(f)) = (backend.await, frontend.await) else {
                 return;
             };

@@ -379,6 +379,11 @@ async fn serve_connection(
         let trusted = trusted.clone();
         async move {
             governor.begin(id);
+            let mut req = req;
+            req.extensions_mut().insert(crate::conn::ConnHandle {
+                governor: governor.clone(),
+                id,
+            });
             let guard = InFlight {
                 governor: governor.clone(),
                 id,
