@@ -226,6 +226,14 @@ fn anonymous_sets(family: dualstack_ipam::IpFamily) -> dualstack_proxy::Transact
         negate: true,
         rhs: AddrRhs::Nets(n),
     };
+    let many: Vec<ipnet::IpNet> = (0..3000u32)
+        .map(|i| match family {
+            dualstack_ipam::IpFamily::IPv4 => {
+                format!("10.{}.{}.0/25", i / 256, i % 256).parse().unwrap()
+            }
+            dualstack_ipam::IpFamily::IPv6 => format!("fd00:{i:x}::/64").parse().unwrap(),
+        })
+        .collect();
     let mut tx = dualstack_proxy::Transaction::new(family, true);
     tx.ops.push(Op::AddTable);
     for c in ["c", "d"] {
@@ -255,6 +263,8 @@ fn anonymous_sets(family: dualstack_ipam::IpFamily) -> dualstack_proxy::Transact
             Stmt::Verdict(Verdict::Drop),
         ),
         Rule::when(vec![saddr_not(parse(&[all]))], Stmt::Verdict(Verdict::Drop)),
+        // Thousands of ranges: the set's elements take several messages.
+        Rule::when(vec![saddr_not(many.clone())], Stmt::Verdict(Verdict::Drop)),
         Rule::new(Stmt::Numgen {
             targets: vec!["d".into(), "d".into(), "d".into()],
         }),

@@ -128,8 +128,11 @@ const TYPE_IPADDR: u32 = 7;
 const TYPE_IP6ADDR: u32 = 8;
 const TYPE_INET_PROTOCOL: u32 = 12;
 const TYPE_INET_SERVICE: u32 = 13;
-/// Elements per message, so a message's element list stays under a netlink attribute's 64 KiB.
+/// Elements per message at most (as nft sends them).
 const ELEMENTS_PER_MESSAGE: usize = 256;
+/// Bytes of elements per message at most: a message's element list is one netlink attribute,
+/// whose length is 16 bits. 256 elements with long comments and chain names would not fit.
+const ELEMENT_BYTES_PER_MESSAGE: usize = 48 * 1024;
 
 /// One batch ready to send.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -315,7 +318,7 @@ impl Encoder {
             }
             Op::AddElements { set, elements } => {
                 let id = self.set_ids.get(set).copied();
-                for chunk in elements.chunks(ELEMENTS_PER_MESSAGE) {
+                for chunk in chunks(elements, element_size) {
                     self.msg(NFT_MSG_NEWSETELEM, NLM_F_CREATE, |b| {
                         elements_attrs(b, set, id, |b| {
                             for (i, e) in chunk.iter().enumerate() {
@@ -327,7 +330,7 @@ impl Encoder {
             }
             Op::DeleteElements { set, keys } => {
                 let id = self.set_ids.get(set).copied();
-                for chunk in keys.chunks(ELEMENTS_PER_MESSAGE) {
+                for chunk in chunks(keys, |_| KEY_ELEMENT_SIZE) {
                     self.msg(NFT_MSG_DELSETELEM, 0, |b| {
                         elements_attrs(b, set, id, |b| {
                             for (i, k) in chunk.iter().enumerate() {
@@ -439,25 +442,27 @@ impl Encoder {
             });
             attr(b, NFTA_SET_USERDATA, |b| b.extend_from_slice(&udata));
         });
-        self.msg(NFT_MSG_NEWSETELEM, NLM_F_CREATE, |b| {
-            elements_attrs(b, "__set%d", Some(id), |b| {
-                for (i, (addr, end, open)) in elements.iter().enumerate() {
-                    attr(b, list_elem(i), |b| {
-                        if *end {
-                            attr_u32(b, NFTA_SET_ELEM_FLAGS, NFT_SET_ELEM_INTERVAL_END);
-                        }
-                        attr(b, NFTA_SET_ELEM_KEY | NLA_F_NESTED, |b| {
-                            attr(b, NFTA_DATA_VALUE, |b| push_addr(b, addr))
-                        });
-                        if *open {
-                            attr(b, NFTA_SET_ELEM_USERDATA, |b| {
-                                udata_u32(b, UDATA_SET_ELEM_FLAGS, SET_ELEM_F_INTERVAL_OPEN)
+        for chunk in chunks(&elements, |_| INTERVAL_ELEMENT_SIZE) {
+            self.msg(NFT_MSG_NEWSETELEM, NLM_F_CREATE, |b| {
+                elements_attrs(b, "__set%d", Some(id), |b| {
+                    for (i, (addr, end, open)) in chunk.iter().enumerate() {
+                        attr(b, list_elem(i), |b| {
+                            if *end {
+                                attr_u32(b, NFTA_SET_ELEM_FLAGS, NFT_SET_ELEM_INTERVAL_END);
+                            }
+                            attr(b, NFTA_SET_ELEM_KEY | NLA_F_NESTED, |b| {
+                                attr(b, NFTA_DATA_VALUE, |b| push_addr(b, addr))
                             });
-                        }
-                    });
-                }
-            })
-        });
+                            if *open {
+                                attr(b, NFTA_SET_ELEM_USERDATA, |b| {
+                                    udata_u32(b, UDATA_SET_ELEM_FLAGS, SET_ELEM_F_INTERVAL_OPEN)
+                                });
+                            }
+                        });
+                    }
+                })
+            });
+        }
         id
     }
 
@@ -1097,6 +1102,48 @@ fn elements_attrs(out: &mut Vec<u8>, set: &str, id: Option<u32>, each: impl FnOn
     attr(out, NFTA_SET_ELEM_LIST_ELEMENTS | NLA_F_NESTED, each);
 }
 
+/// An upper bound of a key-only element's bytes (a 28-byte key at most).
+const KEY_ELEMENT_SIZE: usize = 48;
+/// An upper bound of an anonymous interval set element's bytes.
+const INTERVAL_ELEMENT_SIZE: usize = 64;
+
+/// An upper bound of `e`'s bytes in an element list.
+fn element_size(e: &Element) -> usize {
+    let value = match &e.value {
+        Some(Value::Verdict(v)) => {
+            let chain = match v {
+                Verdict::Jump(c) | Verdict::Goto(c) => c.len() + 8,
+                _ => 0,
+            };
+            24 + chain
+        }
+        Some(Value::Target(..)) => 32,
+        None => 0,
+    };
+    let comment = e.comment.as_ref().map_or(0, |c| c.len().min(127) + 12);
+    KEY_ELEMENT_SIZE + value + comment
+}
+
+/// `items` cut into runs for one message each: at most [`ELEMENTS_PER_MESSAGE`] and
+/// [`ELEMENT_BYTES_PER_MESSAGE`] by `size`.
+fn chunks<T>(items: &[T], size: impl Fn(&T) -> usize) -> Vec<&[T]> {
+    let mut out = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (i, item) in items.iter().enumerate() {
+        let n = size(item);
+        if i > start && (i - start >= ELEMENTS_PER_MESSAGE || bytes + n > ELEMENT_BYTES_PER_MESSAGE)
+        {
+            out.push(&items[start..i]);
+            (start, bytes) = (i, 0);
+        }
+        bytes += n;
+    }
+    if start < items.len() {
+        out.push(&items[start..]);
+    }
+    out
+}
+
 /// The nest of the `i`th element of a list: nft numbers them from 1 (the kernel reads any
 /// number).
 fn list_elem(i: usize) -> u16 {
@@ -1338,6 +1385,39 @@ mod tests {
                 (NFT_MSG_NEWRULE, c | NLM_F_APPEND),
             ]
         );
+    }
+
+    #[test]
+    fn long_names_and_comments_spread_elements_over_more_messages() {
+        let chain = "c".repeat(250);
+        let mut tx = Transaction::new(IpFamily::IPv6, false);
+        tx.ops.push(Op::AddElements {
+            set: "service-ips".into(),
+            elements: (0..1000u16)
+                .map(|p| Element {
+                    key: Key::AddrProtoPort("fd00::1".parse().unwrap(), Protocol::Tcp, p),
+                    value: Some(Value::Verdict(Verdict::Goto(chain.clone()))),
+                    comment: Some("x".repeat(200)),
+                })
+                .collect(),
+        });
+        let b = batch(&tx, 1);
+        let h = headers(&b);
+        // 1,000 elements of ~440 bytes: more than the 4 messages 256 a message would make,
+        // each under the 64 KiB an element list may take.
+        assert!(h.len() - 2 > 4, "{} messages", h.len() - 2);
+        let mut at = 0;
+        while at < b.bytes.len() {
+            let len = u32::from_ne_bytes(b.bytes[at..at + 4].try_into().unwrap()) as usize;
+            assert!(len < 65_535, "a message of {len} bytes");
+            at += len;
+        }
+        let found = b
+            .bytes
+            .windows(chain.len())
+            .filter(|w| *w == chain.as_bytes())
+            .count();
+        assert_eq!(found, 1000, "every element sent once");
     }
 
     #[test]
