@@ -394,11 +394,23 @@ pub struct Hold {
 
 impl Drop for Hold {
     fn drop(&mut self) {
-        self.governor
-            .table
-            .lock()
-            .expect("conn table")
-            .release(self.id, Instant::now());
+        // No panic in a drop (it may run while unwinding).
+        if let Ok(mut t) = self.governor.table.lock() {
+            t.release(self.id, Instant::now());
+        }
+    }
+}
+
+/// TCP keepalive as Go's net/http server sets it (kube-apiserver's): a peer that vanished
+/// without a FIN or RST is found within about two minutes, so its connection (an upgraded
+/// session that holds its slot included) ends.
+pub fn keepalive(tcp: &tokio::net::TcpStream) {
+    let ka = socket2::TcpKeepalive::new()
+        .with_time(Duration::from_secs(15))
+        .with_interval(Duration::from_secs(15))
+        .with_retries(9);
+    if let Err(e) = socket2::SockRef::from(tcp).set_tcp_keepalive(&ka) {
+        tracing::debug!(error = %e, "TCP keepalive not set");
     }
 }
 
@@ -616,6 +628,22 @@ mod tests {
         t.release(c, t0 + Duration::from_secs(3));
         assert_eq!(t.len(), 2);
         assert!(!t.hold(99, t0), "a gone connection cannot be held");
+    }
+
+    #[tokio::test]
+    async fn accepted_and_dialed_sockets_get_go_s_keepalive() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let dialed = tokio::net::TcpStream::connect(l.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (accepted, _) = l.accept().await.unwrap();
+        for s in [&dialed, &accepted] {
+            keepalive(s);
+            let r = socket2::SockRef::from(s);
+            assert!(r.keepalive().unwrap());
+            assert_eq!(r.tcp_keepalive_time().unwrap(), Duration::from_secs(15));
+            assert_eq!(r.tcp_keepalive_interval().unwrap(), Duration::from_secs(15));
+        }
     }
 
     #[test]

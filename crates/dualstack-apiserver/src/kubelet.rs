@@ -521,6 +521,8 @@ async fn connect(
     impl std::future::Future<Output = hyper::Result<()>> + Send + 'static,
 )> {
     let tcp = dial(addr, netns).await?;
+    // A node that vanished mid-session ends the session (and frees its slot).
+    crate::conn::keepalive(&tcp);
     let tls = tokio_rustls::TlsConnector::from(client.tls.clone())
         .connect(ServerName::IpAddress(addr.ip().into()), tcp)
         .await?;

@@ -308,6 +308,7 @@ async fn accept_loop(
             continue;
         };
         let _ = tcp.set_nodelay(true);
+        crate::conn::keepalive(&tcp);
         let tls = tls.clone();
         let router = router.clone();
         let governor = governor.clone();

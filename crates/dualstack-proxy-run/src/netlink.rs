@@ -68,10 +68,10 @@ impl Conn {
         // Room for the errors of a large refused batch (each one a message of its own).
         setsockopt(&socket, sockopt::RcvBufForce, &RECEIVE_BUFFER)
             .map_err(|e| err(what, format!("netlink receive buffer: {e}")))?;
-        socket
-            .set_cap_ack(true)
-            .and_then(|()| socket.set_ext_ack(true))
-            .map_err(|e| err(what, format!("netlink acknowledgement options: {e}")))?;
+        // Best effort: kernels before 4.3 / 4.12 have neither; errors then quote the whole
+        // refused message (still parsed the same way) and carry no text.
+        let _ = socket.set_cap_ack(true);
+        let _ = socket.set_ext_ack(true);
         Ok(Conn {
             socket,
             seq: 1,
@@ -126,7 +126,12 @@ impl Conn {
         let mut failures: Vec<String> = Vec::new();
         let mut buf = vec![0u8; 64 * 1024];
         loop {
-            let n = self.socket.recv(&mut &mut buf[..], 0).map_err(|e| {
+            let n = match self.socket.recv(&mut &mut buf[..], 0) {
+                // A signal (the agent reaps its children) is no answer: read again.
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                r => r,
+            }
+            .map_err(|e| {
                 if e.raw_os_error() == Some(105) {
                     // ENOBUFS: more answers than the buffer holds, which only errors make.
                     err(

@@ -152,7 +152,10 @@ pub struct Batch {
 impl Batch {
     /// The index of the operation that message `seq` encodes.
     pub fn op_of(&self, seq: u32) -> Option<usize> {
-        match self.ops.binary_search_by_key(&seq, |(s, _)| *s) {
+        // By offset from the batch's first number, so a batch across a wrap of the sequence
+        // numbers is searched in order.
+        let at = |s: u32| s.wrapping_sub(self.first_seq);
+        match self.ops.binary_search_by_key(&at(seq), |(s, _)| at(*s)) {
             Ok(i) => Some(self.ops[i].1),
             Err(0) => None,
             Err(i) => Some(self.ops[i - 1].1),
@@ -1102,7 +1105,7 @@ fn elements_attrs(out: &mut Vec<u8>, set: &str, id: Option<u32>, each: impl FnOn
     attr(out, NFTA_SET_ELEM_LIST_ELEMENTS | NLA_F_NESTED, each);
 }
 
-/// An upper bound of a key-only element's bytes (a 28-byte key at most).
+/// An upper bound of a key-only element's bytes (a 32-byte key at most: an IPv6 pair).
 const KEY_ELEMENT_SIZE: usize = 48;
 /// An upper bound of an anonymous interval set element's bytes.
 const INTERVAL_ELEMENT_SIZE: usize = 64;
@@ -1349,6 +1352,13 @@ mod tests {
         );
         let text = String::from_utf8_lossy(&b.bytes);
         assert!(text.contains("pick-cluster-2\0") && text.contains("ns/svc:http\0"));
+
+        // Across a wrap of the sequence numbers the mapping holds.
+        let wrapped = batch(&tx, u32::MAX - 1);
+        assert_eq!(
+            [u32::MAX, 0, 1, 2].map(|s| wrapped.op_of(s)),
+            [Some(0), Some(1), Some(1), Some(2)]
+        );
 
         let empty = batch(&Transaction::new(IpFamily::IPv4, false), 1);
         assert_eq!(headers(&empty).len(), 2);

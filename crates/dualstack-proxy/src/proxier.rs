@@ -348,11 +348,12 @@ impl Proxier {
         }
         for op in &tx.ops {
             match op {
+                // Only a full transaction declares sized sets (fragments' sets have no size).
                 Op::AddSet(SetDef {
                     name,
                     size: Some(size),
                     ..
-                }) => {
+                }) if tx.full => {
                     self.set_fill.insert(name.clone(), (*size, 0));
                 }
                 Op::AddElements { set, elements } => {
