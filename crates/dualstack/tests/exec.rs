@@ -523,6 +523,9 @@ spec:
     image: none
     ports: [{{name: http, containerPort: 8080}}]
     command: ["python3", "-m", "http.server", "--bind", "::", "--directory", "{}", "8080"]
+    readinessProbe:
+      tcpSocket: {{port: 8080}}
+      periodSeconds: 1
 ---
 apiVersion: v1
 kind: Service
@@ -534,13 +537,31 @@ spec:
 "#,
         dir.path().display()
     ));
-    wait_running(&lab, "web");
+    // Running is not enough: a forward opened before the server listens is
+    // refused by the node, and kubectl then closes the connection unanswered.
+    eventually(Duration::from_secs(60), || {
+        let p = lab.json(&["get", "pod", "web"]);
+        p["status"]["conditions"]
+            .as_array()?
+            .iter()
+            .any(|c| c["type"] == "Ready" && c["status"] == "True")
+            .then_some(())
+    })
+    .unwrap_or_else(|| panic!("pod web never became Ready:\n{}", lab.logs()));
     // 1.33 tunnels SPDY in WebSocket; 1.27 speaks SPDY/3.1 itself.
     for (version, local) in [("1.33", 28080u16), ("1.27", 28081)] {
         let mut pf = port_forward(&lab, version, local, 8080);
         let mut last = String::new();
         let Some(got) = eventually(Duration::from_secs(20), || {
-            http_get(local, "/blob").map_err(|e| last = e).ok()
+            // An empty answer is a forward the node refused: kubectl's
+            // output (below, on timeout) says why.
+            http_get(local, "/blob")
+                .and_then(|v| match v.is_empty() {
+                    true => Err("an empty answer".to_string()),
+                    false => Ok(v),
+                })
+                .map_err(|e| last = e)
+                .ok()
         }) else {
             let _ = pf.kill();
             let o = pf.wait_with_output().unwrap();
@@ -550,7 +571,11 @@ spec:
                 lab.logs()
             );
         };
-        let at = got.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        let at = got
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .unwrap_or_else(|| panic!("kubectl {version}: no HTTP header in {:?}", got))
+            + 4;
         assert!(got.starts_with(b"HTTP/1.0 200"), "{version}");
         assert!(
             got[at..] == body[..],
