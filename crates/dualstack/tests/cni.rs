@@ -162,7 +162,7 @@ fn nsenter(ns: &Path, prog: &str, args: &[&str]) -> Output {
 fn ping(from: &Path, to: IpAddr) -> bool {
     let out = Command::new("nsenter")
         .arg(format!("--net={}", from.display()))
-        .args(["ping", "-c1", "-W1", &to.to_string()])
+        .args(["ping", "-c1", "-W3", &to.to_string()])
         .output()
         .unwrap_or_else(|e| panic!("ping: {e} (install iputils-ping)"));
     out.status.success()

@@ -45,7 +45,7 @@ fn kubectl_logs_follows_a_running_pod_and_serves_tail_timestamps_and_previous() 
         "--",
         "sh",
         "-c",
-        "for i in 1 2 3 4 5 6 7 8 9 10; do echo tick $i; sleep 0.5; done; printf end",
+        "for i in $(seq 1 20); do echo tick $i; sleep 0.5; done; printf end",
     ]);
     wait_running(&lab, "ticker");
     let before = lab.kubectl_ok(&["logs", "ticker"]);
@@ -79,19 +79,19 @@ fn kubectl_logs_follows_a_running_pod_and_serves_tail_timestamps_and_previous() 
         .read_to_string(&mut followed)
         .unwrap();
     assert!(status.success(), "kubectl logs -f failed: {followed}");
-    let want: String = (1..=10).map(|i| format!("tick {i}\n")).collect::<String>() + "end";
+    let want: String = (1..=20).map(|i| format!("tick {i}\n")).collect::<String>() + "end";
     assert_eq!(
         followed, want,
         "the followed log is the whole log, in order"
     );
     assert!(
-        !before.contains("tick 10"),
+        !before.contains("tick 20"),
         "the pod was still running when logs -f began: {before:?}"
     );
 
     assert_eq!(
         lab.kubectl_ok(&["logs", "ticker", "--tail=2"]),
-        "tick 10\nend"
+        "tick 20\nend"
     );
     let stamped = lab.kubectl_ok(&["logs", "ticker", "--tail=1", "--timestamps"]);
     let (ts, line) = stamped.split_once(' ').unwrap();
@@ -134,7 +134,7 @@ fn kubectl_logs_follows_a_running_pod_and_serves_tail_timestamps_and_previous() 
         "--",
         "sh",
         "-c",
-        "echo run-$(cat /proc/sys/kernel/random/uuid); sleep 1; exit 1",
+        "echo run-$(cat /proc/sys/kernel/random/uuid); sleep 3; exit 1",
     ]);
     eventually(Duration::from_secs(60), || {
         let p = lab.json(&["get", "pod", "crasher"]);
@@ -475,25 +475,36 @@ fn kubectl_exec_returns_exit_codes_runs_in_the_pod_and_reaches_an_ipv6_cluster_i
 }
 
 /// `kubectl port-forward` to the web pod; returns the child and the local port.
-fn port_forward(lab: &Lab, version: &str, local: u16, remote: u16) -> std::process::Child {
+/// `kubectl port-forward pod/web :REMOTE` (kubectl picks a free local port, so tests running
+/// side by side never collide); the child and the local port it listens on.
+fn port_forward(lab: &Lab, version: &str, remote: u16) -> (std::process::Child, u16) {
     let mut child = Command::new(kubectl_path(version))
         .arg("--kubeconfig")
         .arg(lab.path().join("kubeconfig"))
-        .args(["port-forward", "pod/web", &format!("{local}:{remote}")])
+        .args([
+            "port-forward",
+            "--address=127.0.0.1",
+            "pod/web",
+            &format!(":{remote}"),
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    // kubectl prints "Forwarding from ..." once it listens.
-    let mut first = [0u8; 15];
-    child
-        .stdout
-        .as_mut()
-        .unwrap()
-        .read_exact(&mut first)
-        .unwrap();
-    assert_eq!(&first, b"Forwarding from");
-    child
+    // kubectl prints "Forwarding from 127.0.0.1:PORT -> REMOTE" once it listens.
+    let stdout = child.stdout.as_mut().unwrap();
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    while byte[0] != b'\n' && stdout.read(&mut byte).unwrap() == 1 {
+        line.push(byte[0]);
+    }
+    let line = String::from_utf8_lossy(&line).to_string();
+    let port = line
+        .strip_prefix("Forwarding from 127.0.0.1:")
+        .and_then(|r| r.split(' ').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("kubectl {version} port-forward said {line:?}"));
+    (child, port)
 }
 
 fn http_get(port: u16, path: &str) -> Result<Vec<u8>, String> {
@@ -549,8 +560,8 @@ spec:
     })
     .unwrap_or_else(|| panic!("pod web never became Ready:\n{}", lab.logs()));
     // 1.33 tunnels SPDY in WebSocket; 1.27 speaks SPDY/3.1 itself.
-    for (version, local) in [("1.33", 28080u16), ("1.27", 28081)] {
-        let mut pf = port_forward(&lab, version, local, 8080);
+    for version in ["1.33", "1.27"] {
+        let (mut pf, local) = port_forward(&lab, version, 8080);
         let mut last = String::new();
         let Some(got) = eventually(Duration::from_secs(20), || {
             // An empty answer is a forward the node refused: kubectl's
@@ -615,8 +626,8 @@ spec:
     );
 
     // A closed port in the pod: kubectl reports the node's error.
-    let mut pf = port_forward(&lab, "1.33", 28082, 81);
-    let _ = http_get(28082, "/");
+    let (mut pf, local) = port_forward(&lab, "1.33", 81);
+    let _ = http_get(local, "/");
     let start = Instant::now();
     while pf.try_wait().unwrap().is_none() && start.elapsed() < Duration::from_secs(10) {
         std::thread::sleep(Duration::from_millis(100));

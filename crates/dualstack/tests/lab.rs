@@ -217,14 +217,20 @@ fn a_three_node_lab_gives_every_pod_both_families_and_pods_reach_each_other_on_b
 
     // The nodes route each other's podCIDRs, both families: node-2 reaches web-1's addresses.
     let web1 = pod_ips(&lab.pod("web-1"));
+    // (A route follows the watch of the other node; the first echo may also wait for
+    // neighbour discovery: a few tries.)
     for ip in &web1 {
-        let out = lab.exec("node-2", &["ping", "-c1", "-W2", &ip.to_string()]);
-        assert!(
-            out.status.success(),
-            "node-2 cannot reach {ip}: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let mut last = String::new();
+        let reached = eventually(Duration::from_secs(20), || {
+            let out = lab.exec("node-2", &["ping", "-c1", "-W2", &ip.to_string()]);
+            last = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            out.status.success().then_some(())
+        });
+        assert!(reached.is_some(), "node-2 cannot reach {ip}: {last}");
     }
 
     // A client on every node fetches from every server on both addresses.

@@ -854,19 +854,19 @@ fn a_deleted_kubernetes_service_its_endpoints_and_kube_node_lease_come_back() {
     let svc = wait_back(
         &s,
         "/api/v1/namespaces/default/services/kubernetes",
-        Duration::from_secs(15),
+        Duration::from_secs(30),
     );
     assert_eq!(svc["spec"]["clusterIP"], before["spec"]["clusterIP"]);
     assert_ne!(svc["metadata"]["uid"], before["metadata"]["uid"]);
     wait_back(
         &s,
         "/api/v1/namespaces/default/endpoints/kubernetes",
-        Duration::from_secs(15),
+        Duration::from_secs(30),
     );
     wait_back(
         &s,
         "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices/kubernetes",
-        Duration::from_secs(15),
+        Duration::from_secs(30),
     );
     eprintln!("kubernetes Service back after {:?}", start.elapsed());
     let out = s.kubectl_ok(&k, &["get", "svc", "kubernetes", "-o", "name"]);

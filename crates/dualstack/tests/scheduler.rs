@@ -323,6 +323,9 @@ fn a_node_whose_lease_is_not_renewed_turns_unknown_and_its_pods_stop_being_ready
     create_ready_node(&s, "alive", json!({}));
     create_ready_node(&s, "silent", json!({}));
     renew_lease(&s, "alive");
+    // The grace period runs from this last renewal (not from after the calls below, which
+    // can be slow on a loaded machine).
+    let silent_since = Instant::now();
     renew_lease(&s, "silent");
 
     // A ready pod on the node that will go silent.
@@ -339,7 +342,6 @@ fn a_node_whose_lease_is_not_renewed_turns_unknown_and_its_pods_stop_being_ready
     );
 
     // Only "alive" keeps renewing.
-    let silent_since = Instant::now();
     let node = eventually(Duration::from_secs(20), || {
         renew_lease(&s, "alive");
         let n = get(&s, "/api/v1/nodes/silent");
