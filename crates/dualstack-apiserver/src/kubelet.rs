@@ -2,7 +2,10 @@
 //! upstream's API server does: `pods/log` (a streamed body), `pods/exec`, `pods/attach` and
 //! `pods/portforward` (the upgrade request passed through; once the node answers 101 the two connections are
 //! spliced, so the WebSocket protocol is the node agent's business). The node is reached at
-//! its first InternalIP (ExternalIP if none) on `status.daemonEndpoints.kubeletEndpoint.Port`
+//! the first of its `status.addresses` whose type comes first in
+//! `--kubelet-preferred-address-types` (upstream's default `Hostname,InternalDNS,InternalIP,
+//! ExternalDNS,ExternalIP`; a name is resolved by the host's resolver and its addresses tried in
+//! order) on `status.daemonEndpoints.kubeletEndpoint.Port`
 //! (`--kubelet-port`, 10250, when unset), over TLS with `--kubelet-client-certificate` /
 //! `--kubelet-client-key`, verified against `--kubelet-certificate-authority`. With
 //! `--kubelet-netns NODE=FILE` (ours) the socket is created inside that network namespace,
@@ -36,6 +39,35 @@ pub const APISERVER_KUBELET_CLIENT_CN: &str = "kube-apiserver-kubelet-client";
 /// kube-apiserver's `--kubelet-port` default.
 pub const DEFAULT_KUBELET_PORT: u16 = 10250;
 
+/// The node address types (`NodeAddressType`), in kube-apiserver's default order of
+/// `--kubelet-preferred-address-types`.
+pub const NODE_ADDRESS_TYPES: [&str; 5] = [
+    "Hostname",
+    "InternalDNS",
+    "InternalIP",
+    "ExternalDNS",
+    "ExternalIP",
+];
+
+/// Parses `--kubelet-preferred-address-types`: a comma-separated list of node address types,
+/// each known, none twice.
+pub fn parse_preferred_address_types(v: &str) -> Result<Vec<String>, String> {
+    let mut types: Vec<String> = Vec::new();
+    for t in v.split(',').map(str::trim) {
+        if !NODE_ADDRESS_TYPES.contains(&t) {
+            return Err(format!(
+                "unknown node address type {t:?}; supported: {}",
+                NODE_ADDRESS_TYPES.join(", ")
+            ));
+        }
+        if types.iter().any(|x| x == t) {
+            return Err(format!("node address type {t:?} is given twice"));
+        }
+        types.push(t.to_string());
+    }
+    Ok(types)
+}
+
 /// How the server reaches kubelet ports (`--kubelet-*` flags).
 #[derive(Debug, Clone, Default)]
 pub struct KubeletClientConfig {
@@ -49,6 +81,8 @@ pub struct KubeletClientConfig {
     pub port: u16,
     /// `--kubelet-netns NODE=FILE` (ours): dial this node from inside that network namespace.
     pub netns: Vec<(String, PathBuf)>,
+    /// `--kubelet-preferred-address-types` (empty: upstream's default, [`NODE_ADDRESS_TYPES`]).
+    pub preferred_address_types: Vec<String>,
 }
 
 /// The client side, built once at start.
@@ -57,6 +91,7 @@ pub struct KubeletClient {
     tls: Arc<rustls::ClientConfig>,
     port: u16,
     netns: Vec<(String, PathBuf)>,
+    preferred_address_types: Vec<String>,
 }
 
 impl KubeletClient {
@@ -95,6 +130,11 @@ impl KubeletClient {
                 cfg.port
             },
             netns: cfg.netns.clone(),
+            preferred_address_types: if cfg.preferred_address_types.is_empty() {
+                NODE_ADDRESS_TYPES.map(String::from).to_vec()
+            } else {
+                cfg.preferred_address_types.clone()
+            },
         })
     }
 }
@@ -261,24 +301,25 @@ async fn handle_inner(
         .clone();
     let node: Value = serde_json::from_slice(&nodes.get(None, node_name).await?.output)
         .map_err(|e| ApiError::Internal(format!("decoding node: {e}")))?;
-    let addr = node_address(&node, client.port).ok_or_else(|| {
-        let known: Vec<String> = node["status"]["addresses"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|a| {
-                format!(
-                    "{{{} {}}}",
-                    a["type"].as_str().unwrap_or_default(),
-                    a["address"].as_str().unwrap_or_default()
-                )
-            })
-            .collect();
-        ApiError::BadRequest(format!(
-            "no preferred addresses found; known addresses: [{}]",
-            known.join(" ")
-        ))
-    })?;
+    let addr =
+        node_address(&node, &client.preferred_address_types, client.port).ok_or_else(|| {
+            let known: Vec<String> = node["status"]["addresses"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|a| {
+                    format!(
+                        "{{{} {}}}",
+                        a["type"].as_str().unwrap_or_default(),
+                        a["address"].as_str().unwrap_or_default()
+                    )
+                })
+                .collect();
+            ApiError::BadRequest(format!(
+                "no preferred addresses found; known addresses: [{}]",
+                known.join(" ")
+            ))
+        })?;
     let enc = |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
     let query: String = {
         // From the raw query: `command` repeats.
@@ -313,9 +354,9 @@ async fn handle_inner(
         .iter()
         .find(|(n, _)| n == node_name)
         .map(|(_, p)| p.clone());
-    let (mut sender, conn) = connect(client, addr, netns)
+    let (mut sender, conn) = connect(client, &addr, netns)
         .await
-        .map_err(|e| ApiError::Internal(format!("dialing backend: dial tcp {addr}: {e}")))?;
+        .map_err(|e| ApiError::Internal(format!("dialing backend: {e}")))?;
     tokio::spawn(async move {
         let _ = conn.await;
     });
@@ -492,39 +533,104 @@ pub fn validate_container(
     }
 }
 
-/// The node's kubelet address: its first InternalIP (then ExternalIP) and kubelet port.
-pub fn node_address(node: &Value, default_port: u16) -> Option<SocketAddr> {
+/// Where a node's kubelet port is: an address of the node's (an IP, or a name to resolve) and
+/// the port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KubeletEndpoint {
+    /// The address as the node published it.
+    pub host: String,
+    /// `status.daemonEndpoints.kubeletEndpoint.Port`, or the default.
+    pub port: u16,
+}
+
+impl KubeletEndpoint {
+    /// The address when it is an IP.
+    pub fn ip(&self) -> Option<IpAddr> {
+        self.host.parse().ok()
+    }
+}
+
+impl std::fmt::Display for KubeletEndpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.ip() {
+            Some(ip) => write!(f, "{}", SocketAddr::new(ip, self.port)),
+            None => write!(f, "{}:{}", self.host, self.port),
+        }
+    }
+}
+
+/// The node's kubelet endpoint, as upstream's `GetPreferredNodeAddress` picks it: for each type
+/// in `preferred` order, the first of the node's addresses of that type.
+pub fn node_address(
+    node: &Value,
+    preferred: &[String],
+    default_port: u16,
+) -> Option<KubeletEndpoint> {
     let addrs = node["status"]["addresses"].as_array()?;
-    let ip = ["InternalIP", "ExternalIP"].iter().find_map(|t| {
+    let host = preferred.iter().find_map(|t| {
         addrs
             .iter()
-            .filter(|a| a["type"] == *t)
-            .find_map(|a| a["address"].as_str()?.parse::<IpAddr>().ok())
+            .filter(|a| a["type"] == t.as_str())
+            .find_map(|a| a["address"].as_str().filter(|h| !h.is_empty()))
     })?;
     let port = node["status"]["daemonEndpoints"]["kubeletEndpoint"]["Port"]
         .as_u64()
         .and_then(|p| u16::try_from(p).ok())
         .filter(|p| *p > 0)
         .unwrap_or(default_port);
-    Some(SocketAddr::new(ip, port))
+    Some(KubeletEndpoint {
+        host: host.to_string(),
+        port,
+    })
 }
 
 type Sender = hyper::client::conn::http1::SendRequest<http_body_util::Empty<Bytes>>;
 
-/// A TLS connection to a kubelet port (the socket made inside `netns` when given).
+/// A TLS connection to a kubelet port (the socket made inside `netns` when given). A name is
+/// resolved by the host's resolver, its addresses tried in order (as Go's dialer does), and
+/// the serving certificate verified for that name.
 async fn connect(
     client: &KubeletClient,
-    addr: SocketAddr,
+    addr: &KubeletEndpoint,
     netns: Option<PathBuf>,
 ) -> anyhow::Result<(
     Sender,
     impl std::future::Future<Output = hyper::Result<()>> + Send + 'static,
 )> {
-    let tcp = dial(addr, netns).await?;
+    let (tcp, server_name) = match addr.ip() {
+        Some(ip) => {
+            let sa = SocketAddr::new(ip, addr.port);
+            let tcp = dial(sa, netns)
+                .await
+                .map_err(|e| anyhow::anyhow!("dial tcp {sa}: {e}"))?;
+            (tcp, ServerName::IpAddress(ip.into()))
+        }
+        None => {
+            let name = ServerName::try_from(addr.host.clone())
+                .map_err(|_| anyhow::anyhow!("dial tcp {addr}: not a valid host name"))?;
+            let resolved: Vec<SocketAddr> =
+                tokio::net::lookup_host((addr.host.as_str(), addr.port))
+                    .await
+                    .map_err(|e| anyhow::anyhow!("dial tcp: lookup {}: {e}", addr.host))?
+                    .collect();
+            let mut last = anyhow::anyhow!("dial tcp: lookup {}: no such host", addr.host);
+            let mut connected = None;
+            for sa in resolved {
+                match dial(sa, netns.clone()).await {
+                    Ok(tcp) => {
+                        connected = Some(tcp);
+                        break;
+                    }
+                    Err(e) => last = anyhow::anyhow!("dial tcp {sa}: {e}"),
+                }
+            }
+            (connected.ok_or(last)?, name)
+        }
+    };
     // A node that vanished mid-session ends the session (and frees its slot).
     crate::conn::keepalive(&tcp);
     let tls = tokio_rustls::TlsConnector::from(client.tls.clone())
-        .connect(ServerName::IpAddress(addr.ip().into()), tcp)
+        .connect(server_name, tcp)
         .await?;
     let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
     Ok((sender, conn.with_upgrades()))
@@ -554,24 +660,139 @@ mod tests {
         assert_eq!(validate_container(None, &one, "p").unwrap(), "a");
     }
 
+    fn types(v: &str) -> Vec<String> {
+        parse_preferred_address_types(v).unwrap()
+    }
+
+    fn at(node: &Value, preferred: &str) -> Option<String> {
+        node_address(node, &types(preferred), 10250).map(|e| e.to_string())
+    }
+
     #[test]
-    fn the_node_is_reached_at_its_first_internal_ip_and_published_port() {
+    fn the_node_is_reached_at_the_first_address_of_the_first_preferred_type() {
         let node = json!({"status": {"addresses": [
             {"type": "Hostname", "address": "node-1"},
             {"type": "InternalIP", "address": "2001:db8:1::11"},
             {"type": "InternalIP", "address": "203.0.113.11"},
+            {"type": "ExternalIP", "address": "198.51.100.7"},
         ]}});
+        // Upstream's default order: the Hostname first (resolved when dialed).
+        let all = NODE_ADDRESS_TYPES.join(",");
+        assert_eq!(at(&node, &all).as_deref(), Some("node-1:10250"));
+        // kubeadm's order: the first InternalIP, the primary family's.
         assert_eq!(
-            node_address(&node, 10250),
-            Some("[2001:db8:1::11]:10250".parse().unwrap())
+            at(&node, "InternalIP,ExternalIP,Hostname").as_deref(),
+            Some("[2001:db8:1::11]:10250")
         );
+        assert_eq!(
+            at(&node, "ExternalIP,InternalIP").as_deref(),
+            Some("198.51.100.7:10250")
+        );
+        // A type the node lacks is skipped; none at all is no endpoint.
+        assert_eq!(
+            at(&node, "InternalDNS,InternalIP").as_deref(),
+            Some("[2001:db8:1::11]:10250")
+        );
+        assert_eq!(at(&node, "ExternalDNS"), None);
+        assert_eq!(at(&json!({}), &all), None);
+        // The published port wins over the default.
         let mut with_port = node.clone();
         with_port["status"]["daemonEndpoints"] = json!({"kubeletEndpoint": {"Port": 10251}});
         assert_eq!(
-            node_address(&with_port, 10250),
-            Some("[2001:db8:1::11]:10251".parse().unwrap())
+            at(&with_port, "InternalIP").as_deref(),
+            Some("[2001:db8:1::11]:10251")
         );
-        assert_eq!(node_address(&json!({}), 10250), None);
+        let e = node_address(&node, &types("Hostname"), 10250).unwrap();
+        assert_eq!((e.ip(), e.host.as_str()), (None, "node-1"));
+    }
+
+    /// A node published by name: the name is resolved, its addresses are tried in order
+    /// (`localhost` is `::1` and `127.0.0.1`; only the IPv4 one listens here, whichever the
+    /// resolver puts first), and the serving certificate is checked for the name.
+    #[tokio::test]
+    async fn a_node_address_that_is_a_name_is_resolved_and_its_certificate_checked_for_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = crate::tls::Pki::new(dir.path());
+        let (crt, key) = (dir.path().join("k.crt"), dir.path().join("k.key"));
+        pki.issue(&crt, &key, "system:node:n", &[], &["localhost".to_string()])
+            .unwrap();
+        let (other_crt, other_key) = (dir.path().join("o.crt"), dir.path().join("o.key"));
+        pki.issue(
+            &other_crt,
+            &other_key,
+            "system:node:o",
+            &[],
+            &["node-o".to_string()],
+        )
+        .unwrap();
+        let serve = |crt: PathBuf, key: PathBuf| async move {
+            let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&crt)
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap();
+            let key = PrivateKeyDer::from_pem_file(&key).unwrap();
+            let cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .unwrap();
+            let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let port = listener.local_addr().unwrap().port();
+            tokio::spawn(async move {
+                while let Ok((tcp, _)) = listener.accept().await {
+                    let acceptor = acceptor.clone();
+                    tokio::spawn(async move {
+                        let _ = acceptor.accept(tcp).await;
+                    });
+                }
+            });
+            port
+        };
+        let client = KubeletClient::new(
+            &KubeletClientConfig {
+                ca: Some(pki.ca_cert.clone()),
+                ..Default::default()
+            },
+            &pki.ca_cert,
+        )
+        .unwrap();
+        let endpoint = |port| KubeletEndpoint {
+            host: "localhost".to_string(),
+            port,
+        };
+        let good = serve(crt, key).await;
+        assert!(connect(&client, &endpoint(good), None).await.is_ok());
+        // A certificate for another name is refused.
+        let wrong = serve(other_crt, other_key).await;
+        let e = connect(&client, &endpoint(wrong), None)
+            .await
+            .err()
+            .expect("a certificate without the name")
+            .to_string();
+        assert!(e.contains("certificate"), "{e}");
+        // (No name that fails to resolve: that lookup would leave the machine for the host's
+        // DNS servers.)
+    }
+
+    #[test]
+    fn preferred_address_types_are_known_types_each_once() {
+        assert_eq!(
+            types("InternalIP, ExternalIP,Hostname"),
+            ["InternalIP", "ExternalIP", "Hostname"]
+        );
+        assert_eq!(
+            parse_preferred_address_types("InternalIP,LegacyHostIP").unwrap_err(),
+            "unknown node address type \"LegacyHostIP\"; supported: Hostname, InternalDNS, InternalIP, ExternalDNS, ExternalIP"
+        );
+        assert!(parse_preferred_address_types("").is_err());
+        assert_eq!(
+            parse_preferred_address_types("InternalIP,InternalIP").unwrap_err(),
+            "node address type \"InternalIP\" is given twice"
+        );
     }
 
     #[test]

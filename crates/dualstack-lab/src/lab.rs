@@ -461,6 +461,9 @@ fn kubelet_client_flags(l: &Layout, state: &State, cmd: &mut Command) -> Result<
             "--kubelet-certificate-authority={}",
             pki.ca_cert.display()
         ));
+    // kubeadm's order: node names do not resolve on the host, their InternalIPs are dialed
+    // (from inside each node, below).
+    cmd.arg("--kubelet-preferred-address-types=InternalIP,ExternalIP,Hostname");
     for n in &state.plan.nodes {
         // Logs and exec: the server dials each node's kubelet port from inside the node.
         cmd.arg(format!(

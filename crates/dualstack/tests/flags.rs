@@ -264,6 +264,18 @@ fn bad_node_port_ranges_node_ips_and_listen_flags_exit_before_start() {
 }
 
 #[test]
+fn unknown_kubelet_address_types_exit_before_start() {
+    assert_rejected(
+        &["--kubelet-preferred-address-types=InternalIP,LegacyHostIP"],
+        r#"unknown node address type "LegacyHostIP"; supported: Hostname, InternalDNS, InternalIP, ExternalDNS, ExternalIP"#,
+    );
+    assert_rejected(
+        &["--kubelet-preferred-address-types=InternalIP,InternalIP"],
+        r#"node address type "InternalIP" is given twice"#,
+    );
+}
+
+#[test]
 fn a_non_numeric_node_port_range_reports_strconvs_error_like_upstream() {
     // k8s.io/apimachinery/pkg/util/net.PortRange.Set returns strconv.Atoi's error for a single
     // port or either end of a hyphen range; `unable to parse port range` is for mixed notations.

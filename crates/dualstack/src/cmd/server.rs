@@ -121,6 +121,15 @@ pub struct ServerArgs {
     )]
     pub kubelet_certificate_authority: String,
 
+    /// List of the preferred NodeAddressTypes to use for kubelet connections, in order.
+    #[arg(
+        long = "kubelet-preferred-address-types",
+        value_name = "strings",
+        default_value = "Hostname,InternalDNS,InternalIP,ExternalDNS,ExternalIP",
+        value_parser = preferred_address_types
+    )]
+    pub kubelet_preferred_address_types: String,
+
     /// The kubelet port of nodes that publish none in status.daemonEndpoints.
     #[arg(long = "kubelet-port", value_name = "uint", default_value_t = 10250)]
     pub kubelet_port: u16,
@@ -237,6 +246,12 @@ impl ServerArgs {
                     .map(PathBuf::from),
                 port: self.kubelet_port,
                 netns: self.kubelet_netns.clone(),
+                // Checked by the flag's parser; empty is upstream's default order.
+                preferred_address_types:
+                    dualstack_apiserver::kubelet::parse_preferred_address_types(
+                        &self.kubelet_preferred_address_types,
+                    )
+                    .unwrap_or_default(),
             },
             connection_limits: dualstack_apiserver::conn::Limits {
                 max_connections: self.max_connections.max(1),
@@ -261,6 +276,12 @@ fn netns_listener(v: &str) -> Result<(PathBuf, std::net::SocketAddr), String> {
 }
 
 /// `--kubelet-netns NODE=NETNS_FILE`.
+/// `--kubelet-preferred-address-types`, checked when parsed (and split when the config is
+/// built).
+fn preferred_address_types(v: &str) -> Result<String, String> {
+    dualstack_apiserver::kubelet::parse_preferred_address_types(v).map(|_| v.to_string())
+}
+
 fn kubelet_netns(v: &str) -> Result<(String, PathBuf), String> {
     let (node, ns) = v
         .split_once('=')
