@@ -5,7 +5,7 @@
 //! |---|---|
 //! | `GET /containerLogs/<ns>/<pod>/<container>` | the container's log (`follow`, `tailLines`, `sinceSeconds`, `sinceTime`, `timestamps`, `previous`, `limitBytes`), from the CRI-format files of [`crate::runtime`] |
 //! | `GET/POST /exec/<ns>/<pod>/<container>?command=...` | a command in the container's namespaces (`dualstack shim exec`), with a pseudo-terminal and resizes for `tty=true` |
-//! | `GET/POST /attach/<ns>/<pod>/<container>` | the running container's output from now on, and its stdin (a FIFO) for `stdin: true` |
+//! | `GET/POST /attach/<ns>/<pod>/<container>` | the running container's output from now on, its stdin (a FIFO) for `stdin: true`, and its terminal's size for `tty: true` |
 //! | `GET/POST /portForward/<ns>/<pod>` | TCP to `localhost:<port>` inside the pod, per SPDY stream pair |
 //!
 //! Protocols: exec and attach speak the WebSocket channel protocol (`v5.channel.k8s.io`,
@@ -1228,6 +1228,11 @@ async fn run_attach(run: RunFiles, opts: StreamOpts, mut s: Session) {
         .and_then(|sp| sp.stdin.clone())
         .filter(|_| opts.stdin);
     let once = spec.as_ref().is_some_and(|sp| sp.stdin_once);
+    // A terminal's size goes to the shim, which holds the terminal (`tty: true`).
+    let resize = spec
+        .as_ref()
+        .and_then(|sp| sp.resize.clone())
+        .filter(|_| opts.tty);
     let (in_tx, in_rx) = std::sync::mpsc::channel::<Option<Vec<u8>>>();
     if let Some(fifo) = fifo {
         std::thread::spawn(move || {
@@ -1301,10 +1306,27 @@ async fn run_attach(run: RunFiles, opts: StreamOpts, mut s: Session) {
             m = s.inbound.recv() => match m {
                 Some(In::Stdin(d)) => { let _ = in_tx.send(Some(d)); }
                 Some(In::StdinEnd) => { let _ = in_tx.send(None); }
-                Some(In::Resize(..)) => {}
+                Some(In::Resize(cols, rows)) => {
+                    if let Some(path) = &resize {
+                        send_size(path, cols, rows);
+                    }
+                }
                 None | Some(In::Gone) => { let _ = in_tx.send(None); return }
             },
         }
+    }
+}
+
+/// Writes "COLS ROWS" to the shim's resize FIFO: a non-blocking open (no shim reading it,
+/// the container gone, is no wait) and one write of a few bytes, which a FIFO keeps whole.
+fn send_size(path: &Path, cols: u16, rows: u16) {
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Ok(mut w) = std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(nix::fcntl::OFlag::O_NONBLOCK.bits())
+        .open(path)
+    {
+        let _ = w.write_all(format!("{cols} {rows}\n").as_bytes());
     }
 }
 

@@ -629,6 +629,8 @@ impl Worker {
             exit_file: files.exit(),
             stdin: (c.spec.stdin == Some(true)).then(|| files.stdin()),
             stdin_once: c.spec.stdin_once == Some(true),
+            tty: c.spec.tty == Some(true),
+            resize: (c.spec.tty == Some(true)).then(|| files.resize()),
         };
         let t = now();
         match runtime::spawn_shim(&self.agent.config.shim_exe, &files, &spec) {

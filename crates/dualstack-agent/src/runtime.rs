@@ -17,6 +17,7 @@
 //! pods/<uid>/<container>/<n>.log         stdout and stderr (CRI records)
 //! pods/<uid>/<container>/<n>.stdin       `stdin: true`: the container's stdin (a FIFO)
 //! pods/<uid>/<container>/<n>.stdin.done  `stdinOnce`: opened once the first attach ended
+//! pods/<uid>/<container>/<n>.resize      `tty: true`: "COLS ROWS" lines for the terminal (a FIFO)
 //! ```
 //!
 //! Each container runs under its own `dualstack shim` (a separate session, so it survives the
@@ -66,6 +67,16 @@ pub struct ShimSpec {
     /// (signalled through `<stdin>.done`), so the container reads EOF.
     #[serde(default)]
     pub stdin_once: bool,
+    /// `tty: true`: the container's stdin, stdout and stderr are a pseudo-terminal whose
+    /// master the shim keeps: what the terminal shows goes to the log (as stdout, each read
+    /// as it comes, so a prompt shows before its line ends), the stdin FIFO's bytes are typed
+    /// into it, and the `resize` FIFO sets its size.
+    #[serde(default)]
+    pub tty: bool,
+    /// With `tty`: the FIFO (made by the shim) of "COLS ROWS" lines that `kubectl attach -t`
+    /// sends as the client's terminal changes size.
+    #[serde(default)]
+    pub resize: Option<PathBuf>,
 }
 
 /// The container process, as the shim records it.
@@ -157,6 +168,10 @@ impl RunFiles {
     /// `<n>.stdin`.
     pub fn stdin(&self) -> PathBuf {
         self.file("stdin")
+    }
+    /// `<n>.resize`.
+    pub fn resize(&self) -> PathBuf {
+        self.file("resize")
     }
 
     /// The recorded exit, if the shim wrote one.

@@ -474,6 +474,135 @@ fn kubectl_exec_returns_exit_codes_runs_in_the_pod_and_reaches_an_ipv6_cluster_i
     );
 }
 
+/// Runs `kubectl ARGS` under a pseudo-terminal of 97 columns and 33 rows (`script`); once
+/// kubectl says it is attached, types `input`; returns what the terminal showed by the time
+/// kubectl ended (60 s at most).
+fn on_terminal(lab: &Lab, version: &str, args: &str, input: &str) -> String {
+    use std::io::Write;
+    use std::sync::{Arc, Mutex};
+    let cmd = format!(
+        "stty cols 97 rows 33; {} --kubeconfig {} {args}",
+        kubectl_path(version).display(),
+        lab.path().join("kubeconfig").display()
+    );
+    let mut child = Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let shown = Arc::new(Mutex::new(Vec::new()));
+    {
+        let (mut stdout, shown) = (child.stdout.take().unwrap(), shown.clone());
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = stdout.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                shown.lock().unwrap().extend_from_slice(&buf[..n]);
+            }
+        });
+    }
+    let text = |shown: &Mutex<Vec<u8>>| String::from_utf8_lossy(&shown.lock().unwrap()).to_string();
+    let attached = eventually(Duration::from_secs(60), || {
+        text(&shown)
+            .contains("If you don't see a command prompt")
+            .then_some(())
+    });
+    let mut stdin = child.stdin.take().unwrap();
+    if attached.is_some() {
+        stdin.write_all(input.as_bytes()).unwrap();
+    }
+    let start = Instant::now();
+    while child.try_wait().unwrap().is_none() && start.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    drop(stdin);
+    std::thread::sleep(Duration::from_millis(200));
+    text(&shown)
+}
+
+/// `tty: true` containers get a terminal of their own, kept by the shim: `kubectl run -it`
+/// (1.33, WebSocket) and `kubectl attach -it` (1.27, SPDY) reach a shell on it, typed input
+/// comes back, and the client's terminal size is the container's.
+#[test]
+fn kubectl_run_it_and_attach_it_reach_a_shell_on_the_containers_terminal() {
+    let lab = Lab::up("ds-tty-", 1, &[]);
+    let input = "tty; stty size; echo sum-$((40+2)); exit 3\n";
+    let shown = on_terminal(
+        &lab,
+        "1.33",
+        "run term -it --rm --image=none --restart=Never --command -- sh",
+        input,
+    );
+    for want in ["/dev/pts/", "33 97", "sum-42"] {
+        assert!(
+            shown.contains(want),
+            "kubectl run -it: {want:?} missing from {shown:?}\n{}",
+            lab.logs()
+        );
+    }
+    lab.apply(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: term2}
+spec:
+  restartPolicy: Never
+  containers:
+  - {name: sh, image: none, command: [sh], tty: true, stdin: true}
+"#,
+    );
+    wait_running(&lab, "term2");
+    let shown = on_terminal(&lab, "1.27", "attach -it term2", input);
+    for want in ["/dev/pts/", "33 97", "sum-42"] {
+        assert!(
+            shown.contains(want),
+            "kubectl 1.27 attach -it: {want:?} missing from {shown:?}\n{}",
+            lab.logs()
+        );
+    }
+    // The shell's exit is the container's.
+    let code = eventually(Duration::from_secs(30), || {
+        lab.json(&["get", "pod", "term2"])["status"]["containerStatuses"][0]["state"]["terminated"]
+            ["exitCode"]
+            .as_i64()
+    });
+    assert_eq!(code, Some(3));
+    // A program that is not there is a start error, as without a terminal.
+    lab.apply(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: term3}
+spec:
+  restartPolicy: Never
+  containers:
+  - {name: sh, image: none, command: [no-such-program], tty: true, stdin: true}
+"#,
+    );
+    let state = eventually(Duration::from_secs(30), || {
+        let t = lab.json(&["get", "pod", "term3"])["status"]["containerStatuses"][0]["state"]
+            ["terminated"]
+            .clone();
+        t.is_object().then_some(t)
+    })
+    .expect("term3 terminated");
+    assert_eq!(state["reason"], "StartError", "{state}");
+    assert_eq!(state["exitCode"], 128, "{state}");
+    assert!(
+        state["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains(r#"exec: "no-such-program": No such file or directory"#),
+        "{state}"
+    );
+}
+
 /// `kubectl port-forward` to the web pod; returns the child and the local port.
 /// `kubectl port-forward pod/web :REMOTE` (kubectl picks a free local port, so tests running
 /// side by side never collide); the child and the local port it listens on.

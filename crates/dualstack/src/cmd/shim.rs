@@ -10,6 +10,14 @@
 //! (code or signal) atomically once the output is drained (at most [`DRAIN`] after the exit:
 //! a daemonized child may hold the pipes open).
 //!
+//! With `tty: true` the container's stdin, stdout and stderr are the slave of a pseudo-terminal
+//! whose master the shim keeps, as a container runtime's shim does: the container starts
+//! through `shim tty` (a new session with the terminal as its controlling terminal); what the
+//! master reads goes to the log as stdout records, each read as it comes (a prompt without
+//! its newline is a partial record at once, so `attach` shows it); the stdin FIFO's bytes are
+//! written to the master (its end, with `stdinOnce`, types the terminal's end-of-file, ^D);
+//! "COLS ROWS" lines on the `resize` FIFO set the terminal's size.
+//!
 //! `shim exec --pid PID --spec SPEC -- CMD...`: runs CMD in the network and mount namespaces
 //! of the container process PID with the container's environment (exec probes, `kubectl
 //! exec`); with `--tty` it first becomes a session leader with its stdin (a pseudo-terminal)
@@ -56,6 +64,13 @@ enum ShimCommand {
         #[arg(last = true, required = true)]
         command: Vec<String>,
     },
+    /// Start a `tty: true` container: a new session whose controlling terminal is stdin,
+    /// then the container's command.
+    Tty {
+        /// The command.
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
 }
 
 /// Runs the subcommand (never returns for `exec` on success).
@@ -68,6 +83,11 @@ pub fn run(args: ShimArgs) -> Result<()> {
             tty,
             command,
         } => exec(pid, &spec, tty, &command),
+        ShimCommand::Tty { command } => {
+            nix::unistd::setsid().context("setsid")?;
+            rustix::process::ioctl_tiocsctty(std::io::stdin()).context("TIOCSCTTY")?;
+            exec_command(&command, None, None)
+        }
     }
 }
 
@@ -131,23 +151,56 @@ fn supervise(spec_path: &Path) -> Result<()> {
         .with_context(|| format!("opening {}", spec.log.display()))?;
     let stdin = match &spec.stdin {
         Some(fifo) => match open_stdin(fifo, spec.stdin_once) {
-            Ok(f) => Stdio::from(f),
+            Ok(f) => Some(f),
             Err(e) => return fail(format!("{e:#}")),
         },
-        None => Stdio::null(),
+        None => None,
     };
     let mut cmd = Command::new(&spec.argv[0]);
-    cmd.args(&spec.argv[1..])
-        .env_clear()
-        .envs(spec.env.iter().map(|(k, v)| (k, v)))
-        .stdin(stdin)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0);
+    let mut terminal = None;
+    if spec.tty {
+        // The command is started through `shim tty`, which cannot report a missing program as
+        // a start error: look for it first, as the exec would.
+        let path = spec
+            .env
+            .iter()
+            .rev()
+            .find(|(k, _)| k == "PATH")
+            .map_or(DEFAULT_PATH, |(_, v)| v.as_str());
+        if find_program(&spec.argv[0], path, spec.cwd.as_deref()).is_none() {
+            return fail(format!(
+                "failed to start container process: exec: {:?}: {}",
+                spec.argv[0],
+                std::io::Error::from(nix::errno::Errno::ENOENT)
+            ));
+        }
+        let t = match Terminal::open(&spec, stdin) {
+            Ok(t) => t,
+            Err(e) => return fail(format!("{e:#}")),
+        };
+        cmd = Command::new("/proc/self/exe");
+        cmd.args(["shim", "tty", "--"])
+            .args(&spec.argv)
+            .stdin(t.slave()?)
+            .stdout(t.slave()?)
+            .stderr(t.slave()?);
+        terminal = Some(t);
+    } else {
+        cmd.args(&spec.argv[1..])
+            .stdin(stdin.map_or_else(Stdio::null, Stdio::from))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0);
+    }
+    cmd.env_clear().envs(spec.env.iter().map(|(k, v)| (k, v)));
     if let Some(d) = &spec.cwd {
         cmd.current_dir(d);
     }
-    let mut child = match cmd.spawn() {
+    let spawned = cmd.spawn();
+    // The container holds the terminal's slave now; with no copy left here, the master reads
+    // its end (EIO) once the container and its children are gone.
+    let terminal = terminal.map(Terminal::started);
+    let mut child = match spawned {
         Ok(c) => c,
         Err(e) => {
             return fail(format!(
@@ -158,6 +211,16 @@ fn supervise(spec_path: &Path) -> Result<()> {
     };
     let log = std::sync::Arc::new(log);
     let (drained_tx, drained) = std::sync::mpsc::channel::<()>();
+    let mut outputs_n = 0;
+    if let Some(Ok(master)) = terminal {
+        outputs_n += 1;
+        let log = log.clone();
+        let done = drained_tx.clone();
+        std::thread::spawn(move || {
+            copy_terminal(master, &log);
+            let _ = done.send(());
+        });
+    }
     let outputs: [(Option<Box<dyn Read + Send>>, Stream); 2] = [
         (
             child
@@ -176,6 +239,7 @@ fn supervise(spec_path: &Path) -> Result<()> {
     ];
     for (out, stream) in outputs {
         if let Some(out) = out {
+            outputs_n += 1;
             let log = log.clone();
             let done = drained_tx.clone();
             std::thread::spawn(move || {
@@ -197,7 +261,7 @@ fn supervise(spec_path: &Path) -> Result<()> {
     )?;
     let status = child.wait()?;
     let deadline = std::time::Instant::now() + DRAIN;
-    for _ in 0..2 {
+    for _ in 0..outputs_n {
         let left = deadline.saturating_duration_since(std::time::Instant::now());
         if drained.recv_timeout(left).is_err() {
             break;
@@ -281,6 +345,145 @@ fn copy_records(mut out: Box<dyn Read + Send>, stream: Stream, log: &std::fs::Fi
     }
 }
 
+/// The PATH of a container without one (what container runtimes set).
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Where `program` is found as `execvp` would find it: a name with a slash as it is (relative
+/// to `cwd`), else the first executable file of that name in `path`.
+fn find_program(program: &str, path: &str, cwd: Option<&str>) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let executable = |p: &Path| {
+        std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if program.contains('/') {
+        let p = Path::new(cwd.unwrap_or("/")).join(program);
+        return p.exists().then_some(p);
+    }
+    path.split(':')
+        .filter(|d| !d.is_empty())
+        .map(|d| Path::new(d).join(program))
+        .find(|p| executable(p))
+}
+
+/// The pseudo-terminal of a `tty: true` container, before and after its start.
+struct Terminal {
+    master: std::fs::File,
+    slave: std::fs::File,
+    stdin: Option<std::fs::File>,
+    resize: Option<PathBuf>,
+}
+
+impl Terminal {
+    /// Opens the terminal; `stdin` is the stdin FIFO's reader when the container has one.
+    fn open(spec: &ShimSpec, stdin: Option<std::fs::File>) -> Result<Terminal> {
+        let pty = nix::pty::openpty(None, None).context("openpty")?;
+        if let Some(r) = &spec.resize {
+            match nix::unistd::mkfifo(r, nix::sys::stat::Mode::from_bits_truncate(0o600)) {
+                Ok(()) | Err(nix::errno::Errno::EEXIST) => {}
+                Err(e) => bail!("mkfifo {}: {e}", r.display()),
+            }
+        }
+        Ok(Terminal {
+            master: std::fs::File::from(pty.master),
+            slave: std::fs::File::from(pty.slave),
+            stdin,
+            resize: spec.resize.clone(),
+        })
+    }
+
+    fn slave(&self) -> Result<Stdio> {
+        Ok(Stdio::from(self.slave.try_clone().context("dup")?))
+    }
+
+    /// Once the container holds the slave: drops the shim's copy, starts typing the stdin
+    /// FIFO's bytes and applying sizes; the master's reader for the log.
+    fn started(self) -> Result<std::fs::File> {
+        drop(self.slave);
+        if let Some(mut input) = self.stdin {
+            let mut master = self.master.try_clone()?;
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; 32 * 1024];
+                loop {
+                    match input.read(&mut buf) {
+                        Ok(0) => {
+                            // The input's end (stdinOnce): the terminal's end-of-file.
+                            let _ = master.write_all(&[0x04]);
+                            return;
+                        }
+                        Ok(n) => {
+                            if master.write_all(&buf[..n]).is_err() {
+                                return;
+                            }
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                        Err(_) => return,
+                    }
+                }
+            });
+        }
+        if let Some(path) = self.resize {
+            let master = self.master.try_clone()?;
+            // Read-write: never an end of input when a writer goes.
+            let fifo = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&path)
+                .with_context(|| format!("opening {}", path.display()))?;
+            std::thread::spawn(move || {
+                use std::io::BufRead;
+                for line in std::io::BufReader::new(fifo).lines() {
+                    let Ok(line) = line else { return };
+                    if let Some(size) = parse_size(&line) {
+                        let _ = rustix::termios::tcsetwinsize(&master, size);
+                    }
+                }
+            });
+        }
+        Ok(self.master)
+    }
+}
+
+/// A "COLS ROWS" line of the resize FIFO.
+fn parse_size(line: &str) -> Option<rustix::termios::Winsize> {
+    let (cols, rows) = line.trim().split_once(' ')?;
+    Some(rustix::termios::Winsize {
+        ws_col: cols.parse().ok()?,
+        ws_row: rows.parse().ok()?,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    })
+}
+
+/// Appends what the terminal shows to the log as stdout records until the terminal's end:
+/// whole lines, and what follows the last newline of each read as a partial record at once.
+fn copy_terminal(mut master: std::fs::File, log: &std::fs::File) {
+    let mut pending = Vec::new();
+    let mut buf = vec![0u8; 32 * 1024];
+    loop {
+        match master.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                let mut records = logs::split_lines(&mut pending, &buf[..n]);
+                if !pending.is_empty() {
+                    records.push((true, std::mem::take(&mut pending)));
+                }
+                for (partial, content) in records {
+                    let rec = logs::format_record(
+                        jiff::Timestamp::now(),
+                        Stream::Stdout,
+                        partial,
+                        &content,
+                    );
+                    let _ = (&*log).write_all(&rec);
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            // EIO: no process holds the slave any more.
+            Err(_) => break,
+        }
+    }
+}
+
 fn exec(pid: i32, spec_path: &Path, tty: bool, command: &[String]) -> Result<()> {
     let spec = read_spec(spec_path)?;
     if tty {
@@ -295,14 +498,32 @@ fn exec(pid: i32, spec_path: &Path, tty: bool, command: &[String]) -> Result<()>
     join("net", nix::sched::CloneFlags::CLONE_NEWNET)?;
     join("uts", nix::sched::CloneFlags::CLONE_NEWUTS)?;
     join("mnt", nix::sched::CloneFlags::CLONE_NEWNS)?;
+    exec_command(
+        command,
+        Some(&spec.env),
+        Some(spec.cwd.as_deref().unwrap_or("/")),
+    )
+}
+
+/// Replaces this process with `command` (with this environment and directory, else this
+/// process's); on failure exits as a shell (and runc) report it: 127 for a command not found,
+/// 126 otherwise.
+fn exec_command(
+    command: &[String],
+    env: Option<&[(String, String)]>,
+    cwd: Option<&str>,
+) -> Result<()> {
     let Some((prog, args)) = command.split_first() else {
         bail!("no command")
     };
     let mut cmd = Command::new(prog);
-    cmd.args(args)
-        .env_clear()
-        .envs(spec.env.iter().map(|(k, v)| (k, v)));
-    cmd.current_dir(spec.cwd.as_deref().unwrap_or("/"));
+    cmd.args(args);
+    if let Some(env) = env {
+        cmd.env_clear().envs(env.iter().map(|(k, v)| (k, v)));
+    }
+    if let Some(d) = cwd {
+        cmd.current_dir(d);
+    }
     let e = cmd.exec();
     // As a shell (and runc) report it: 127 for a command not found, 126 otherwise.
     let (code, why) = match e.kind() {
@@ -312,4 +533,41 @@ fn exec(pid: i32, spec_path: &Path, tty: bool, command: &[String]) -> Result<()>
     };
     eprintln!("exec failed: unable to start container process: exec: {prog:?}: {why}");
     std::process::exit(code)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resize_lines_are_columns_then_rows() {
+        let s = parse_size("97 33\n").unwrap();
+        assert_eq!((s.ws_col, s.ws_row), (97, 33));
+        assert!(parse_size("97").is_none());
+        assert!(parse_size("x 33").is_none());
+        assert!(parse_size("70000 33").is_none());
+    }
+
+    #[test]
+    fn programs_are_found_as_execvp_finds_them() {
+        assert_eq!(
+            find_program("sh", "/nowhere:/bin:/usr/bin", None),
+            Some(PathBuf::from("/bin/sh"))
+        );
+        assert_eq!(
+            find_program("no-such-program-here", DEFAULT_PATH, None),
+            None
+        );
+        // Not executable: passed over.
+        assert_eq!(find_program("passwd", "/etc", None), None);
+        assert_eq!(
+            find_program("/bin/sh", "", None),
+            Some(PathBuf::from("/bin/sh"))
+        );
+        assert_eq!(
+            find_program("bin/sh", "", Some("/usr")),
+            Some(PathBuf::from("/usr/bin/sh"))
+        );
+        assert_eq!(find_program("./nope", "", Some("/")), None);
+    }
 }
