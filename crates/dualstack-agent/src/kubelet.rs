@@ -1033,6 +1033,14 @@ async fn run_command(
     let spawned = if opts.tty {
         match nix::pty::openpty(None, None) {
             Ok(pty) => {
+                // Never inherited by other processes the agent starts meanwhile (openpty sets
+                // no close-on-exec); the command gets its own copies as 0, 1 and 2.
+                for fd in [&pty.master, &pty.slave] {
+                    let _ = nix::fcntl::fcntl(
+                        fd,
+                        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+                    );
+                }
                 let slave = std::fs::File::from(pty.slave);
                 let clone = |f: &std::fs::File| f.try_clone().map(Stdio::from);
                 match (clone(&slave), clone(&slave), clone(&slave)) {
@@ -1043,6 +1051,11 @@ async fn run_command(
                             let _ = rustix::termios::tcsetwinsize(&master, size);
                         }
                         let r = cmd.spawn();
+                        // The command's copies of the slave go too: with none left here, the
+                        // master reads its end once the command and its children are gone.
+                        cmd.stdin(Stdio::null())
+                            .stdout(Stdio::null())
+                            .stderr(Stdio::null());
                         drop(slave);
                         if r.is_ok() {
                             if let Ok(m) = master.try_clone() {

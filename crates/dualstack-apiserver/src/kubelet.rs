@@ -615,13 +615,18 @@ async fn connect(
                     .collect();
             let mut last = anyhow::anyhow!("dial tcp: lookup {}: no such host", addr.host);
             let mut connected = None;
+            // Go's dialer shares its deadline among the addresses: an unreachable first one
+            // does not take the whole 10 s.
+            let share = std::time::Duration::from_secs(10)
+                / u32::try_from(resolved.len().max(1)).unwrap_or(u32::MAX);
             for sa in resolved {
-                match dial(sa, netns.clone()).await {
-                    Ok(tcp) => {
+                match tokio::time::timeout(share, dial(sa, netns.clone())).await {
+                    Ok(Ok(tcp)) => {
                         connected = Some(tcp);
                         break;
                     }
-                    Err(e) => last = anyhow::anyhow!("dial tcp {sa}: {e}"),
+                    Ok(Err(e)) => last = anyhow::anyhow!("dial tcp {sa}: {e}"),
+                    Err(_) => last = anyhow::anyhow!("dial tcp {sa}: i/o timeout"),
                 }
             }
             (connected.ok_or(last)?, name)

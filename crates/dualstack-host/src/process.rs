@@ -31,6 +31,28 @@ pub fn start_time(pid: i32) -> Option<u64> {
     fields.get(19)?.parse().ok()
 }
 
+/// The session id of a process (field 6 of `/proc/PID/stat`; None if it is gone).
+pub fn session_of(pid: i32) -> Option<i32> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 2..];
+    // rest[0] is field 3 (state), so the session (field 6) is rest[3].
+    rest.split_whitespace().nth(3)?.parse().ok()
+}
+
+/// Sends `signal` to every process of session `sid` (what a session leader's exit leaves
+/// behind: an interactive shell's jobs each have a process group of their own). A session id
+/// is the pid of its leader, which is not reused while any member lives. Returns how many
+/// were signalled.
+pub fn signal_session(sid: i32, signal: Signal) -> usize {
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return 0;
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| session_of(*pid) == Some(sid))
+        .filter(|pid| nix::sys::signal::kill(Pid::from_raw(*pid), signal).is_ok())
+        .count()
+}
+
 impl ProcessRef {
     /// The reference of a running process.
     pub fn of(pid: i32) -> Option<ProcessRef> {

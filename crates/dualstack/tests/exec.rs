@@ -532,14 +532,15 @@ fn on_terminal(lab: &Lab, version: &str, args: &str, input: &str) -> String {
 #[test]
 fn kubectl_run_it_and_attach_it_reach_a_shell_on_the_containers_terminal() {
     let lab = Lab::up("ds-tty-", 1, &[]);
-    let input = "tty; stty size; echo sum-$((40+2)); exit 3\n";
+    // (`sleep`: kubectl sends the first size and the typed input from separate goroutines.)
+    let input = "tty; sleep 1; stty size; echo sum-$((40+2)); echo term-$TERM; exit 3\n";
     let shown = on_terminal(
         &lab,
         "1.33",
         "run term -it --rm --image=none --restart=Never --command -- sh",
         input,
     );
-    for want in ["/dev/pts/", "33 97", "sum-42"] {
+    for want in ["/dev/pts/", "33 97", "sum-42", "term-xterm"] {
         assert!(
             shown.contains(want),
             "kubectl run -it: {want:?} missing from {shown:?}\n{}",
@@ -558,7 +559,13 @@ spec:
 "#,
     );
     wait_running(&lab, "term2");
-    let shown = on_terminal(&lab, "1.27", "attach -it term2", input);
+    // A job in the background: the shell gives it a process group of its own.
+    let shown = on_terminal(
+        &lab,
+        "1.27",
+        "attach -it term2",
+        &format!("sleep 1000 & echo bg-$!; {input}"),
+    );
     for want in ["/dev/pts/", "33 97", "sum-42"] {
         assert!(
             shown.contains(want),
@@ -566,6 +573,12 @@ spec:
             lab.logs()
         );
     }
+    // (The terminal echoes the typed `bg-$!` first.)
+    let bg: i32 = shown
+        .split("bg-")
+        .skip(1)
+        .find_map(|r| r.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no job pid in {shown:?}"));
     // The shell's exit is the container's.
     let code = eventually(Duration::from_secs(30), || {
         lab.json(&["get", "pod", "term2"])["status"]["containerStatuses"][0]["state"]["terminated"]
@@ -573,6 +586,15 @@ spec:
             .as_i64()
     });
     assert_eq!(code, Some(3));
+    // The job went with the container, as with the end of a container's pid namespace.
+    let cmdline = |pid: i32| std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let gone = eventually(Duration::from_secs(10), || {
+        (!String::from_utf8_lossy(&cmdline(bg)).contains("1000")).then_some(())
+    });
+    assert!(
+        gone.is_some(),
+        "the background job {bg} outlived its container"
+    );
     // A program that is not there is a start error, as without a terminal.
     lab.apply(
         r#"

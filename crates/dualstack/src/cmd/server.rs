@@ -275,13 +275,13 @@ fn netns_listener(v: &str) -> Result<(PathBuf, std::net::SocketAddr), String> {
     Ok((PathBuf::from(ns), at))
 }
 
-/// `--kubelet-netns NODE=NETNS_FILE`.
 /// `--kubelet-preferred-address-types`, checked when parsed (and split when the config is
 /// built).
 fn preferred_address_types(v: &str) -> Result<String, String> {
     dualstack_apiserver::kubelet::parse_preferred_address_types(v).map(|_| v.to_string())
 }
 
+/// `--kubelet-netns NODE=NETNS_FILE`.
 fn kubelet_netns(v: &str) -> Result<(String, PathBuf), String> {
     let (node, ns) = v
         .split_once('=')

@@ -15,8 +15,11 @@
 //! through `shim tty` (a new session with the terminal as its controlling terminal); what the
 //! master reads goes to the log as stdout records, each read as it comes (a prompt without
 //! its newline is a partial record at once, so `attach` shows it); the stdin FIFO's bytes are
-//! written to the master (its end, with `stdinOnce`, types the terminal's end-of-file, ^D);
-//! "COLS ROWS" lines on the `resize` FIFO set the terminal's size.
+//! written to the master (its end, with `stdinOnce`, hangs the terminal up: SIGHUP to its
+//! foreground group and the container process, as closing the console does under containerd);
+//! "COLS ROWS" lines on the `resize` FIFO set the terminal's size; when the container process
+//! ends, what is left of its session (an interactive shell's jobs) is killed, as the end of a
+//! container's pid namespace kills it. A tty container gets `TERM=xterm` unless it sets one.
 //!
 //! `shim exec --pid PID --spec SPEC -- CMD...`: runs CMD in the network and mount namespaces
 //! of the container process PID with the container's environment (exec probes, `kubectl
@@ -178,12 +181,16 @@ fn supervise(spec_path: &Path) -> Result<()> {
             Ok(t) => t,
             Err(e) => return fail(format!("{e:#}")),
         };
+        let slaves = match (t.slave(), t.slave(), t.slave()) {
+            (Ok(i), Ok(o), Ok(e)) => (i, o, e),
+            _ => return fail("duplicating the terminal failed".to_string()),
+        };
         cmd = Command::new("/proc/self/exe");
         cmd.args(["shim", "tty", "--"])
             .args(&spec.argv)
-            .stdin(t.slave()?)
-            .stdout(t.slave()?)
-            .stderr(t.slave()?);
+            .stdin(slaves.0)
+            .stdout(slaves.1)
+            .stderr(slaves.2);
         terminal = Some(t);
     } else {
         cmd.args(&spec.argv[1..])
@@ -193,13 +200,17 @@ fn supervise(spec_path: &Path) -> Result<()> {
             .process_group(0);
     }
     cmd.env_clear().envs(spec.env.iter().map(|(k, v)| (k, v)));
+    if spec.tty && !spec.env.iter().any(|(k, _)| k == "TERM") {
+        // As containerd does for a container with a terminal.
+        cmd.env("TERM", "xterm");
+    }
     if let Some(d) = &spec.cwd {
         cmd.current_dir(d);
     }
     let spawned = cmd.spawn();
-    // The container holds the terminal's slave now; with no copy left here, the master reads
-    // its end (EIO) once the container and its children are gone.
-    let terminal = terminal.map(Terminal::started);
+    // The command keeps the copies of the terminal's slave it was given: with none left here,
+    // the master reads its end (EIO) once the container and its children are gone.
+    drop(cmd);
     let mut child = match spawned {
         Ok(c) => c,
         Err(e) => {
@@ -209,10 +220,29 @@ fn supervise(spec_path: &Path) -> Result<()> {
             ));
         }
     };
+    let pid = i32::try_from(child.id())?;
+    let terminal = match terminal.map(|t| t.started(pid)).transpose() {
+        Ok(t) => t,
+        Err(e) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            return fail(format!("{e:#}"));
+        }
+    };
+    if terminal.is_some() {
+        // `shim tty` makes the container a session (and group) leader first: the agent
+        // signals its group, so the pid is recorded once that holds.
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while dualstack_host::process::session_of(pid).is_some_and(|s| s != pid)
+            && std::time::Instant::now() < until
+        {
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+    }
     let log = std::sync::Arc::new(log);
     let (drained_tx, drained) = std::sync::mpsc::channel::<()>();
     let mut outputs_n = 0;
-    if let Some(Ok(master)) = terminal {
+    if let Some(master) = terminal {
         outputs_n += 1;
         let log = log.clone();
         let done = drained_tx.clone();
@@ -249,7 +279,6 @@ fn supervise(spec_path: &Path) -> Result<()> {
         }
     }
     drop(drained_tx);
-    let pid = i32::try_from(child.id())?;
     let start_time = ProcessRef::of(pid).map_or(0, |r| r.start_time);
     write_json(
         &spec.pid_file,
@@ -260,6 +289,11 @@ fn supervise(spec_path: &Path) -> Result<()> {
         },
     )?;
     let status = child.wait()?;
+    if spec.tty {
+        // The container's pid namespace would end with it: so do its session's other
+        // processes (a shell's jobs, each in a process group of its own).
+        dualstack_host::process::signal_session(pid, nix::sys::signal::Signal::SIGKILL);
+    }
     let deadline = std::time::Instant::now() + DRAIN;
     for _ in 0..outputs_n {
         let left = deadline.saturating_duration_since(std::time::Instant::now());
@@ -356,8 +390,12 @@ fn find_program(program: &str, path: &str, cwd: Option<&str>) -> Option<PathBuf>
         std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
     };
     if program.contains('/') {
-        let p = Path::new(cwd.unwrap_or("/")).join(program);
-        return p.exists().then_some(p);
+        let base = match cwd {
+            Some(d) => PathBuf::from(d),
+            None => std::env::current_dir().ok()?,
+        };
+        let p = base.join(program);
+        return executable(&p).then_some(p);
     }
     path.split(':')
         .filter(|d| !d.is_empty())
@@ -377,6 +415,15 @@ impl Terminal {
     /// Opens the terminal; `stdin` is the stdin FIFO's reader when the container has one.
     fn open(spec: &ShimSpec, stdin: Option<std::fs::File>) -> Result<Terminal> {
         let pty = nix::pty::openpty(None, None).context("openpty")?;
+        // Not inherited by the container (it gets its own copies of the slave as 0, 1, 2):
+        // no copy of the master in it, none of the slave that outlives its stdio.
+        for fd in [&pty.master, &pty.slave] {
+            nix::fcntl::fcntl(
+                fd,
+                nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+            )
+            .context("FD_CLOEXEC")?;
+        }
         if let Some(r) = &spec.resize {
             match nix::unistd::mkfifo(r, nix::sys::stat::Mode::from_bits_truncate(0o600)) {
                 Ok(()) | Err(nix::errno::Errno::EEXIST) => {}
@@ -395,9 +442,9 @@ impl Terminal {
         Ok(Stdio::from(self.slave.try_clone().context("dup")?))
     }
 
-    /// Once the container holds the slave: drops the shim's copy, starts typing the stdin
-    /// FIFO's bytes and applying sizes; the master's reader for the log.
-    fn started(self) -> Result<std::fs::File> {
+    /// Once the container (`pid`) holds the slave: drops the shim's copy, starts typing the
+    /// stdin FIFO's bytes and applying sizes; the master's reader for the log.
+    fn started(self, pid: i32) -> Result<std::fs::File> {
         drop(self.slave);
         if let Some(mut input) = self.stdin {
             let mut master = self.master.try_clone()?;
@@ -406,8 +453,9 @@ impl Terminal {
                 loop {
                     match input.read(&mut buf) {
                         Ok(0) => {
-                            // The input's end (stdinOnce): the terminal's end-of-file.
-                            let _ = master.write_all(&[0x04]);
+                            // The input's end (stdinOnce): a hang-up, as when containerd
+                            // closes the console.
+                            hang_up(&master, pid);
                             return;
                         }
                         Ok(n) => {
@@ -441,6 +489,19 @@ impl Terminal {
         }
         Ok(self.master)
     }
+}
+
+/// What a terminal's hang-up does: SIGHUP to its foreground process group and to its
+/// controlling process (the container), SIGCONT so a stopped job sees it.
+fn hang_up(master: &std::fs::File, pid: i32) {
+    use nix::sys::signal::{Signal, kill, killpg};
+    use nix::unistd::Pid;
+    if let Ok(group) = rustix::termios::tcgetpgrp(master) {
+        let group = Pid::from_raw(group.as_raw_nonzero().get());
+        let _ = killpg(group, Signal::SIGHUP);
+        let _ = killpg(group, Signal::SIGCONT);
+    }
+    let _ = kill(Pid::from_raw(pid), Signal::SIGHUP);
 }
 
 /// A "COLS ROWS" line of the resize FIFO.
@@ -498,9 +559,14 @@ fn exec(pid: i32, spec_path: &Path, tty: bool, command: &[String]) -> Result<()>
     join("net", nix::sched::CloneFlags::CLONE_NEWNET)?;
     join("uts", nix::sched::CloneFlags::CLONE_NEWUTS)?;
     join("mnt", nix::sched::CloneFlags::CLONE_NEWNS)?;
+    let mut env = spec.env.clone();
+    if tty && !env.iter().any(|(k, _)| k == "TERM") {
+        // As containerd's exec with a terminal.
+        env.push(("TERM".to_string(), "xterm".to_string()));
+    }
     exec_command(
         command,
-        Some(&spec.env),
+        Some(&env),
         Some(spec.cwd.as_deref().unwrap_or("/")),
     )
 }
@@ -565,9 +631,11 @@ mod tests {
             Some(PathBuf::from("/bin/sh"))
         );
         assert_eq!(
-            find_program("bin/sh", "", Some("/usr")),
-            Some(PathBuf::from("/usr/bin/sh"))
+            find_program("bin/sh", "", Some("/")),
+            Some(PathBuf::from("/bin/sh"))
         );
+        // A directory is not a program.
+        assert_eq!(find_program("/bin", "", None), None);
         assert_eq!(find_program("./nope", "", Some("/")), None);
     }
 }
