@@ -99,6 +99,8 @@ pub struct Agent {
     pub network_ready: watch::Receiver<bool>,
     /// The node's own resolver configuration (for `dnsPolicy: Default`).
     pub host_dns: DnsConfig,
+    /// Pod events, as kubelet records them (`source: {component: kubelet, host: NODE}`).
+    pub events: Arc<dualstack_controllers::run::events::Recorder>,
 }
 
 impl std::fmt::Debug for Agent {
@@ -138,6 +140,10 @@ pub async fn run(
         network,
         network_ready: ready_rx,
         host_dns,
+        events: Arc::new(
+            dualstack_controllers::run::events::Recorder::new(client.clone(), "kubelet")
+                .with_host(config.node_name.clone()),
+        ),
     });
 
     node::register(&agent).await?;

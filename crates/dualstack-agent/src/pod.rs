@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use dualstack_controllers::run::events::{NORMAL, WARNING};
 use dualstack_node::backoff::{Backoff, crash_loop_message, should_restart};
 use dualstack_node::env::{PodFields, container_env};
 use dualstack_node::files::{hostname_and_domain, hosts_file, pod_dns};
@@ -21,7 +22,7 @@ use dualstack_node::status::{
     self, CONTAINER_CREATING, CRASH_LOOP_BACK_OFF, CREATE_CONTAINER_CONFIG_ERROR, Exit, State,
 };
 use jiff::{SignedDuration, Timestamp};
-use k8s_openapi::api::core::v1::{Container, Pod, PodStatus};
+use k8s_openapi::api::core::v1::{Container, ObjectReference, Pod, PodStatus};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
 use nix::sys::signal::Signal;
 use serde::{Deserialize, Serialize};
@@ -157,6 +158,26 @@ impl Worker {
             gone: false,
             sandbox_error: None,
             stale_attachment: None,
+        }
+    }
+
+    /// Records an event about container `idx`, as kubelet's `recordContainerEvent` does
+    /// (`involvedObject.fieldPath: spec.containers{NAME}`); best effort, in the background.
+    fn event(&self, idx: usize, type_: &'static str, reason: &'static str, message: String) {
+        let obj = self.container_ref(idx);
+        let events = self.agent.events.clone();
+        tokio::spawn(async move { events.record(&obj, type_, reason, &message).await });
+    }
+
+    fn container_ref(&self, idx: usize) -> ObjectReference {
+        ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some("Pod".into()),
+            name: self.pod.metadata.name.clone(),
+            namespace: self.pod.metadata.namespace.clone(),
+            uid: Some(self.uid.clone()),
+            resource_version: self.pod.metadata.resource_version.clone(),
+            field_path: Some(format!("spec.containers{{{}}}", self.ctrs[idx].spec.name)),
         }
     }
 
@@ -532,6 +553,16 @@ impl Worker {
                 }
                 let key = format!("{}/{name}", self.uid);
                 if let Some(d) = self.backoff.in_back_off_since(&key, exit.finished_at, t) {
+                    // kubelet's message (a repeat is counted on the same Event).
+                    self.event(
+                        idx,
+                        WARNING,
+                        "BackOff",
+                        format!(
+                            "Back-off restarting failed container {name} in pod {}_{}({})",
+                            fields.name, fields.namespace, self.uid
+                        ),
+                    );
                     let c = &mut self.ctrs[idx];
                     c.state = State::Waiting {
                         reason: CRASH_LOOP_BACK_OFF.into(),
@@ -575,6 +606,7 @@ impl Worker {
         let env = match container_env(&c.spec, fields) {
             Ok(e) => e,
             Err(e) => {
+                self.event(idx, WARNING, "Failed", format!("Error: {e}"));
                 self.ctrs[idx].state = State::Waiting {
                     reason: CREATE_CONTAINER_CONFIG_ERROR.into(),
                     message: Some(e.to_string()),
@@ -585,12 +617,14 @@ impl Worker {
         let exe = self.agent.config.shim_exe.to_string_lossy();
         let Some(argv) = container_argv(&c.spec, &env, &exe) else {
             let image = c.spec.image.clone().unwrap_or_default();
+            let message = format!(
+                "container {:?} has no command: this node runs host programs and pulls no image (image {image:?}); set command",
+                c.spec.name
+            );
+            self.event(idx, WARNING, "Failed", format!("Error: {message}"));
             self.ctrs[idx].state = State::Waiting {
                 reason: CREATE_CONTAINER_CONFIG_ERROR.into(),
-                message: Some(format!(
-                    "container {:?} has no command: this node runs host programs and pulls no image (image {image:?}); set command",
-                    c.spec.name
-                )),
+                message: Some(message),
             };
             return;
         };
@@ -635,6 +669,9 @@ impl Worker {
         let t = now();
         match runtime::spawn_shim(&self.agent.config.shim_exe, &files, &spec) {
             Ok(shim) => {
+                let name = self.ctrs[idx].spec.name.clone();
+                self.event(idx, NORMAL, "Created", format!("Created container: {name}"));
+                let (obj, events) = (self.container_ref(idx), self.agent.events.clone());
                 let c = &mut self.ctrs[idx];
                 c.running = true;
                 c.state = State::Running { started_at: t };
@@ -642,12 +679,34 @@ impl Worker {
                 let tx = self.tx.clone();
                 let n = c.n;
                 tokio::spawn(async move {
+                    // Started once the shim has the process (its pid file), or Failed with
+                    // the shim's start error, as kubelet after the runtime's StartContainer.
+                    for _ in 0..500 {
+                        if let Some(e) = files.read_exit().and_then(|x| x.error) {
+                            events
+                                .record(&obj, WARNING, "Failed", &format!("Error: {e}"))
+                                .await;
+                            break;
+                        }
+                        if files.read_pid().is_some() {
+                            let message = format!("Started container {name}");
+                            events.record(&obj, NORMAL, "Started", &message).await;
+                            break;
+                        }
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
                     runtime::wait_shim(shim).await;
                     let exit = read_exit_or_lost(&files);
                     let _ = tx.send(Event::Exited { idx, n, exit });
                 });
             }
             Err(e) => {
+                self.event(
+                    idx,
+                    WARNING,
+                    "Failed",
+                    format!("Error: starting the shim: {e}"),
+                );
                 let exit = Exit {
                     exit_code: 128,
                     signal: None,
@@ -705,7 +764,12 @@ impl Worker {
                     (Kind::Liveness, Some(false)) => {
                         tracing::info!(container = %c.spec.name, "liveness probe failed; container will be restarted");
                         let files = c.files(&dir);
+                        let message = format!(
+                            "Container {} failed liveness probe, will be restarted",
+                            c.spec.name
+                        );
                         tokio::spawn(kill_run(files, grace));
+                        self.event(idx, NORMAL, "Killing", message);
                     }
                     _ => {}
                 }
@@ -863,6 +927,8 @@ impl Worker {
             .collect();
         let mut left: HashSet<usize> = running.iter().copied().collect();
         for &i in &running {
+            let name = self.ctrs[i].spec.name.clone();
+            self.event(i, NORMAL, "Killing", format!("Stopping container {name}"));
             let f = self.ctrs[i].files(&self.dir);
             signal_when_started(&f, Signal::SIGTERM).await;
         }

@@ -147,6 +147,68 @@ fn kubectl_logs_follows_a_running_pod_and_serves_tail_timestamps_and_previous() 
     assert!(previous.starts_with("run-"), "{previous:?}");
     assert!(current.starts_with("run-"), "{current:?}");
     assert_ne!(current, previous, "--previous is the earlier run");
+
+    // kubelet's events about the container: created and started (twice: one Event, counted),
+    // and the back-off between runs; `kubectl describe` shows them.
+    let events = eventually(Duration::from_secs(30), || {
+        let all = lab.json(&["get", "events"]);
+        let mine: Vec<Value> = all["items"]
+            .as_array()?
+            .iter()
+            .filter(|e| {
+                e["involvedObject"]["name"] == "crasher" && e["source"]["component"] == "kubelet"
+            })
+            .cloned()
+            .collect();
+        let has = |reason: &str| mine.iter().any(|e| e["reason"] == reason);
+        (has("Created") && has("Started") && has("BackOff")).then_some(mine)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "no kubelet events for crasher:\n{}",
+            lab.kubectl_ok(&["get", "events"])
+        )
+    });
+    let started = events.iter().find(|e| e["reason"] == "Started").unwrap();
+    assert_eq!(started["message"], "Started container crasher", "{started}");
+    assert_eq!(started["type"], "Normal");
+    assert!(started["count"].as_i64() >= Some(2), "{started}");
+    assert_eq!(started["source"]["host"], "node-1");
+    assert_eq!(
+        started["involvedObject"]["fieldPath"],
+        "spec.containers{crasher}"
+    );
+    let created = events.iter().find(|e| e["reason"] == "Created").unwrap();
+    assert_eq!(created["message"], "Created container: crasher");
+    let backoff = events.iter().find(|e| e["reason"] == "BackOff").unwrap();
+    assert_eq!(backoff["type"], "Warning");
+    let described = lab.kubectl_ok(&["describe", "pod", "crasher"]);
+    assert!(
+        described.contains("Back-off restarting failed container crasher in pod crasher_default("),
+        "{described}"
+    );
+    // Deleting a running pod: kubelet says it stops the container.
+    lab.kubectl_ok(&[
+        "run",
+        "stopper",
+        "--image=none",
+        "--restart=Never",
+        "--command",
+        "--",
+        "sleep",
+        "600",
+    ]);
+    wait_running(&lab, "stopper");
+    lab.kubectl_ok(&["delete", "pod", "stopper", "--wait=true", "--timeout=60s"]);
+    let killing = eventually(Duration::from_secs(20), || {
+        lab.json(&["get", "events"])["items"]
+            .as_array()?
+            .iter()
+            .find(|e| e["involvedObject"]["name"] == "stopper" && e["reason"] == "Killing")
+            .cloned()
+    })
+    .expect("a Killing event for stopper");
+    assert_eq!(killing["message"], "Stopping container stopper");
 }
 
 /// The server and client pods of the exec test: a web server on both families and a

@@ -26,6 +26,7 @@ type Key = (String, String, String, String, String);
 pub struct Recorder {
     client: Client,
     component: String,
+    host: Option<String>,
     seen: Mutex<HashMap<Key, (String, String, i32)>>,
 }
 
@@ -35,8 +36,15 @@ impl Recorder {
         Self {
             client,
             component: component.into(),
+            host: None,
             seen: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Events also say `source.host: host` (kubelet's: its node's name).
+    pub fn with_host(mut self, host: impl Into<String>) -> Self {
+        self.host = Some(host.into());
+        self
     }
 
     /// Records an event about `obj`.
@@ -47,10 +55,11 @@ impl Recorder {
             .filter(|n| !n.is_empty())
             .unwrap_or_else(|| "default".into());
         let name = obj.name.clone().unwrap_or_default();
+        // The field path too: two containers' events of one pod are not one event.
         let key: Key = (
             obj.kind.clone().unwrap_or_default(),
             namespace.clone(),
-            name.clone(),
+            format!("{name}/{}", obj.field_path.as_deref().unwrap_or_default()),
             reason.to_string(),
             message.to_string(),
         );
@@ -90,13 +99,13 @@ impl Recorder {
             type_: Some(type_.into()),
             source: Some(EventSource {
                 component: Some(self.component.clone()),
-                host: None,
+                host: self.host.clone(),
             }),
             first_timestamp: Some(Time(now)),
             last_timestamp: Some(Time(now)),
             count: Some(1),
             reporting_component: Some(self.component.clone()),
-            reporting_instance: Some(self.component.clone()),
+            reporting_instance: Some(self.host.clone().unwrap_or_else(|| self.component.clone())),
             ..Default::default()
         };
         match api.create(&PostParams::default(), &event).await {
