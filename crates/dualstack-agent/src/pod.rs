@@ -62,7 +62,8 @@ enum Event {
         idx: usize,
         n: u32,
         kind: Kind,
-        ok: bool,
+        /// Err: the failure's message.
+        result: Result<(), String>,
         at: Timestamp,
     },
 }
@@ -743,9 +744,25 @@ impl Worker {
                 idx,
                 n,
                 kind,
-                ok,
+                result,
                 at,
             } => {
+                let ok = result.is_ok();
+                if let Err(why) = &result
+                    && self.ctrs.get(idx).is_some_and(|c| c.n == n && c.running)
+                {
+                    // kubelet's prober: every failed probe is an event (repeats are counted).
+                    let which = match kind {
+                        Kind::Readiness => "Readiness",
+                        Kind::Liveness => "Liveness",
+                    };
+                    self.event(
+                        idx,
+                        WARNING,
+                        "Unhealthy",
+                        format!("{which} probe failed: {why}"),
+                    );
+                }
                 let grace = self.grace_seconds();
                 let dir = self.dir.clone();
                 let Some(c) = self.ctrs.get_mut(idx).filter(|c| c.n == n && c.running) else {
@@ -817,12 +834,12 @@ impl Worker {
                 );
                 tokio::spawn(async move {
                     let at = now();
-                    let ok = probe::run(&spec, &container, &target, timeout).await;
+                    let result = probe::run(&spec, &container, &target, timeout).await;
                     let _ = tx.send(Event::Probed {
                         idx,
                         n,
                         kind,
-                        ok,
+                        result,
                         at,
                     });
                 });

@@ -38,10 +38,32 @@ fn port(p: &IntOrString, c: &Container) -> Option<u16> {
     }
 }
 
-/// Runs the probe once; `true` on success. A timeout is a failure.
-pub async fn run(probe: &Probe, c: &Container, t: &Target, timeout: Duration) -> bool {
+/// A failed connection as Go's dialer words it (what kubelet's probe messages quote).
+fn dial_error(addr: SocketAddr, e: &std::io::Error) -> String {
+    use std::io::ErrorKind;
+    let why = match e.kind() {
+        ErrorKind::ConnectionRefused => "connect: connection refused".to_string(),
+        ErrorKind::TimedOut | ErrorKind::WouldBlock => "i/o timeout".to_string(),
+        ErrorKind::NetworkUnreachable => "connect: network is unreachable".to_string(),
+        ErrorKind::HostUnreachable => "connect: no route to host".to_string(),
+        _ => e.to_string(),
+    };
+    format!("dial tcp {addr}: {why}")
+}
+
+/// Runs the probe once: `Ok` on success, else the failure as kubelet's probers word it (the
+/// exec output, Go's dial error, `HTTP probe failed with statuscode: N`). A timeout is a
+/// failure.
+pub async fn run(
+    probe: &Probe,
+    c: &Container,
+    t: &Target,
+    timeout: Duration,
+) -> Result<(), String> {
     if let Some(exec) = &probe.exec {
-        let Some(pid) = t.pid else { return false };
+        let Some(pid) = t.pid else {
+            return Err("the container has no process".to_string());
+        };
         let mut cmd = tokio::process::Command::new(&t.exe);
         cmd.arg("shim")
             .arg("exec")
@@ -52,12 +74,28 @@ pub async fn run(probe: &Probe, c: &Container, t: &Target, timeout: Duration) ->
             .arg("--")
             .args(exec.command.iter().flatten())
             .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
             .kill_on_drop(true);
-        return match tokio::time::timeout(timeout, async { cmd.status().await }).await {
-            Ok(Ok(s)) => s.success(),
-            _ => false,
+        return match tokio::time::timeout(timeout, async { cmd.output().await }).await {
+            Ok(Ok(o)) if o.status.success() => Ok(()),
+            Ok(Ok(o)) => {
+                // The command's output (stdout, then stderr), at most 10 KiB, as kubelet.
+                let mut out = o.stdout;
+                out.extend_from_slice(&o.stderr);
+                out.truncate(10 * 1024);
+                Err(String::from_utf8_lossy(&out).to_string())
+            }
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!(
+                "command {:?} timed out",
+                exec.command
+                    .iter()
+                    .flatten()
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            )),
         };
     }
     let (host, port_no, http) = if let Some(h) = &probe.http_get {
@@ -67,23 +105,28 @@ pub async fn run(probe: &Probe, c: &Container, t: &Target, timeout: Duration) ->
         let host = s.host.as_deref().and_then(|s| s.parse().ok()).or(t.pod_ip);
         (host, port(&s.port, c), None)
     } else {
-        return false;
+        return Err("the probe has no handler".to_string());
     };
     let (Some(host), Some(port_no)) = (host, port_no) else {
-        return false;
+        return Err("the probe has no address or port".to_string());
     };
     let addr = SocketAddr::new(host, port_no);
     let netns = t.netns.clone();
-    let check = move || -> bool {
-        let Ok(mut s) = TcpStream::connect_timeout(&addr, timeout) else {
-            return false;
+    let check = move || -> Result<(), String> {
+        let url = |h: &k8s_openapi::api::core::v1::HTTPGetAction| {
+            let path = h.path.as_deref().filter(|p| !p.is_empty()).unwrap_or("/");
+            format!("http://{addr}{path}")
         };
-        let Some(h) = http else { return true };
+        let mut s = TcpStream::connect_timeout(&addr, timeout).map_err(|e| match &http {
+            Some(h) => format!("Get {:?}: {}", url(h), dial_error(addr, &e)),
+            None => dial_error(addr, &e),
+        })?;
+        let Some(h) = http else { return Ok(()) };
         if h.scheme
             .as_deref()
             .is_some_and(|s| s.eq_ignore_ascii_case("HTTPS"))
         {
-            return false;
+            return Err("HTTPS probes are not supported on this node".to_string());
         }
         let _ = s.set_read_timeout(Some(timeout));
         let _ = s.set_write_timeout(Some(timeout));
@@ -99,23 +142,104 @@ pub async fn run(probe: &Probe, c: &Container, t: &Target, timeout: Duration) ->
             req.push_str(&format!("{}: {}\r\n", hh.name, hh.value));
         }
         req.push_str("\r\n");
-        if s.write_all(req.as_bytes()).is_err() {
-            return false;
-        }
+        s.write_all(req.as_bytes())
+            .map_err(|e| format!("Get {:?}: {e}", url(&h)))?;
         let mut head = [0u8; 64];
         let n = s.read(&mut head).unwrap_or(0);
         let line = String::from_utf8_lossy(&head[..n]);
-        line.split_whitespace()
+        match line
+            .split_whitespace()
             .nth(1)
             .and_then(|c| c.parse::<u16>().ok())
-            .is_some_and(|c| (200..400).contains(&c))
+        {
+            Some(c) if (200..400).contains(&c) => Ok(()),
+            Some(c) => Err(format!("HTTP probe failed with statuscode: {c}")),
+            None => Err(format!("Get {:?}: malformed HTTP response", url(&h))),
+        }
     };
     let work = tokio::task::spawn_blocking(move || match netns {
-        Some(ns) => dualstack_host::netns::run_in(&ns, check).unwrap_or(false),
+        Some(ns) => {
+            dualstack_host::netns::run_in(&ns, check).unwrap_or_else(|e| Err(e.to_string()))
+        }
         None => check(),
     });
-    matches!(
-        tokio::time::timeout(timeout + Duration::from_millis(500), work).await,
-        Ok(Ok(true))
-    )
+    match tokio::time::timeout(timeout + Duration::from_millis(500), work).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("dial tcp {addr}: i/o timeout")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::{HTTPGetAction, TCPSocketAction};
+
+    fn target() -> Target {
+        Target {
+            pod_ip: Some("127.0.0.1".parse().unwrap()),
+            netns: None,
+            pid: None,
+            spec_file: PathBuf::new(),
+            exe: PathBuf::new(),
+        }
+    }
+
+    /// A loopback port nothing listens on.
+    fn closed_port() -> u16 {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    }
+
+    #[tokio::test]
+    async fn failures_are_worded_as_kubelets_probers_word_them() {
+        let port = closed_port();
+        let tcp = Probe {
+            tcp_socket: Some(TCPSocketAction {
+                port: IntOrString::Int(port.into()),
+                host: None,
+            }),
+            ..Default::default()
+        };
+        let c = Container::default();
+        let t = Duration::from_secs(2);
+        assert_eq!(
+            run(&tcp, &c, &target(), t).await,
+            Err(format!(
+                "dial tcp 127.0.0.1:{port}: connect: connection refused"
+            ))
+        );
+        let http = |port: u16, path: &str| Probe {
+            http_get: Some(HTTPGetAction {
+                port: IntOrString::Int(port.into()),
+                path: Some(path.into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert_eq!(
+            run(&http(port, "/healthz"), &c, &target(), t).await,
+            Err(format!(
+                "Get \"http://127.0.0.1:{port}/healthz\": dial tcp 127.0.0.1:{port}: connect: connection refused"
+            ))
+        );
+        // A server that answers 500, then one that answers 200.
+        for (code, want) in [
+            (
+                500,
+                Err("HTTP probe failed with statuscode: 500".to_string()),
+            ),
+            (204, Ok(())),
+        ] {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let port = l.local_addr().unwrap().port();
+            std::thread::spawn(move || {
+                let (mut s, _) = l.accept().unwrap();
+                let mut buf = [0u8; 1024];
+                let _ = s.read(&mut buf);
+                let _ = write!(s, "HTTP/1.1 {code} X\r\nContent-Length: 0\r\n\r\n");
+            });
+            assert_eq!(run(&http(port, "/"), &c, &target(), t).await, want);
+        }
+    }
 }

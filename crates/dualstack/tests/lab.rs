@@ -457,6 +457,22 @@ spec:
         ready_in_both(false).is_some(),
         "out of both slices after the probe fails"
     );
+    // Each failure is kubelet's `Unhealthy` event (counted on one Event; `test -e` says
+    // nothing, so the message ends with the empty output).
+    let unhealthy = eventually(Duration::from_secs(20), || {
+        lab.json(&["get", "events"])["items"]
+            .as_array()?
+            .iter()
+            .find(|e| e["involvedObject"]["name"] == "flappy" && e["reason"] == "Unhealthy")
+            .cloned()
+    })
+    .expect("an Unhealthy event for flappy");
+    assert_eq!(unhealthy["type"], "Warning");
+    assert_eq!(unhealthy["message"], "Readiness probe failed: ");
+    assert_eq!(
+        unhealthy["involvedObject"]["fieldPath"],
+        "spec.containers{main}"
+    );
 }
 
 /// The agent as a CNI runtime with Debian's reference plugins (`bridge` + `host-local`, one
