@@ -513,6 +513,13 @@ fn apply(state: &RwLock<State>, events: Vec<Event>, decorator: &dyn Decorator) -
     st.revision
 }
 
+/// Follows the backend's watch into the cache. `revision` is how far the cache is known to
+/// be current (events, or a progress report saying nothing under the prefix changed up to
+/// it); `events_rev` is the last revision whose events were applied. A broken watch resumes
+/// after `events_rev`, not after `revision`: etcd before 3.4.24 can report progress past
+/// events it has not sent yet (etcd-io/etcd#15220), and resuming after such a report would
+/// lose those events for good. An event at or below `revision` proves that happened: the
+/// cache is then rebuilt from a fresh list.
 async fn follow(
     backend: Arc<dyn Backend>,
     prefix: String,
@@ -521,12 +528,14 @@ async fn follow(
     tx: watch::Sender<Revision>,
     mut revision: Revision,
 ) {
+    let mut events_rev = revision;
     loop {
-        let mut stream = match backend.watch_with_progress(&prefix, revision) {
+        let mut stream = match backend.watch_with_progress(&prefix, events_rev) {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(error = %e, "watch cache: cannot watch; re-listing");
                 revision = relist(&backend, &prefix, &decorator, &state, &tx, revision).await;
+                events_rev = revision;
                 continue;
             }
         };
@@ -536,11 +545,23 @@ async fn follow(
             }
             match stream.next().await {
                 Some(Ok(WatchItem::Events(events))) => {
+                    if events.first().is_some_and(|e| e.revision() <= revision) {
+                        tracing::warn!(
+                            revision,
+                            first = events.first().map(Event::revision),
+                            "watch cache: events older than a progress report; re-listing"
+                        );
+                        revision =
+                            relist(&backend, &prefix, &decorator, &state, &tx, revision).await;
+                        events_rev = revision;
+                        break;
+                    }
                     let last = events.last().map(Event::revision);
                     apply(&state, events, decorator.as_ref());
                     if let Some(last) = last {
                         state.write().expect("cache lock").revision = last.max(revision);
                         revision = revision.max(last);
+                        events_rev = last;
                         tx.send_replace(revision);
                     }
                 }
@@ -554,11 +575,12 @@ async fn follow(
                 Some(Err(e @ StoreError::Compacted { .. })) => {
                     tracing::warn!(error = %e, "watch cache: watch failed; re-listing");
                     revision = relist(&backend, &prefix, &decorator, &state, &tx, revision).await;
+                    events_rev = revision;
                     break;
                 }
                 Some(Err(e)) => {
-                    // A broken connection (etcd restarting, a member gone): watch again from
-                    // where the cache is; the history is still there unless compacted.
+                    // A broken connection (etcd restarting, a member gone): watch again after
+                    // the last applied events; the history is still there unless compacted.
                     tracing::warn!(error = %e, "watch cache: watch failed; watching again");
                     tokio::time::sleep(Duration::from_millis(200)).await;
                     break;
@@ -651,6 +673,88 @@ mod tests {
         assert_eq!(p2.items[0].kv.key, "/registry/cm/ns/c2");
         let filtered = cache.list("/registry/cm/", None, None, &|e| e.kv.key.ends_with('x'));
         assert_eq!(filtered.items.len(), 1);
+    }
+
+    /// etcd before 3.4.24 can report progress past an event it has not sent yet; if the
+    /// watch then breaks, resuming after the reported revision would lose that event for good.
+    /// This backend does exactly that once: its first watch reports progress to the revision
+    /// of a write it never delivers, then breaks.
+    struct PrematureProgress {
+        inner: Embedded,
+        first: std::sync::Mutex<Option<tokio::sync::oneshot::Receiver<Revision>>>,
+    }
+
+    #[async_trait::async_trait]
+    impl Backend for PrematureProgress {
+        async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
+            self.inner.get(key).await
+        }
+        async fn list(&self, prefix: &str) -> Result<(Vec<KeyValue>, Revision), StoreError> {
+            self.inner.list(prefix).await
+        }
+        async fn txn(&self, txn: Txn) -> Result<crate::TxnResult, StoreError> {
+            self.inner.txn(txn).await
+        }
+        async fn current_revision(&self) -> Result<Revision, StoreError> {
+            self.inner.current_revision().await
+        }
+        fn watch(&self, prefix: &str, after: Revision) -> Result<crate::WatchStream, StoreError> {
+            self.inner.watch(prefix, after)
+        }
+        fn watch_with_progress(
+            &self,
+            prefix: &str,
+            after: Revision,
+        ) -> Result<crate::ProgressStream, StoreError> {
+            use futures::StreamExt;
+            match self.first.lock().unwrap().take() {
+                Some(rx) => Ok(futures::stream::once(rx)
+                    .flat_map(|rev| {
+                        futures::stream::iter([
+                            Ok(WatchItem::Progress(rev.unwrap_or_default())),
+                            Err(StoreError::Backend("the member went away".into())),
+                        ])
+                    })
+                    .boxed()),
+                None => self.inner.watch_with_progress(prefix, after),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_watch_broken_after_a_premature_progress_report_loses_no_event() {
+        let inner = Embedded::in_memory().unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let backend = PrematureProgress {
+            inner: inner.clone(),
+            first: std::sync::Mutex::new(Some(rx)),
+        };
+        let cache = Cache::start(Arc::new(backend), "/registry/", Arc::new(Plain))
+            .await
+            .unwrap();
+        let rev = match inner
+            .txn(Txn::new().put("/registry/cm/ns/late", "v"))
+            .await
+            .unwrap()
+        {
+            crate::TxnResult::Committed { revision } => revision,
+            other => panic!("{other:?}"),
+        };
+        tx.send(rev).unwrap();
+        let seen = async {
+            loop {
+                let l = cache.list("/registry/cm/ns/", None, None, &|_| true);
+                if !l.items.is_empty() {
+                    return l;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        let l = tokio::time::timeout(Duration::from_secs(5), seen)
+            .await
+            .expect("the write the broken watch never delivered reaches the cache");
+        assert_eq!(l.items[0].kv.key, "/registry/cm/ns/late");
+        assert!(l.revision >= rev);
     }
 
     #[tokio::test]
