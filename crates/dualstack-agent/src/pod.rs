@@ -681,22 +681,39 @@ impl Worker {
                 let n = c.n;
                 tokio::spawn(async move {
                     // Started once the shim has the process (its pid file), or Failed with
-                    // the shim's start error, as kubelet after the runtime's StartContainer.
-                    for _ in 0..500 {
+                    // the shim's start error, as kubelet after the runtime's StartContainer;
+                    // looked for until the shim ends, and never holding up its exit.
+                    let record = |type_, reason, message: String| {
+                        let (events, obj) = (events.clone(), obj.clone());
+                        tokio::spawn(async move {
+                            events.record(&obj, type_, reason, &message).await;
+                        });
+                    };
+                    let started = |files: &RunFiles| {
                         if let Some(e) = files.read_exit().and_then(|x| x.error) {
-                            events
-                                .record(&obj, WARNING, "Failed", &format!("Error: {e}"))
-                                .await;
-                            break;
+                            record(WARNING, "Failed", format!("Error: {e}"));
+                            return true;
                         }
                         if files.read_pid().is_some() {
-                            let message = format!("Started container {name}");
-                            events.record(&obj, NORMAL, "Started", &message).await;
-                            break;
+                            record(NORMAL, "Started", format!("Started container {name}"));
+                            return true;
                         }
-                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        false
+                    };
+                    let wait = runtime::wait_shim(shim);
+                    tokio::pin!(wait);
+                    let mut told = false;
+                    loop {
+                        tokio::select! {
+                            _ = &mut wait => break,
+                            _ = tokio::time::sleep(Duration::from_millis(10)), if !told => {
+                                told = started(&files);
+                            }
+                        }
                     }
-                    runtime::wait_shim(shim).await;
+                    if !told {
+                        started(&files);
+                    }
                     let exit = read_exit_or_lost(&files);
                     let _ = tx.send(Event::Exited { idx, n, exit });
                 });
@@ -786,6 +803,8 @@ impl Worker {
                             c.spec.name
                         );
                         tokio::spawn(kill_run(files, grace));
+                        // kubelet puts the probe on hold: no more failures of this run.
+                        c.liveness = None;
                         self.event(idx, NORMAL, "Killing", message);
                     }
                     _ => {}
@@ -816,8 +835,13 @@ impl Worker {
                 if c.probing[i] || state.next_due() > t {
                     continue;
                 }
-                c.probing[i] = true;
                 let files = c.files(&dir);
+                if spec.exec.is_some() && files.read_pid().is_none() {
+                    // The shim has not recorded the process yet: the probe waits for it
+                    // (a probe of nothing would be a false failure).
+                    continue;
+                }
+                c.probing[i] = true;
                 let target = probe::Target {
                     pod_ip,
                     netns: netns.clone(),

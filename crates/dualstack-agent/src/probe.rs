@@ -26,6 +26,15 @@ pub struct Target {
     pub exe: PathBuf,
 }
 
+/// The request path of an HTTP probe: `/` when unset, a leading `/` added as Go's URL does.
+fn request_path(h: &k8s_openapi::api::core::v1::HTTPGetAction) -> String {
+    match h.path.as_deref().filter(|p| !p.is_empty()) {
+        None => "/".to_string(),
+        Some(p) if p.starts_with('/') => p.to_string(),
+        Some(p) => format!("/{p}"),
+    }
+}
+
 fn port(p: &IntOrString, c: &Container) -> Option<u16> {
     match p {
         IntOrString::Int(i) => u16::try_from(*i).ok(),
@@ -35,6 +44,26 @@ fn port(p: &IntOrString, c: &Container) -> Option<u16> {
             .flatten()
             .find(|cp| cp.name.as_deref() == Some(name))
             .and_then(|cp| u16::try_from(cp.container_port).ok()),
+    }
+}
+
+/// kubelet's `maxProbeMessageLength`-like cap on the output an exec probe reports.
+const PROBE_OUTPUT_LIMIT: usize = 10 * 1024;
+
+/// Reads `r` to its end, keeping the first [`PROBE_OUTPUT_LIMIT`] bytes.
+async fn keep_some<R: tokio::io::AsyncRead + Unpin>(r: Option<R>) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let Some(mut r) = r else { return Vec::new() };
+    let mut kept = Vec::new();
+    let mut buf = vec![0u8; 8192];
+    loop {
+        match r.read(&mut buf).await {
+            Ok(0) | Err(_) => return kept,
+            Ok(n) => {
+                let room = PROBE_OUTPUT_LIMIT.saturating_sub(kept.len());
+                kept.extend_from_slice(&buf[..n.min(room)]);
+            }
+        }
     }
 }
 
@@ -77,13 +106,21 @@ pub async fn run(
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .kill_on_drop(true);
-        return match tokio::time::timeout(timeout, async { cmd.output().await }).await {
-            Ok(Ok(o)) if o.status.success() => Ok(()),
-            Ok(Ok(o)) => {
-                // The command's output (stdout, then stderr), at most 10 KiB, as kubelet.
-                let mut out = o.stdout;
-                out.extend_from_slice(&o.stderr);
-                out.truncate(10 * 1024);
+        let run = async {
+            let mut child = cmd.spawn()?;
+            // At most 10 KiB of output is kept, as kubelet's limit writer; the rest is read
+            // and dropped, so a flooding probe costs no memory.
+            let (out, err) = tokio::join!(
+                keep_some(child.stdout.take()),
+                keep_some(child.stderr.take())
+            );
+            let status = child.wait().await?;
+            std::io::Result::Ok((status, [out, err].concat()))
+        };
+        return match tokio::time::timeout(timeout, run).await {
+            Ok(Ok((status, _))) if status.success() => Ok(()),
+            Ok(Ok((_, mut out))) => {
+                out.truncate(PROBE_OUTPUT_LIMIT);
                 Err(String::from_utf8_lossy(&out).to_string())
             }
             Ok(Err(e)) => Err(e.to_string()),
@@ -114,8 +151,7 @@ pub async fn run(
     let netns = t.netns.clone();
     let check = move || -> Result<(), String> {
         let url = |h: &k8s_openapi::api::core::v1::HTTPGetAction| {
-            let path = h.path.as_deref().filter(|p| !p.is_empty()).unwrap_or("/");
-            format!("http://{addr}{path}")
+            format!("http://{addr}{}", request_path(h))
         };
         let mut s = TcpStream::connect_timeout(&addr, timeout).map_err(|e| match &http {
             Some(h) => format!("Get {:?}: {}", url(h), dial_error(addr, &e)),
@@ -130,7 +166,7 @@ pub async fn run(
         }
         let _ = s.set_read_timeout(Some(timeout));
         let _ = s.set_write_timeout(Some(timeout));
-        let path = h.path.as_deref().filter(|p| !p.is_empty()).unwrap_or("/");
+        let path = request_path(&h);
         let host_header = match addr.ip() {
             IpAddr::V6(ip) => format!("[{ip}]:{port_no}"),
             IpAddr::V4(ip) => format!("{ip}:{port_no}"),
@@ -145,7 +181,22 @@ pub async fn run(
         s.write_all(req.as_bytes())
             .map_err(|e| format!("Get {:?}: {e}", url(&h)))?;
         let mut head = [0u8; 64];
-        let n = s.read(&mut head).unwrap_or(0);
+        let n = match s.read(&mut head) {
+            Ok(0) => return Err(format!("Get {:?}: EOF", url(&h))),
+            Ok(n) => n,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Err(format!(
+                    "Get {:?}: context deadline exceeded (Client.Timeout exceeded while awaiting headers)",
+                    url(&h)
+                ));
+            }
+            Err(e) => return Err(format!("Get {:?}: {e}", url(&h))),
+        };
         let line = String::from_utf8_lossy(&head[..n]);
         match line
             .split_whitespace()

@@ -517,9 +517,9 @@ fn apply(state: &RwLock<State>, events: Vec<Event>, decorator: &dyn Decorator) -
 /// be current (events, or a progress report saying nothing under the prefix changed up to
 /// it); `events_rev` is the last revision whose events were applied. A broken watch resumes
 /// after `events_rev`, not after `revision`: etcd before 3.4.24 can report progress past
-/// events it has not sent yet (etcd-io/etcd#15220), and resuming after such a report would
-/// lose those events for good. An event at or below `revision` proves that happened: the
-/// cache is then rebuilt from a fresh list.
+/// events it has not sent yet (to a watcher still catching up), and resuming after such a
+/// report would lose those events for good. An event at or below `revision` proves that
+/// happened: the cache is then rebuilt from a fresh list.
 async fn follow(
     backend: Arc<dyn Backend>,
     prefix: String,

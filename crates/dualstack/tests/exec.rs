@@ -161,7 +161,11 @@ fn kubectl_logs_follows_a_running_pod_and_serves_tail_timestamps_and_previous() 
             .cloned()
             .collect();
         let has = |reason: &str| mine.iter().any(|e| e["reason"] == reason);
-        (has("Created") && has("Started") && has("BackOff")).then_some(mine)
+        // (The second start's count is written a moment after the restart.)
+        let restarted = mine
+            .iter()
+            .any(|e| e["reason"] == "Started" && e["count"].as_i64() >= Some(2));
+        (has("Created") && restarted && has("BackOff")).then_some(mine)
     })
     .unwrap_or_else(|| {
         panic!(

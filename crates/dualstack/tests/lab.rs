@@ -463,7 +463,11 @@ spec:
         lab.json(&["get", "events"])["items"]
             .as_array()?
             .iter()
-            .find(|e| e["involvedObject"]["name"] == "flappy" && e["reason"] == "Unhealthy")
+            .find(|e| {
+                e["involvedObject"]["name"] == "flappy"
+                    && e["reason"] == "Unhealthy"
+                    && e["message"] == "Readiness probe failed: "
+            })
             .cloned()
     })
     .expect("an Unhealthy event for flappy");

@@ -2,7 +2,9 @@
 //! them): named `<object>.<unix nanos in hex>`, in the object's namespace (`default` for
 //! cluster-scoped objects), `source.component` set; a repeat of the same object, reason and
 //! message bumps `count` and `lastTimestamp` of the earlier Event instead of creating another.
-//! Best effort: failures are logged, never returned.
+//! Like client-go's spam filter, each object's events of one kind may come 25 at once, then one
+//! per 5 minutes (a probe failing every second is not a write every second). Best effort:
+//! failures are logged, never returned.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -20,14 +22,29 @@ pub const WARNING: &str = "Warning";
 /// How many distinct events are remembered for aggregation.
 const MEMORY: usize = 4096;
 
-type Key = (String, String, String, String, String);
+/// Kind, namespace, name/uid/fieldPath, type, reason, message (at most 1 KiB of it).
+type Key = (String, String, String, String, String, String);
+
+/// client-go's `EventSourceObjectSpamFilter`: a burst of 25, one more every 300 s.
+const SPAM_BURST: f64 = 25.0;
+const SPAM_REFILL_SECONDS: f64 = 300.0;
+
+/// What is remembered of an event already written.
+#[derive(Clone)]
+struct Seen {
+    namespace: String,
+    name: String,
+    count: i32,
+    tokens: f64,
+    refilled: std::time::Instant,
+}
 
 /// Writes Events for one component.
 pub struct Recorder {
     client: Client,
     component: String,
     host: Option<String>,
-    seen: Mutex<HashMap<Key, (String, String, i32)>>,
+    seen: Mutex<HashMap<Key, Seen>>,
 }
 
 impl Recorder {
@@ -55,13 +72,27 @@ impl Recorder {
             .filter(|n| !n.is_empty())
             .unwrap_or_else(|| "default".into());
         let name = obj.name.clone().unwrap_or_default();
-        // The field path too: two containers' events of one pod are not one event.
+        // The uid and field path too: a recreated pod's events, or two containers' events
+        // of one pod, are not one event.
+        let mut short = message.to_string();
+        if short.len() > 1024 {
+            let mut end = 1024;
+            while !short.is_char_boundary(end) {
+                end -= 1;
+            }
+            short.truncate(end);
+        }
         let key: Key = (
             obj.kind.clone().unwrap_or_default(),
             namespace.clone(),
-            format!("{name}/{}", obj.field_path.as_deref().unwrap_or_default()),
+            format!(
+                "{name}/{}/{}",
+                obj.uid.as_deref().unwrap_or_default(),
+                obj.field_path.as_deref().unwrap_or_default()
+            ),
+            type_.to_string(),
             reason.to_string(),
-            message.to_string(),
+            short,
         );
         let now = jiff::Timestamp::now();
         let api: Api<Event> = Api::namespaced(self.client.clone(), &namespace);
@@ -71,18 +102,28 @@ impl Recorder {
             .unwrap_or_else(|e| e.into_inner())
             .get(&key)
             .cloned();
-        if let Some((ns, event_name, count)) = previous {
+        if let Some(mut seen) = previous {
+            // The spam filter: a token per write, refilled over time.
+            let elapsed = seen.refilled.elapsed().as_secs_f64();
+            seen.tokens = (seen.tokens + elapsed / SPAM_REFILL_SECONDS).min(SPAM_BURST);
+            seen.refilled = std::time::Instant::now();
+            if seen.tokens < 1.0 {
+                self.remember(key, seen);
+                return;
+            }
+            seen.tokens -= 1.0;
             let body = serde_json::json!({
-                "count": count + 1,
+                "count": seen.count + 1,
                 "lastTimestamp": Time(now),
             });
-            let api: Api<Event> = Api::namespaced(self.client.clone(), &ns);
+            let api: Api<Event> = Api::namespaced(self.client.clone(), &seen.namespace);
             if api
-                .patch(&event_name, &PatchParams::default(), &Patch::Merge(&body))
+                .patch(&seen.name, &PatchParams::default(), &Patch::Merge(&body))
                 .await
                 .is_ok()
             {
-                self.remember(key, (ns, event_name, count + 1));
+                seen.count += 1;
+                self.remember(key, seen);
                 return;
             }
         }
@@ -109,12 +150,21 @@ impl Recorder {
             ..Default::default()
         };
         match api.create(&PostParams::default(), &event).await {
-            Ok(_) => self.remember(key, (namespace, event_name, 1)),
+            Ok(_) => self.remember(
+                key,
+                Seen {
+                    namespace,
+                    name: event_name,
+                    count: 1,
+                    tokens: SPAM_BURST - 1.0,
+                    refilled: std::time::Instant::now(),
+                },
+            ),
             Err(error) => tracing::warn!(%error, reason, message, "could not record event"),
         }
     }
 
-    fn remember(&self, key: Key, value: (String, String, i32)) {
+    fn remember(&self, key: Key, value: Seen) {
         let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
         if seen.len() >= MEMORY {
             seen.clear();
