@@ -29,6 +29,17 @@ type Key = (String, String, String, String, String, String);
 const SPAM_BURST: f64 = 25.0;
 const SPAM_REFILL_SECONDS: f64 = 300.0;
 
+/// The spam filter's bucket: `tokens` left, `elapsed` seconds since; whether one more write
+/// may go, and the tokens left after it.
+fn spend(tokens: f64, elapsed: f64) -> (bool, f64) {
+    let tokens = (tokens + elapsed / SPAM_REFILL_SECONDS).min(SPAM_BURST);
+    if tokens < 1.0 {
+        (false, tokens)
+    } else {
+        (true, tokens - 1.0)
+    }
+}
+
 /// What is remembered of an event already written.
 #[derive(Clone)]
 struct Seen {
@@ -104,14 +115,13 @@ impl Recorder {
             .cloned();
         if let Some(mut seen) = previous {
             // The spam filter: a token per write, refilled over time.
-            let elapsed = seen.refilled.elapsed().as_secs_f64();
-            seen.tokens = (seen.tokens + elapsed / SPAM_REFILL_SECONDS).min(SPAM_BURST);
+            let (allowed, tokens) = spend(seen.tokens, seen.refilled.elapsed().as_secs_f64());
+            seen.tokens = tokens;
             seen.refilled = std::time::Instant::now();
-            if seen.tokens < 1.0 {
+            if !allowed {
                 self.remember(key, seen);
                 return;
             }
-            seen.tokens -= 1.0;
             let body = serde_json::json!({
                 "count": seen.count + 1,
                 "lastTimestamp": Time(now),
@@ -194,5 +204,30 @@ pub fn service_ref(svc: &k8s_openapi::api::core::v1::Service) -> ObjectReference
         uid: svc.metadata.uid.clone(),
         resource_version: svc.metadata.resource_version.clone(),
         ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repeats_come_25_at_once_then_one_per_five_minutes() {
+        // The first write took one token of the burst.
+        let mut tokens = SPAM_BURST - 1.0;
+        let mut written = 1;
+        for _ in 0..100 {
+            let (ok, left) = spend(tokens, 1.0);
+            tokens = left;
+            written += usize::from(ok);
+        }
+        // 25 in the burst, plus what 100 s refilled (a third of a token).
+        assert_eq!(written, 25);
+        let (ok, left) = spend(tokens, 200.0);
+        assert!(ok, "a token refilled after 300 s in all: {left}");
+        let (ok, _) = spend(left, 1.0);
+        assert!(!ok);
+        // Never more than the burst, however long the quiet.
+        assert_eq!(spend(0.0, 1e9), (true, SPAM_BURST - 1.0));
     }
 }
