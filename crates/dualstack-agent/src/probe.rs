@@ -180,23 +180,29 @@ pub async fn run(
         req.push_str("\r\n");
         s.write_all(req.as_bytes())
             .map_err(|e| format!("Get {:?}: {e}", url(&h)))?;
+        // The status line, however the server cuts its writes.
         let mut head = [0u8; 64];
-        let n = match s.read(&mut head) {
-            Ok(0) => return Err(format!("Get {:?}: EOF", url(&h))),
-            Ok(n) => n,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
-                return Err(format!(
-                    "Get {:?}: context deadline exceeded (Client.Timeout exceeded while awaiting headers)",
-                    url(&h)
-                ));
+        let mut n = 0;
+        while n < head.len() && !head[..n].contains(&b'\n') {
+            match s.read(&mut head[n..]) {
+                Ok(0) if n == 0 => return Err(format!("Get {:?}: EOF", url(&h))),
+                Ok(0) => break,
+                Ok(got) => n += got,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    return Err(format!(
+                        "Get {:?}: context deadline exceeded (Client.Timeout exceeded while awaiting headers)",
+                        url(&h)
+                    ));
+                }
+                Err(e) => return Err(format!("Get {:?}: {e}", url(&h))),
             }
-            Err(e) => return Err(format!("Get {:?}: {e}", url(&h))),
-        };
+        }
         let line = String::from_utf8_lossy(&head[..n]);
         match line
             .split_whitespace()
@@ -288,7 +294,10 @@ mod tests {
                 let (mut s, _) = l.accept().unwrap();
                 let mut buf = [0u8; 1024];
                 let _ = s.read(&mut buf);
-                let _ = write!(s, "HTTP/1.1 {code} X\r\nContent-Length: 0\r\n\r\n");
+                // The status line in two writes: the probe must read on.
+                let _ = s.write_all(b"HTTP/1.1 ");
+                std::thread::sleep(Duration::from_millis(50));
+                let _ = write!(s, "{code} X\r\nContent-Length: 0\r\n\r\n");
             });
             assert_eq!(run(&http(port, "/"), &c, &target(), t).await, want);
         }
