@@ -1017,3 +1017,70 @@ fn load_balancer_services_get_one_address_per_family_in_family_order() {
     }
     assert_eq!(seen.len(), 11);
 }
+
+/// The events recorder, as the controllers and the node agent use it, against the real
+/// server: ten records of one event at once make one Event counted ten times (one record at a
+/// time: none creates a second Event, none loses a count), and a 26th repeat waits for the
+/// spam filter.
+#[test]
+fn repeats_of_one_event_recorded_at_once_are_one_event_with_their_count() {
+    use dualstack_controllers::run::events::{NORMAL, Recorder};
+    use k8s_openapi::api::core::v1::ObjectReference;
+    let s = TestServer::start(&["--controllers=-*"]);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .build()
+        .unwrap();
+    let events = rt.block_on(async {
+        let rec = Arc::new(Recorder::new(rec_client(&s).await, "kubelet").with_host("node-1"));
+        let obj = ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some("Pod".into()),
+            namespace: Some("default".into()),
+            name: Some("p".into()),
+            uid: Some("u-1".into()),
+            field_path: Some("spec.containers{c}".into()),
+            ..Default::default()
+        };
+        let all: Vec<_> = (0..10)
+            .map(|_| {
+                let (rec, obj) = (rec.clone(), obj.clone());
+                tokio::spawn(async move {
+                    rec.record(&obj, NORMAL, "Started", "Started container c")
+                        .await
+                })
+            })
+            .collect();
+        for t in all {
+            t.await.unwrap();
+        }
+        // 26 records in all: the burst is 25.
+        for _ in 0..16 {
+            rec.record(&obj, NORMAL, "Started", "Started container c")
+                .await;
+        }
+        let api: kube::Api<k8s_openapi::api::core::v1::Event> =
+            kube::Api::namespaced(rec_client(&s).await, "default");
+        api.list(&Default::default()).await.unwrap().items
+    });
+    let mine: Vec<_> = events
+        .iter()
+        .filter(|e| e.involved_object.name.as_deref() == Some("p"))
+        .collect();
+    assert_eq!(mine.len(), 1, "{mine:?}");
+    assert_eq!(mine[0].count, Some(25), "{:?}", mine[0]);
+    assert_eq!(
+        mine[0].source.as_ref().and_then(|s| s.host.as_deref()),
+        Some("node-1")
+    );
+}
+
+async fn rec_client(s: &TestServer) -> kube::Client {
+    let file = kube::config::Kubeconfig::read_from(&s.kubeconfig).unwrap();
+    let config =
+        kube::Config::from_custom_kubeconfig(file, &kube::config::KubeConfigOptions::default())
+            .await
+            .unwrap();
+    kube::Client::try_from(config).unwrap()
+}

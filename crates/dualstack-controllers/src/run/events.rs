@@ -56,6 +56,9 @@ pub struct Recorder {
     component: String,
     host: Option<String>,
     seen: Mutex<HashMap<Key, Seen>>,
+    /// One record at a time (client-go feeds one queue): two repeats in flight would both
+    /// create an Event, or both write the same count.
+    turn: tokio::sync::Mutex<()>,
 }
 
 impl Recorder {
@@ -66,6 +69,7 @@ impl Recorder {
             component: component.into(),
             host: None,
             seen: Mutex::new(HashMap::new()),
+            turn: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -77,6 +81,7 @@ impl Recorder {
 
     /// Records an event about `obj`.
     pub async fn record(&self, obj: &ObjectReference, type_: &str, reason: &str, message: &str) {
+        let _turn = self.turn.lock().await;
         let namespace = obj
             .namespace
             .clone()
