@@ -1033,7 +1033,7 @@ fn repeats_of_one_event_recorded_at_once_are_one_event_with_their_count() {
         .build()
         .unwrap();
     let events = rt.block_on(async {
-        let rec = Arc::new(Recorder::new(rec_client(&s).await, "kubelet").with_host("node-1"));
+        let rec = Arc::new(Recorder::new(s.kube_client().await, "kubelet").with_host("node-1"));
         let obj = ObjectReference {
             api_version: Some("v1".into()),
             kind: Some("Pod".into()),
@@ -1061,7 +1061,7 @@ fn repeats_of_one_event_recorded_at_once_are_one_event_with_their_count() {
                 .await;
         }
         let api: kube::Api<k8s_openapi::api::core::v1::Event> =
-            kube::Api::namespaced(rec_client(&s).await, "default");
+            kube::Api::namespaced(s.kube_client().await, "default");
         api.list(&Default::default()).await.unwrap().items
     });
     let mine: Vec<_> = events
@@ -1074,13 +1074,4 @@ fn repeats_of_one_event_recorded_at_once_are_one_event_with_their_count() {
         mine[0].source.as_ref().and_then(|s| s.host.as_deref()),
         Some("node-1")
     );
-}
-
-async fn rec_client(s: &TestServer) -> kube::Client {
-    let file = kube::config::Kubeconfig::read_from(&s.kubeconfig).unwrap();
-    let config =
-        kube::Config::from_custom_kubeconfig(file, &kube::config::KubeConfigOptions::default())
-            .await
-            .unwrap();
-    kube::Client::try_from(config).unwrap()
 }

@@ -37,14 +37,7 @@ fn server_on(etcd: &LocalEtcd, extra: &[&str]) -> TestServer {
 }
 
 async fn client_of(s: &TestServer) -> kube::Client {
-    let file = kube::config::Kubeconfig::read_from(&s.kubeconfig).unwrap();
-    let mut config =
-        kube::Config::from_custom_kubeconfig(file, &kube::config::KubeConfigOptions::default())
-            .await
-            .unwrap();
-    config.read_timeout = Some(Duration::from_secs(30));
-    config.connect_timeout = Some(Duration::from_secs(5));
-    kube::Client::try_from(config).unwrap()
+    s.kube_client().await
 }
 
 fn dual_stack_node_port(name: &str) -> Service {

@@ -65,6 +65,18 @@ fn read_token(kubeconfig: &Path) -> String {
 }
 
 impl TestServer {
+    /// A kube-rs client with the admin kubeconfig (30 s reads, 5 s connects).
+    pub async fn kube_client(&self) -> kube::Client {
+        let file = kube::config::Kubeconfig::read_from(&self.kubeconfig).unwrap();
+        let mut config =
+            kube::Config::from_custom_kubeconfig(file, &kube::config::KubeConfigOptions::default())
+                .await
+                .unwrap();
+        config.read_timeout = Some(Duration::from_secs(30));
+        config.connect_timeout = Some(Duration::from_secs(5));
+        kube::Client::try_from(config).unwrap()
+    }
+
     /// Starts a server with these extra flags in a fresh data directory.
     pub fn start(args: &[&str]) -> TestServer {
         let dir = tempfile::tempdir().expect("tempdir");
