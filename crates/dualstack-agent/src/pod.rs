@@ -604,6 +604,15 @@ impl Worker {
 
     fn start(&mut self, idx: usize, sandbox: &Sandbox, fields: &PodFields) {
         let c = &self.ctrs[idx];
+        let exe = self.agent.config.shim_exe.to_string_lossy().into_owned();
+        // kubelet makes sure of the image before anything else, and a node that has it says so
+        // on every start. Here an image is "present" when the container can run: it names a
+        // command, or a built-in image.
+        if container_argv(&c.spec, &[], &exe).is_some() {
+            let image = c.spec.image.clone().unwrap_or_default();
+            let message = format!("Container image {image:?} already present on machine");
+            self.event(idx, NORMAL, "Pulled", message);
+        }
         let env = match container_env(&c.spec, fields) {
             Ok(e) => e,
             Err(e) => {
@@ -615,7 +624,6 @@ impl Worker {
                 return;
             }
         };
-        let exe = self.agent.config.shim_exe.to_string_lossy();
         let Some(argv) = container_argv(&c.spec, &env, &exe) else {
             let image = c.spec.image.clone().unwrap_or_default();
             let message = format!(

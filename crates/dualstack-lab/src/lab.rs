@@ -127,23 +127,70 @@ impl Layout {
     }
 }
 
-/// The programs the nodes run besides our own: `nft` (the Service proxy and the masq agent
-/// program the kernel through it) and `conntrack` (UDP flows of removed endpoints).
-fn require_tools() -> Result<()> {
+/// The programs the lab runs besides our own, with the Debian package of each: `nft` (the
+/// Service proxy's NAT probe and the masq agent), `conntrack` (UDP flows of removed endpoints),
+/// `ip` (the agents' pod routes) and, for `--ha`, `etcd` (unless `DUALSTACK_ETCD` names one).
+fn needed_tools(ha: bool) -> Vec<(&'static str, &'static str)> {
+    let mut tools = vec![
+        ("nft", "nftables"),
+        ("conntrack", "conntrack"),
+        ("ip", "iproute2"),
+    ];
+    if ha && std::env::var_os("DUALSTACK_ETCD").is_none() {
+        tools.push(("etcd", "etcd-server"));
+    }
+    tools
+}
+
+/// Those of `tools` that are in none of `dirs`.
+fn missing_tools<'a>(tools: &[(&'a str, &'a str)], dirs: &[PathBuf]) -> Vec<(&'a str, &'a str)> {
+    tools
+        .iter()
+        .filter(|(bin, _)| !dirs.iter().any(|d| d.join(bin).is_file()))
+        .copied()
+        .collect()
+}
+
+/// Installs the packages of missing programs with apt-get (`up` runs as root), as the
+/// project's scripts do on a fresh machine, and says so; without apt-get, or if it fails,
+/// stops with the command to run.
+fn require_tools(ha: bool) -> Result<()> {
     let path = std::env::var_os("PATH").unwrap_or_default();
-    let missing: Vec<(&str, &str)> = [("nft", "nftables"), ("conntrack", "conntrack")]
-        .into_iter()
-        .filter(|(bin, _)| {
-            !std::env::split_paths(&path)
-                .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")])
-                .any(|d| d.join(bin).is_file())
-        })
+    let dirs: Vec<PathBuf> = std::env::split_paths(&path)
+        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")])
         .collect();
-    if !missing.is_empty() {
-        let bins: Vec<&str> = missing.iter().map(|(b, _)| *b).collect();
-        let pkgs: Vec<&str> = missing.iter().map(|(_, p)| *p).collect();
+    let tools = needed_tools(ha);
+    let missing = missing_tools(&tools, &dirs);
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let pkgs: Vec<&str> = missing.iter().map(|(_, p)| *p).collect();
+    eprintln!(
+        "dualstack up: installing {} with apt-get (the lab needs {})",
+        pkgs.join(" "),
+        missing
+            .iter()
+            .map(|(b, _)| *b)
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let apt = |args: &[&str]| {
+        Command::new("apt-get")
+            .args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    let mut install = vec!["install", "-y", "-qq", "-o", "DPkg::Lock::Timeout=120"];
+    install.extend(&pkgs);
+    let installed = apt(&["update", "-qq"]) && apt(&install);
+    let still: Vec<(&str, &str)> = missing_tools(&missing, &dirs);
+    if !installed || !still.is_empty() {
+        let bins: Vec<&str> = still.iter().map(|(b, _)| *b).collect();
+        let pkgs: Vec<&str> = still.iter().map(|(_, p)| *p).collect();
         bail!(
-            "dualstack up needs {} on the machine: apt-get install -y {}",
+            "dualstack up needs {} on the machine, and installing it failed: apt-get install -y {}",
             bins.join(" and "),
             pkgs.join(" ")
         );
@@ -165,7 +212,7 @@ fn require_root(what: &str) -> Result<()> {
 /// server and the agents keep running in the background.
 pub async fn up(opts: &UpOptions) -> Result<UpReport> {
     require_root("up")?;
-    require_tools()?;
+    require_tools(opts.ha)?;
     let start = Instant::now();
     let l = Layout::new(&opts.data_dir);
     fs::create_dir_all(&l.dir).with_context(|| format!("creating {}", l.dir.display()))?;
@@ -1128,6 +1175,41 @@ pub fn exec(data_dir: &Path, host: &str, cmd: &[String]) -> Result<std::convert:
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn missing_programs_are_named_with_their_debian_packages() {
+        let dir = tempfile::tempdir().unwrap();
+        let sbin = dir.path().join("sbin");
+        fs::create_dir(&sbin).unwrap();
+        fs::write(sbin.join("nft"), "").unwrap();
+        // A directory of the same name is not the program.
+        fs::create_dir(sbin.join("conntrack")).unwrap();
+        let dirs = [dir.path().to_path_buf(), sbin];
+        let tools = [
+            ("nft", "nftables"),
+            ("conntrack", "conntrack"),
+            ("ip", "iproute2"),
+        ];
+        assert_eq!(
+            missing_tools(&tools, &dirs),
+            [("conntrack", "conntrack"), ("ip", "iproute2")]
+        );
+        assert_eq!(missing_tools(&tools[..1], &dirs), []);
+    }
+
+    #[test]
+    fn the_ha_lab_needs_etcd_too() {
+        let bins = |ha| {
+            needed_tools(ha)
+                .into_iter()
+                .map(|(b, _)| b)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(bins(false), ["nft", "conntrack", "ip"]);
+        if std::env::var_os("DUALSTACK_ETCD").is_none() {
+            assert_eq!(bins(true), ["nft", "conntrack", "ip", "etcd"]);
+        }
+    }
 
     #[test]
     fn mountinfo_paths_are_unescaped() {

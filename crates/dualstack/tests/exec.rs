@@ -148,8 +148,8 @@ fn kubectl_logs_follows_a_running_pod_and_serves_tail_timestamps_and_previous() 
     assert!(current.starts_with("run-"), "{current:?}");
     assert_ne!(current, previous, "--previous is the earlier run");
 
-    // kubelet's events about the container: created and started (twice: one Event, counted),
-    // and the back-off between runs; `kubectl describe` shows them.
+    // kubelet's events about the container: the image present, created and started (twice: one
+    // Event, counted), and the back-off between runs; `kubectl describe` shows them.
     let events = eventually(Duration::from_secs(30), || {
         let all = lab.json(&["get", "events"]);
         let mine: Vec<Value> = all["items"]
@@ -165,7 +165,7 @@ fn kubectl_logs_follows_a_running_pod_and_serves_tail_timestamps_and_previous() 
         let restarted = mine
             .iter()
             .any(|e| e["reason"] == "Started" && e["count"].as_i64() >= Some(2));
-        (has("Created") && restarted && has("BackOff")).then_some(mine)
+        (has("Pulled") && has("Created") && restarted && has("BackOff")).then_some(mine)
     })
     .unwrap_or_else(|| {
         panic!(
@@ -182,6 +182,12 @@ fn kubectl_logs_follows_a_running_pod_and_serves_tail_timestamps_and_previous() 
         started["involvedObject"]["fieldPath"],
         "spec.containers{crasher}"
     );
+    let pulled = events.iter().find(|e| e["reason"] == "Pulled").unwrap();
+    assert_eq!(
+        pulled["message"],
+        "Container image \"none\" already present on machine"
+    );
+    assert_eq!(pulled["type"], "Normal");
     let created = events.iter().find(|e| e["reason"] == "Created").unwrap();
     assert_eq!(created["message"], "Created container: crasher");
     let backoff = events.iter().find(|e| e["reason"] == "BackOff").unwrap();
