@@ -108,8 +108,12 @@ impl Server {
             .with_context(|| format!("creating {}", config.data_dir.display()))?;
         restrict(&config.data_dir, 0o700)?;
         let pki = Pki::new(&config.data_dir);
+        // Names in-cluster clients use too: the `kubernetes` Service's IP (upstream's
+        // apiServerServiceIP) and the addresses of the listeners in other namespaces.
         let mut addrs = config.advertise_addresses.clone();
         addrs.push(config.bind_address);
+        addrs.push(config.service_ranges.api_server_service_ip());
+        addrs.extend(config.netns_listeners.iter().map(|(_, at)| at.ip()));
         pki.ensure(&addrs, &[])?;
         let tokens = Arc::new(Tokens::new(&config.data_dir));
         let admin_token = tokens.ensure(&admin())?;

@@ -66,8 +66,10 @@ impl Pki {
         }
     }
 
-    /// Creates the CA if missing, and (re)issues the serving certificate when it does not cover
-    /// `sans` (localhost, 127.0.0.1, ::1, the bind and advertise addresses are always added).
+    /// Creates the CA if missing, and (re)issues the serving certificate when its names are not
+    /// `extra` (IPs) and `extra_names` plus the ones always there: localhost, the `kubernetes`
+    /// Service's names as kubeadm gives them (up to `kubernetes.default.svc.cluster.local`),
+    /// 127.0.0.1 and ::1.
     pub fn ensure(&self, extra: &[IpAddr], extra_names: &[String]) -> Result<()> {
         let dir = self.ca_cert.parent().expect("pki dir");
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -78,6 +80,7 @@ impl Pki {
             "kubernetes".into(),
             "kubernetes.default".into(),
             "kubernetes.default.svc".into(),
+            "kubernetes.default.svc.cluster.local".into(),
             "127.0.0.1".into(),
             "::1".into(),
         ];

@@ -483,6 +483,18 @@ fn start_server(l: &Layout, state: &State, exe: &Path) -> Result<()> {
             l.netns(&n.name).display()
         ));
     }
+    // The control plane also answers on node-1's address of the primary family, as on a
+    // kubeadm control-plane node, and advertises it: the `kubernetes` Service's endpoint, so
+    // pods reach the API through the Service (and the segment) like in-cluster clients do.
+    if let Some(first) = state.plan.nodes.first() {
+        let ip = first.ips(state.plan.ipv6_primary)[0];
+        cmd.arg(format!("--advertise-address={ip}"));
+        cmd.arg(format!(
+            "--netns-listener={}={}",
+            l.netns(&first.name).display(),
+            std::net::SocketAddr::new(ip, state.port)
+        ));
+    }
     spawn_recorded(l, "server", cmd, None)
 }
 

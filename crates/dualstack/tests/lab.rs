@@ -40,6 +40,15 @@ impl Lab {
         })
     }
 
+    /// Waits until the pod has ended (Succeeded or Failed), returns it.
+    fn wait_phase_or_failed(&self, name: &str) -> Value {
+        eventually(Duration::from_secs(90), || {
+            let p = self.pod(name);
+            matches!(p["status"]["phase"].as_str(), Some("Succeeded" | "Failed")).then_some(p)
+        })
+        .unwrap_or_else(|| panic!("pod {name} never ended: {}", self.pod(name)))
+    }
+
     fn wait_phase(&self, name: &str, phase: &str) -> Value {
         eventually(Duration::from_secs(90), || {
             let p = self.pod(name);
@@ -129,6 +138,61 @@ spec:
 "#,
         script = format!("{script}; echo ALL OK")
     )
+}
+
+/// An in-cluster client: a pod that lists the nodes through the `kubernetes` Service by its DNS
+/// name, with a token, then reads `/version` (public) at the Service's cluster IP; TLS is
+/// checked against the cluster CA both times. It retries while the node's proxy catches up.
+fn api_client_pod(name: &str, node: &str, ca: &Path, token: &str, cluster_ip: IpAddr) -> String {
+    let ip_url = match cluster_ip {
+        IpAddr::V4(v4) => format!("https://{v4}/version"),
+        IpAddr::V6(v6) => format!("https://[{v6}]/version"),
+    };
+    let ca = ca.display();
+    let script = format!(
+        "for i in $(seq 30); do \
+           nodes=$(curl -sS --fail -m 5 --cacert {ca} -H \"Authorization: Bearer $TOKEN\" \
+             https://kubernetes.default.svc.cluster.local/api/v1/nodes) && break; sleep 1; \
+         done; \
+         echo \"$nodes\" | grep -o '\"name\": *\"node-[0-9]\"' | tr -d ' ' | sort -u; \
+         curl -g -sS --fail -m 5 --cacert {ca} {ip_url}"
+    );
+    format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: {name}
+spec:
+  nodeName: {node}
+  restartPolicy: Never
+  containers:
+  - name: client
+    image: none
+    command: ["sh", "-c", {script:?}]
+    env:
+    - name: TOKEN
+      value: {token:?}
+"#
+    )
+}
+
+/// Runs [`api_client_pod`] on `node` and returns its output, once it succeeded.
+fn reach_the_api_from_a_pod(lab: &Lab, name: &str, node: &str) -> String {
+    let ca = lab.path().join("server/pki/ca.crt");
+    let token = lab.kubectl_ok(&[
+        "config",
+        "view",
+        "--raw",
+        "-o",
+        "jsonpath={.users[0].user.token}",
+    ]);
+    let svc = lab.json(&["get", "svc", "kubernetes"]);
+    let cluster_ip: IpAddr = svc["spec"]["clusterIP"].as_str().unwrap().parse().unwrap();
+    lab.apply(&api_client_pod(name, node, &ca, token.trim(), cluster_ip));
+    let p = lab.wait_phase_or_failed(name);
+    let logs = lab.kubectl_ok(&["logs", name]);
+    assert_eq!(p["status"]["phase"], "Succeeded", "{logs}\n{}", lab.logs());
+    logs
 }
 
 fn nodes_json(lab: &Lab) -> Vec<Value> {
@@ -363,6 +427,35 @@ fn pods_of_an_ipv6_primary_lab_list_ipv6_first() {
         Some(ips[0].to_string().as_str())
     );
     assert_eq!(p["status"]["hostIP"].as_str(), Some("2001:db8:1::11"));
+
+    // The `kubernetes` Service is of the primary family, IPv6 here: its endpoint is node-1's
+    // IPv6 address, and a pod reaches the API through it.
+    let slice = lab.json(&["get", "endpointslice", "-n", "default", "kubernetes"]);
+    assert_eq!(slice["addressType"], "IPv6", "{slice}");
+    assert_eq!(slice["endpoints"][0]["addresses"][0], "2001:db8:1::11");
+    let out = reach_the_api_from_a_pod(&lab, "api-client", "node-1");
+    assert!(out.contains("\"name\":\"node-1\""), "{out}");
+    assert!(out.contains("\"gitVersion\""), "{out}");
+}
+
+/// In-cluster clients: pods reach the API server through the `kubernetes` Service, by its DNS
+/// name and by its cluster IP, with TLS checked against the cluster CA (the serving
+/// certificate names the Service): from node-1, where the control plane answers, and from
+/// node-2, across the segment.
+#[test]
+fn pods_reach_the_api_server_through_the_kubernetes_service() {
+    let lab = Lab::up("ds-lab-", 2, &[]);
+    let slice = lab.json(&["get", "endpointslice", "-n", "default", "kubernetes"]);
+    assert_eq!(slice["addressType"], "IPv4", "{slice}");
+    assert_eq!(slice["endpoints"][0]["addresses"][0], "203.0.113.11");
+    for node in ["node-1", "node-2"] {
+        let out = reach_the_api_from_a_pod(&lab, &format!("api-client-{node}"), node);
+        assert!(
+            out.contains("\"name\":\"node-1\"") && out.contains("\"name\":\"node-2\""),
+            "from {node}: {out}"
+        );
+        assert!(out.contains("\"gitVersion\""), "from {node}: {out}");
+    }
 }
 
 /// `kubectl run` without a node: the scheduler binds the pod and its node runs it.
