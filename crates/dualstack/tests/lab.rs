@@ -123,6 +123,20 @@ fn client_pod(name: &str, node: &str, urls: &[String]) -> String {
         .map(|u| format!("curl -g -sf -m 5 --retry 3 --retry-connrefused -o /dev/null {u} || {{ echo FAIL {u}; exit 1; }}"))
         .collect::<Vec<_>>()
         .join("; ");
+    script_pod(name, node, &format!("{script}; echo ALL OK"), &[])
+}
+
+/// A pod on `node` that runs `script` with `sh -c` once, with `env`.
+fn script_pod(name: &str, node: &str, script: &str, env: &[(&str, &str)]) -> String {
+    let env: String = env
+        .iter()
+        .map(|(k, v)| format!("\n    - name: {k}\n      value: {v:?}"))
+        .collect();
+    let env = if env.is_empty() {
+        String::new()
+    } else {
+        format!("\n    env:{env}")
+    };
     format!(
         r#"apiVersion: v1
 kind: Pod
@@ -134,9 +148,8 @@ spec:
   containers:
   - name: client
     image: none
-    command: ["sh", "-c", {script:?}]
-"#,
-        script = format!("{script}; echo ALL OK")
+    command: ["sh", "-c", {script:?}]{env}
+"#
     )
 }
 
@@ -154,26 +167,11 @@ fn api_client_pod(name: &str, node: &str, ca: &Path, token: &str, cluster_ip: Ip
            nodes=$(curl -sS --fail -m 5 --cacert {ca} -H \"Authorization: Bearer $TOKEN\" \
              https://kubernetes.default.svc.cluster.local/api/v1/nodes) && break; sleep 1; \
          done; \
+         [ -n \"$nodes\" ] || exit 1; \
          echo \"$nodes\" | grep -o '\"name\": *\"node-[0-9]\"' | tr -d ' ' | sort -u; \
          curl -g -sS --fail -m 5 --cacert {ca} {ip_url}"
     );
-    format!(
-        r#"apiVersion: v1
-kind: Pod
-metadata:
-  name: {name}
-spec:
-  nodeName: {node}
-  restartPolicy: Never
-  containers:
-  - name: client
-    image: none
-    command: ["sh", "-c", {script:?}]
-    env:
-    - name: TOKEN
-      value: {token:?}
-"#
-    )
+    script_pod(name, node, &script, &[("TOKEN", token)])
 }
 
 /// Runs [`api_client_pod`] on `node` and returns its output, once it succeeded.
