@@ -107,7 +107,12 @@ pub struct Worker {
     /// The attachment of a sandbox whose namespace is gone (the node restarted): released
     /// (CNI DEL) before a new sandbox is made.
     stale_attachment: Option<Attachment>,
+    /// This pod's events, recorded one at a time in the order they happened.
+    events: mpsc::UnboundedSender<PodEvent>,
 }
+
+/// An event to record: the object (a container), type, reason and message.
+type PodEvent = (ObjectReference, &'static str, &'static str, String);
 
 fn now() -> Timestamp {
     Timestamp::now()
@@ -123,6 +128,15 @@ impl Worker {
         let uid = pod.metadata.uid.clone().unwrap_or_default();
         let dir = agent.pods_dir().join(&uid);
         let (tx, rx) = mpsc::unbounded_channel();
+        // One task records the pod's events in order: a task per event could overtake another
+        // (Created before Pulled). It ends once the worker and its shim watchers are gone.
+        let (events, mut queue) = mpsc::unbounded_channel::<PodEvent>();
+        let recorder = agent.events.clone();
+        tokio::spawn(async move {
+            while let Some((obj, type_, reason, message)) = queue.recv().await {
+                recorder.record(&obj, type_, reason, &message).await;
+            }
+        });
         let ctrs = pod
             .spec
             .iter()
@@ -159,15 +173,16 @@ impl Worker {
             gone: false,
             sandbox_error: None,
             stale_attachment: None,
+            events,
         }
     }
 
     /// Records an event about container `idx`, as kubelet's `recordContainerEvent` does
     /// (`involvedObject.fieldPath: spec.containers{NAME}`); best effort, in the background.
     fn event(&self, idx: usize, type_: &'static str, reason: &'static str, message: String) {
-        let obj = self.container_ref(idx);
-        let events = self.agent.events.clone();
-        tokio::spawn(async move { events.record(&obj, type_, reason, &message).await });
+        let _ = self
+            .events
+            .send((self.container_ref(idx), type_, reason, message));
     }
 
     fn container_ref(&self, idx: usize) -> ObjectReference {
@@ -680,7 +695,7 @@ impl Worker {
             Ok(shim) => {
                 let name = self.ctrs[idx].spec.name.clone();
                 self.event(idx, NORMAL, "Created", format!("Created container: {name}"));
-                let (obj, events) = (self.container_ref(idx), self.agent.events.clone());
+                let (obj, events) = (self.container_ref(idx), self.events.clone());
                 let c = &mut self.ctrs[idx];
                 c.running = true;
                 c.state = State::Running { started_at: t };
@@ -692,10 +707,7 @@ impl Worker {
                     // the shim's start error, as kubelet after the runtime's StartContainer;
                     // looked for until the shim ends, and never holding up its exit.
                     let record = |type_, reason, message: String| {
-                        let (events, obj) = (events.clone(), obj.clone());
-                        tokio::spawn(async move {
-                            events.record(&obj, type_, reason, &message).await;
-                        });
+                        let _ = events.send((obj.clone(), type_, reason, message));
                     };
                     let started = |files: &RunFiles| {
                         if let Some(e) = files.read_exit().and_then(|x| x.error) {

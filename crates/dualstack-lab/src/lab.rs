@@ -174,24 +174,37 @@ fn require_tools(ha: bool) -> Result<()> {
             .collect::<Vec<_>>()
             .join(", ")
     );
-    let apt = |args: &[&str]| {
+    let apt = |args: &[&str], quiet: bool| {
         Command::new("apt-get")
             .args(args)
             .env("DEBIAN_FRONTEND", "noninteractive")
             .stdout(Stdio::null())
+            .stderr(if quiet {
+                Stdio::null()
+            } else {
+                Stdio::inherit()
+            })
             .status()
             .is_ok_and(|s| s.success())
     };
     let mut install = vec!["install", "-y", "-qq", "-o", "DPkg::Lock::Timeout=120"];
     install.extend(&pkgs);
-    let installed = apt(&["update", "-qq"]) && apt(&install);
+    // The package lists are refreshed only when the install needs it (an update contends
+    // with apt-daily for the lists' lock on a freshly booted machine); the first try is quiet,
+    // as lists that do not know the package yet make it fail.
+    let installed = apt(&install, true) || (apt(&["update", "-qq"], false) && apt(&install, false));
     let still: Vec<(&str, &str)> = missing_tools(&missing, &dirs);
-    if !installed || !still.is_empty() {
+    if !still.is_empty() {
         let bins: Vec<&str> = still.iter().map(|(b, _)| *b).collect();
         let pkgs: Vec<&str> = still.iter().map(|(_, p)| *p).collect();
         bail!(
-            "dualstack up needs {} on the machine, and installing it failed: apt-get install -y {}",
+            "dualstack up needs {} on the machine, and installing it {}: apt-get install -y {}",
             bins.join(" and "),
+            if installed {
+                "did not provide it"
+            } else {
+                "failed"
+            },
             pkgs.join(" ")
         );
     }

@@ -155,7 +155,8 @@ spec:
 
 /// An in-cluster client: a pod that lists the nodes through the `kubernetes` Service by its DNS
 /// name, with a token, then reads `/version` (public) at the Service's cluster IP; TLS is
-/// checked against the cluster CA both times. It retries while the node's proxy catches up.
+/// checked against the cluster CA both times. It retries for up to 72 s while the node's proxy
+/// catches up (the test waits 90 s for it to end).
 fn api_client_pod(name: &str, node: &str, ca: &Path, token: &str, cluster_ip: IpAddr) -> String {
     let ip_url = match cluster_ip {
         IpAddr::V4(v4) => format!("https://{v4}/version"),
@@ -163,7 +164,7 @@ fn api_client_pod(name: &str, node: &str, ca: &Path, token: &str, cluster_ip: Ip
     };
     let ca = ca.display();
     let script = format!(
-        "for i in $(seq 30); do \
+        "for i in $(seq 12); do \
            nodes=$(curl -sS --fail -m 5 --cacert {ca} -H \"Authorization: Bearer $TOKEN\" \
              https://kubernetes.default.svc.cluster.local/api/v1/nodes) && break; sleep 1; \
          done; \
